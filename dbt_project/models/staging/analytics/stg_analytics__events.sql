@@ -1,0 +1,29 @@
+-- One row per analytics event (duplicates from re-sent files resolved to the latest load).
+with source as (
+    select * from {{ source('raw', 'events') }}
+),
+
+deduplicated as (
+    select
+        *,
+        row_number() over (partition by event_id order by _file_date desc, _loaded_at desc) as _dup_rank
+    from source
+)
+
+select
+    event_id,
+    anonymous_id,
+    nullif(trim(user_id), '') as analytics_user_id,
+    session_id,
+    event_ts,
+    cast(event_ts as date) as event_date,
+    lower(trim(event_type)) as event_type,
+    lower(nullif(trim(product_category), '')) as product_category,
+    lower(nullif(trim(device), '')) as device,
+    lower(nullif(trim(channel), '')) as channel,
+    nullif(trim(utm_source), '') as utm_source,
+    _file_date as file_date,
+    -- An event stamped after the end of the day its file was delivered for cannot be trusted.
+    event_ts >= _file_date + interval 2 day as is_future_timestamp
+from deduplicated
+where _dup_rank = 1

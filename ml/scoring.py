@@ -1,0 +1,110 @@
+"""Score every user with the champion models and publish marts.user_scores atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+import pandas as pd
+
+from ml.churn import risk_band
+from ml.clustering import CLUSTER_COLUMNS
+from ml.features import MODEL_FEATURES, prepare, read_features
+from ml.registry import CHURN_MODEL, CLUSTER_MODEL, load_champion
+from segflow.config import Settings
+from segflow.warehouse import connect
+
+log = logging.getLogger(__name__)
+
+SCORES_DDL = """
+CREATE SCHEMA IF NOT EXISTS marts;
+CREATE TABLE IF NOT EXISTS marts.user_scores_history (
+    user_id VARCHAR, as_of DATE, cluster_id INTEGER, persona VARCHAR, churn_probability DOUBLE,
+    churn_risk_band VARCHAR, primary_segment VARCHAR, clusterer_version VARCHAR, churn_model_version VARCHAR,
+    scored_at TIMESTAMP);
+"""
+
+
+@dataclass
+class ScoringSummary:
+    as_of: str
+    users: int
+    clusterer_version: str
+    churn_model_version: str
+
+
+def features_as_of(settings: Settings, as_of: date) -> pd.DataFrame:
+    features = read_features(settings.warehouse_path)
+    if len(features) and str(features["as_of"].iloc[0])[:10] == as_of.isoformat():
+        return features
+    history = read_features(settings.warehouse_path, as_of)
+    if history.empty:
+        raise LookupError(f"no user features as of {as_of}: run the build DAG (segflow_build) for that date first")
+    return history
+
+
+def compute_scores(settings: Settings, as_of: date) -> tuple[pd.DataFrame, str, str]:
+    features = features_as_of(settings, as_of)
+    clusterer, cluster_version = load_champion(settings, CLUSTER_MODEL)
+    churn_model, churn_version = load_champion(settings, CHURN_MODEL)
+    personas = json.loads(cluster_version.tags.get("personas", "{}"))
+    cluster_id = clusterer.predict(prepare(features, CLUSTER_COLUMNS)).astype(int)
+    proba = churn_model.predict_proba(prepare(features, MODEL_FEATURES))[:, 1]
+    # Churn is defined among buyers: users without a purchase get no probability and band 'prospect'.
+    buyer = features["lifetime_orders"].to_numpy() > 0
+    proba = np.where(buyer, np.clip(proba, 0.0, 1.0), np.nan)
+    bands = settings.raw["churn"]["risk_bands"]
+    band = np.where(buyer, risk_band(np.nan_to_num(proba), float(bands["medium"]), float(bands["high"])), "prospect")
+    scores = pd.DataFrame({
+        "user_id": features["user_id"].astype(str),
+        "as_of": pd.to_datetime(features["as_of"]).dt.date,
+        "cluster_id": cluster_id,
+        "persona": [personas.get(str(c), f"Cluster {c}") for c in cluster_id],
+        "churn_probability": proba,
+        "churn_risk_band": band,
+        "clusterer_version": str(cluster_version.version),
+        "churn_model_version": str(churn_version.version),
+    })
+    return scores, str(cluster_version.version), str(churn_version.version)
+
+
+def publish_scores(settings: Settings, scores: pd.DataFrame, as_of: date) -> int:
+    """Swap marts.user_scores and replace the as_of partition of the history in one transaction."""
+    with connect(settings.warehouse_path) as con:
+        con.execute(SCORES_DDL)
+        segments = con.execute("SELECT count(*) FROM marts.user_segments WHERE as_of = ?::DATE", [as_of.isoformat()]).fetchall()[0][0]
+        if not segments:
+            raise LookupError(f"marts.user_segments holds no memberships as of {as_of}: run the build DAG for that date first")
+        con.register("scores_df", scores)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute("DROP TABLE IF EXISTS marts.user_scores__staging")
+            con.execute("""
+                CREATE TABLE marts.user_scores__staging AS
+                SELECT s.user_id, s.as_of, s.cluster_id, s.persona, s.churn_probability, s.churn_risk_band,
+                       coalesce(seg.segment_name, 'General Audience') AS primary_segment,
+                       s.clusterer_version, s.churn_model_version, now()::TIMESTAMP AS scored_at
+                FROM scores_df s
+                LEFT JOIN marts.user_segments seg ON seg.user_id = s.user_id AND seg.is_primary AND seg.as_of = s.as_of
+            """)
+            con.execute("DROP TABLE IF EXISTS marts.user_scores")
+            con.execute("ALTER TABLE marts.user_scores__staging RENAME TO user_scores")
+            con.execute("DELETE FROM marts.user_scores_history WHERE as_of = ?::DATE", [as_of.isoformat()])
+            con.execute("INSERT INTO marts.user_scores_history BY NAME SELECT * FROM marts.user_scores")
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.unregister("scores_df")
+        return con.execute("SELECT count(*) FROM marts.user_scores").fetchone()[0]
+
+
+def score_users(settings: Settings, as_of: date) -> ScoringSummary:
+    scores, cluster_version, churn_version = compute_scores(settings, as_of)
+    n = publish_scores(settings, scores, as_of)
+    log.info("published %d scores as of %s (clusterer v%s, churn v%s)", n, as_of, cluster_version, churn_version)
+    return ScoringSummary(as_of.isoformat(), n, cluster_version, churn_version)

@@ -1,0 +1,51 @@
+"""Run dbt programmatically for tasks that need a specific selection (training sets, docs).
+
+The daily build itself runs through Cosmos in the DAG; both use the same project, profile and env.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from segflow.config import REPO_ROOT, Settings
+
+DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
+
+
+def dbt_env(settings: Settings) -> dict[str, str]:
+    """Environment dbt needs: the warehouse path from segflow.yml (profiles.yml reads it)."""
+    return {"SEGFLOW_WAREHOUSE_PATH": str(settings.warehouse_path), "DBT_PROFILES_DIR": str(DBT_PROJECT_DIR)}
+
+
+def dbt_vars(as_of: str, settings: Settings, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"as_of": as_of, "churn_horizon_days": settings.horizon_days,
+                           "reporting_currency": settings.get("features", "reporting_currency", default="EUR")}
+    out.update(extra)
+    return out
+
+
+class DbtError(RuntimeError):
+    pass
+
+
+def run_dbt(settings: Settings, args: list[str], vars: dict[str, Any] | None = None) -> Any:
+    """Invoke dbt in-process; raise DbtError with the failing nodes when the command fails."""
+    from dbt.cli.main import dbtRunner
+
+    os.environ.update(dbt_env(settings))
+    Path(settings.warehouse_path).parent.mkdir(parents=True, exist_ok=True)
+    cli = [*args, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
+    if vars:
+        cli += ["--vars", json.dumps(vars)]
+    result = dbtRunner().invoke(cli)
+    if not result.success:
+        failures = []
+        for node in getattr(result.result, "results", None) or []:
+            if str(getattr(node, "status", "")).lower() in {"error", "fail", "runtimeerror"}:
+                failures.append(f"{node.node.name}: {node.message}")
+        detail = "; ".join(failures) or str(result.exception)
+        raise DbtError(f"dbt {' '.join(args)} failed: {detail}")
+    return result.result

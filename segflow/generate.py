@@ -1,0 +1,383 @@
+"""Synthetic source data: a CRM database, daily analytics JSON-lines files and daily transaction CSVs.
+
+The simulation is vectorised over users and loops over days. Each user belongs to one of five planted
+personas (demographics + behaviour). Purchases follow a churn process whose hazard depends on observed
+behaviour: the probability of *no* completed purchase in the next H days is
+
+    p = sigmoid(base[persona] + 0.025 * recency_days - 0.6 * log1p(recent_purchases)
+                - 0.3 * log1p(recent_email_clicks))
+
+and the daily purchase probability is 1 - p ** (1 / H), so p holds exactly over a frozen H-day window.
+Ground truth (persona, p at the last day, and the outcome drawn beyond the window) goes to
+``ground_truth.parquet``; the pipeline never reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_END_DATE = date(2026, 9, 30)
+CURRENCY_BY_COUNTRY = {"DE": "EUR", "FR": "EUR", "ES": "EUR", "IT": "EUR", "NL": "EUR", "GB": "GBP", "US": "USD", "CH": "CHF", "SE": "SEK"}
+# Local-currency units per EUR; must match dbt_project/seeds/currency_rates.csv.
+RATES_PER_EUR = {"EUR": 1.0, "GBP": 0.85, "USD": 1.08, "CHF": 0.95, "SEK": 11.4}
+COUNTRIES = np.array(list(CURRENCY_BY_COUNTRY))
+CITIES = {"DE": ["Berlin", "Hamburg", "Munich"], "FR": ["Paris", "Lyon"], "ES": ["Madrid", "Barcelona"], "IT": ["Rome", "Milan"],
+          "NL": ["Amsterdam", "Utrecht"], "GB": ["London", "Manchester"], "US": ["New York", "Chicago", "Austin"], "CH": ["Zurich"], "SE": ["Stockholm"]}
+INCOME_BANDS = np.array(["<25k", "25-50k", "50-100k", "100k+"])
+DEVICES = np.array(["mobile", "desktop", "tablet"])
+CHANNELS = np.array(["email", "organic", "paid_search", "social", "direct"])
+CATEGORIES = np.array(["electronics", "fashion", "home", "beauty", "sports", "books", "toys", "grocery"])
+BROWSE_EVENTS = np.array(["page_view", "product_view", "search", "add_to_cart", "begin_checkout", "wishlist_add", "email_open", "email_click", "login"])
+FIRST_NAMES = np.array(["Anna", "Ben", "Clara", "David", "Emma", "Felix", "Greta", "Hugo", "Ida", "Jonas", "Lea", "Max", "Nora", "Oskar", "Paula", "Ravi", "Sofia", "Tom", "Uma", "Yara"])
+LAST_NAMES = np.array(["Muller", "Schmidt", "Martin", "Garcia", "Rossi", "Smith", "Jansen", "Berg", "Novak", "Silva", "Kowalski", "Dubois", "Brown", "Larsen"])
+DOMAINS = np.array(["example.com", "mail.example", "inbox.example", "post.example"])
+
+
+@dataclass(frozen=True)
+class Persona:
+    name: str
+    share: float
+    age_mean: float
+    age_sd: float
+    income_p: tuple  # over INCOME_BANDS
+    device_p: tuple  # over DEVICES
+    channel_p: tuple  # over CHANNELS
+    category_p: tuple  # over CATEGORIES
+    browse_p: tuple  # over BROWSE_EVENTS
+    event_rate: float  # browse events per active day at full engagement
+    churn_base: float  # logit of P(no purchase in H days) for a fresh buyer
+    amount_mu: float  # lognormal order value (EUR)
+    amount_sigma: float
+    signup_in_window: float  # share of users who sign up during the window
+    email_consent: float
+
+
+PERSONAS = [
+    Persona("bargain_hunter", 0.25, 27, 5, (0.45, 0.4, 0.13, 0.02), (0.8, 0.12, 0.08), (0.1, 0.2, 0.3, 0.35, 0.05),
+            (0.1, 0.35, 0.1, 0.2, 0.05, 0.05, 0.05, 0.1), (0.3, 0.3, 0.25, 0.08, 0.03, 0.02, 0.005, 0.005, 0.01), 0.22, -2.5, 3.0, 0.4, 0.1, 0.6),
+    Persona("premium_loyalist", 0.15, 52, 8, (0.02, 0.1, 0.38, 0.5), (0.15, 0.75, 0.1), (0.5, 0.15, 0.05, 0.05, 0.25),
+            (0.35, 0.1, 0.3, 0.05, 0.05, 0.1, 0.02, 0.03), (0.2, 0.3, 0.05, 0.1, 0.05, 0.03, 0.15, 0.1, 0.02), 0.35, -4.0, 5.0, 0.5, 0.05, 0.9),
+    Persona("window_shopper", 0.25, 34, 7, (0.2, 0.45, 0.3, 0.05), (0.55, 0.3, 0.15), (0.05, 0.35, 0.2, 0.3, 0.1),
+            (0.15, 0.3, 0.15, 0.15, 0.1, 0.05, 0.05, 0.05), (0.3, 0.35, 0.1, 0.12, 0.04, 0.07, 0.01, 0.005, 0.005), 0.15, -0.2, 3.6, 0.5, 0.15, 0.5),
+    Persona("dormant", 0.15, 45, 12, (0.25, 0.35, 0.3, 0.1), (0.4, 0.5, 0.1), (0.2, 0.3, 0.1, 0.1, 0.3),
+            (0.1, 0.1, 0.3, 0.05, 0.05, 0.1, 0.05, 0.25), (0.5, 0.2, 0.1, 0.02, 0.01, 0.01, 0.1, 0.01, 0.05), 0.01, 1.5, 3.5, 0.6, 0.0, 0.4),
+    Persona("new_explorer", 0.20, 23, 4, (0.5, 0.35, 0.13, 0.02), (0.7, 0.2, 0.1), (0.1, 0.25, 0.15, 0.4, 0.1),
+            (0.2, 0.25, 0.05, 0.25, 0.15, 0.02, 0.03, 0.05), (0.25, 0.3, 0.15, 0.08, 0.03, 0.04, 0.05, 0.05, 0.05), 0.1, -1.2, 3.3, 0.5, 0.7, 0.7),
+]
+PERSONA_NAMES = np.array([p.name for p in PERSONAS])
+
+
+def _cum(rows) -> np.ndarray:
+    arr = np.asarray(rows, dtype=float)
+    arr = arr / arr.sum(axis=1, keepdims=True)
+    out = np.cumsum(arr, axis=1)
+    out[:, -1] = 1.0 + 1e-9
+    return out
+
+
+def _pick(rng: np.random.Generator, cum_by_persona: np.ndarray, persona: np.ndarray) -> np.ndarray:
+    """Vectorised categorical draw: one category index per row, from the row's persona distribution."""
+    u = rng.random(len(persona))
+    return (u[:, None] > cum_by_persona[persona]).sum(axis=1)
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def no_purchase_probability(base, recency_days, recent_purchases, recent_clicks):
+    """True P(no completed purchase in the next H days) given observed behaviour (see module doc)."""
+    return sigmoid(base + 0.025 * np.minimum(recency_days, 365) - 0.6 * np.log1p(recent_purchases) - 0.3 * np.log1p(recent_clicks))
+
+
+@dataclass
+class GenerateResult:
+    out_dir: Path
+    users: int
+    contacts_rows: int
+    events: int
+    orders: int
+    start_date: date
+    end_date: date
+
+
+def generate(out: str | Path, users: int = 10_000, days: int = 180, seed: int = 42, dirty_rate: float = 0.0,
+             end_date: date = DEFAULT_END_DATE, horizon_days: int = 90, crm_url: str | None = None,
+             progress: Callable[[str, int, int], None] | None = None) -> GenerateResult:
+    if users < 1 or days < 1:
+        raise ValueError("users and days must be positive")
+    if not 0.0 <= dirty_rate <= 0.5:
+        raise ValueError("dirty_rate must be within [0, 0.5]")
+    rng = np.random.default_rng(seed)
+    out = Path(out)
+    start_date = end_date - timedelta(days=days - 1)
+    for sub in ("events", "transactions"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+        (out / sub).mkdir(parents=True, exist_ok=True)
+
+    n = users
+    shares = np.array([p.share for p in PERSONAS])
+    persona = rng.choice(len(PERSONAS), size=n, p=shares / shares.sum())
+    base = np.array([p.churn_base for p in PERSONAS])[persona] + rng.normal(0, 0.3, n)
+    event_rate = np.array([p.event_rate for p in PERSONAS])[persona] * rng.lognormal(0, 0.3, n)
+    # Signup day relative to window start (negative: before the window).
+    in_window = rng.random(n) < np.array([p.signup_in_window for p in PERSONAS])[persona]
+    signup = np.where(in_window, rng.integers(0, days, n), -rng.integers(1, 3 * 365, n))
+    cum_device = _cum([p.device_p for p in PERSONAS])
+    cum_channel = _cum([p.channel_p for p in PERSONAS])
+    cum_category = _cum([p.category_p for p in PERSONAS])
+    cum_browse = _cum([p.browse_p for p in PERSONAS])
+    fav_device = _pick(rng, cum_device, persona)
+
+    # State of the churn process, observable from the data the user generates.
+    days_since_purchase = np.where(signup < 0, rng.integers(0, 120, n), 0).astype(float)
+    recent_purchases = np.where(signup < 0, rng.poisson(np.maximum(0.5, 2 - base / 2)), 0).astype(float)
+    recent_clicks = np.zeros(n)
+    purchase_decay, click_decay = np.exp(-1 / 90), np.exp(-1 / 30)
+
+    contact_ids = np.char.add("C", np.char.zfill(np.arange(1, n + 1).astype(str), 7))
+    emails = _emails(rng, n)
+    event_counter = 0
+    order_counter = 0
+    day0 = datetime.combine(start_date, datetime.min.time())
+    for d in range(days):
+        day = start_date + timedelta(days=d)
+        active = signup <= d
+        # Engagement fades as the user drifts away (recency), which is what makes churn visible in events.
+        engagement = 0.25 + 0.75 * np.exp(-days_since_purchase / 45)
+        counts = rng.poisson(event_rate * engagement * active)
+        p_none = no_purchase_probability(base, days_since_purchase, recent_purchases, recent_clicks)
+        q = 1 - p_none ** (1 / horizon_days)
+        buys = active & (rng.random(n) < q)
+
+        # Orders of the day.
+        buyer = np.flatnonzero(buys)
+        m = len(buyer)
+        status = rng.choice(np.array(["completed", "refunded", "cancelled"]), size=m, p=[0.92, 0.05, 0.03])
+        amount_eur = rng.lognormal(np.array([p.amount_mu for p in PERSONAS])[persona[buyer]],
+                                   np.array([p.amount_sigma for p in PERSONAS])[persona[buyer]])
+        country_idx = _country_idx(persona, seed)[buyer]
+        currency = np.array([CURRENCY_BY_COUNTRY[c] for c in COUNTRIES])[country_idx]
+        rate = np.vectorize(RATES_PER_EUR.get)(currency) if m else np.array([])
+        amount = np.round(amount_eur * rate, 2)
+        ref_is_email = rng.random(m) < 0.2
+        customer_ref = np.where(ref_is_email, emails[buyer], contact_ids[buyer]) if m else np.array([], dtype=str)
+        order_cat = _pick(rng, cum_category, persona[buyer])
+        order_secs = rng.integers(0, 86400, m)
+        orders = pd.DataFrame({
+            "order_id": [f"O{order_counter + i:09d}" for i in range(m)],
+            "customer_ref": customer_ref,
+            "order_ts": pd.to_datetime(day0 + timedelta(days=d)) + pd.to_timedelta(order_secs, unit="s"),
+            "amount": amount,
+            "currency": currency,
+            "status": status,
+            "category": CATEGORIES[order_cat],
+            "item_count": 1 + rng.poisson(1.2, m),
+        })
+        order_counter += m
+        completed = buyer[status == "completed"]
+
+        # Browse events, then one purchase event per order (same timestamp, same category).
+        ev_user = np.repeat(np.arange(n), counts)
+        e = len(ev_user)
+        ev_type = BROWSE_EVENTS[_pick(rng, cum_browse, persona[ev_user])]
+        ev_secs = rng.integers(0, 86400, e)
+        ev_cat = CATEGORIES[_pick(rng, cum_category, persona[ev_user])]
+        ev_user = np.concatenate([ev_user, buyer])
+        ev_type = np.concatenate([ev_type, np.full(m, "purchase")])
+        ev_secs = np.concatenate([ev_secs, order_secs])
+        ev_cat = np.concatenate([ev_cat, CATEGORIES[order_cat]])
+        e = len(ev_user)
+        device_idx = np.where(rng.random(e) < 0.8, fav_device[ev_user], rng.integers(0, 3, e))
+        # Before login on a device the analytics tool only knows the anonymous id.
+        logged_in = np.isin(ev_type, ["login", "purchase", "email_open", "email_click"]) | (rng.random(e) < 0.6)
+        events = pd.DataFrame({
+            "event_id": np.arange(event_counter, event_counter + e),
+            "user_idx": ev_user,
+            "logged_in": logged_in,
+            "session": ev_secs // 1800,
+            "event_ts": pd.to_datetime(day0 + timedelta(days=d)) + pd.to_timedelta(ev_secs, unit="s"),
+            "event_type": ev_type,
+            "product_category": np.where(np.isin(ev_type, ["page_view", "login", "email_open"]), None, ev_cat),
+            "device": DEVICES[device_idx],
+            "channel": CHANNELS[_pick(rng, cum_channel, persona[ev_user])],
+        })
+        event_counter += e
+        if dirty_rate:
+            orders, events = _dirty_day(rng, orders, events, dirty_rate, n)
+        _write_day(out, day, orders, events, contact_ids)
+
+        # Advance the observable state.
+        clicks_today = np.bincount(ev_user[ev_type == "email_click"], minlength=n)
+        recent_clicks = recent_clicks * click_decay + clicks_today
+        recent_purchases = recent_purchases * purchase_decay
+        np.add.at(recent_purchases, completed, 1.0)
+        days_since_purchase = np.where(active, days_since_purchase + 1, days_since_purchase)
+        days_since_purchase[completed] = 0
+        if progress:
+            progress("days", d + 1, days)
+
+    # Ground truth beyond the window: the same process, state frozen at the last day.
+    p_end = no_purchase_probability(base, days_since_purchase, recent_purchases, recent_clicks)
+    churned = rng.random(n) < p_end
+    pd.DataFrame({"contact_id": contact_ids, "persona": PERSONA_NAMES[persona], "churn_probability": p_end,
+                  "churned": churned}).to_parquet(out / "ground_truth.parquet", index=False)
+
+    contacts = _contacts(rng, n, persona, signup, start_date, end_date, contact_ids, emails, fav_device, seed)
+    if dirty_rate:
+        contacts = _dirty_contacts(rng, contacts, dirty_rate, end_date)
+    url = crm_url or f"sqlite:///{(out / 'crm.sqlite').resolve()}"
+    write_contacts(contacts, url)
+    (out / "manifest.json").write_text(json.dumps({
+        "users": n, "days": days, "seed": seed, "dirty_rate": dirty_rate, "start_date": start_date.isoformat(),
+        "end_date": end_date.isoformat(), "horizon_days": horizon_days, "crm_url": url if crm_url else "crm.sqlite",
+        "events": event_counter, "orders": order_counter, "personas": list(PERSONA_NAMES),
+    }, indent=2))
+    return GenerateResult(out, n, len(contacts), event_counter, order_counter, start_date, end_date)
+
+
+def _country_idx(persona: np.ndarray, seed: int) -> np.ndarray:
+    # Stable per user: derived from a dedicated stream so orders and CRM agree.
+    rng = np.random.default_rng(seed + 7)
+    weights = np.array([0.3, 0.12, 0.1, 0.08, 0.08, 0.12, 0.12, 0.04, 0.04])
+    return rng.choice(len(COUNTRIES), size=len(persona), p=weights / weights.sum())
+
+
+def _emails(rng: np.random.Generator, n: int) -> np.ndarray:
+    first = np.char.lower(FIRST_NAMES[np.arange(n) % len(FIRST_NAMES)])
+    last = np.char.lower(LAST_NAMES[(np.arange(n) // len(FIRST_NAMES)) % len(LAST_NAMES)])
+    local = np.char.add(np.char.add(np.char.add(first, "."), last), np.arange(1, n + 1).astype(str))
+    return np.char.add(np.char.add(local, "@"), DOMAINS[rng.integers(0, len(DOMAINS), n)])
+
+
+def _contacts(rng, n, persona, signup, start_date, end_date, contact_ids, emails, fav_device, seed) -> pd.DataFrame:
+    ages = np.clip(rng.normal(np.array([p.age_mean for p in PERSONAS])[persona], np.array([p.age_sd for p in PERSONAS])[persona]), 18, 90)
+    birth = pd.Timestamp(end_date) - pd.to_timedelta((ages * 365.25).astype(int), unit="D")
+    created = pd.Timestamp(start_date) + pd.to_timedelta(signup, unit="D") + pd.to_timedelta(rng.integers(0, 86400, n), unit="s")
+    span = (pd.Timestamp(end_date) - created).days.to_numpy().clip(min=0)
+    updated = created + pd.to_timedelta((rng.random(n) * span).astype(int), unit="D")
+    country = COUNTRIES[_country_idx(persona, seed)]
+    city = np.array([CITIES[c][i % len(CITIES[c])] for i, c in enumerate(country)])
+    cum_income = _cum([p.income_p for p in PERSONAS])
+    cum_category = _cum([p.category_p for p in PERSONAS])
+    interests = [",".join(sorted({CATEGORIES[a], CATEGORIES[b]})) for a, b in zip(_pick(rng, cum_category, persona), _pick(rng, cum_category, persona))]
+    first = FIRST_NAMES[np.arange(n) % len(FIRST_NAMES)]
+    last = LAST_NAMES[(np.arange(n) // len(FIRST_NAMES)) % len(LAST_NAMES)]
+    return pd.DataFrame({
+        "contact_id": contact_ids,
+        "created_at": created,
+        "updated_at": updated,
+        "email": emails,
+        "phone": np.char.add("+49 15", np.char.zfill(rng.integers(0, 10**8, n).astype(str), 8)),
+        "first_name": first,
+        "last_name": last,
+        "birth_date": birth.date,
+        "gender": rng.choice(np.array(["female", "male", "diverse"]), n, p=[0.49, 0.49, 0.02]),
+        "country": country,
+        "city": city,
+        "income_band": INCOME_BANDS[_pick(rng, cum_income, persona)],
+        "consent_email_marketing": rng.random(n) < np.array([p.email_consent for p in PERSONAS])[persona],
+        "consent_tracking": rng.random(n) < 0.85,
+        "preferred_channel": CHANNELS[_pick(rng, _cum([p.channel_p for p in PERSONAS]), persona)],
+        "interests": interests,
+    })
+
+
+def _dirty_contacts(rng, contacts: pd.DataFrame, rate: float, end_date: date) -> pd.DataFrame:
+    """Defects real CRMs have: malformed emails, case/whitespace duplicates, impossible ages, missing values."""
+    c = contacts.copy()
+    n = len(c)
+    k = max(1, int(n * rate))
+    bad_email = rng.choice(n, k, replace=False)
+    c.loc[bad_email, "email"] = c.loc[bad_email, "email"].str.replace("@", " at ", regex=False)
+    impossible = rng.choice(n, k, replace=False)
+    c.loc[impossible[: k // 2], "birth_date"] = date(1850, 1, 1)
+    c.loc[impossible[k // 2 :], "birth_date"] = end_date + timedelta(days=400)
+    for col in ("country", "income_band", "gender"):
+        missing = rng.choice(n, k, replace=False)
+        c.loc[missing, col] = None
+    dup_src = rng.choice(n, k, replace=False)
+    dups = c.loc[dup_src].copy()
+    dups["contact_id"] = np.char.add("C", np.char.zfill(np.arange(n + 1, n + k + 1).astype(str), 7))
+    dups["email"] = "  " + dups["email"].str.upper() + " "
+    dups["updated_at"] = dups["updated_at"] + pd.Timedelta(hours=1)
+    return pd.concat([c, dups], ignore_index=True)
+
+
+def _dirty_day(rng, orders: pd.DataFrame, events: pd.DataFrame, rate: float, n: int):
+    """Per-day defects: future timestamps, negative amounts, unknown currencies/customers, missing values."""
+    o = orders.copy()
+    m = len(o)
+    if m:
+        for defect in ("negative", "currency", "unknown_customer", "future", "missing"):
+            hit = rng.random(m) < rate / 5
+            if defect == "negative":
+                o.loc[hit, "amount"] = -o.loc[hit, "amount"]
+            elif defect == "currency":
+                o.loc[hit, "currency"] = "XYZ"
+            elif defect == "unknown_customer":
+                o.loc[hit, "customer_ref"] = "C9" + pd.Series(rng.integers(0, 10**6, hit.sum())).astype(str).str.zfill(6).to_numpy()
+            elif defect == "future":
+                o.loc[hit, "order_ts"] = pd.Timestamp("2099-01-01")
+            else:
+                o["amount"] = o["amount"].astype(object)
+                o.loc[hit, "amount"] = None
+    ev = events.copy()
+    e = len(ev)
+    if e:
+        ev["event_ts"] = ev["event_ts"].astype(object)
+        future = rng.random(e) < rate / 2
+        ev.loc[future, "event_ts"] = pd.Timestamp("2099-01-01")
+        missing = rng.random(e) < rate / 2
+        ev["event_type"] = ev["event_type"].astype(object)
+        ev.loc[missing, "event_type"] = None
+    return o, ev
+
+
+def _write_day(out: Path, day: date, orders: pd.DataFrame, events: pd.DataFrame, contact_ids: np.ndarray) -> None:
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.register("orders_df", orders)
+        con.register("events_df", events)
+        con.register("ids_df", pd.DataFrame({"user_idx": np.arange(len(contact_ids)), "contact_id": contact_ids}))
+        con.execute(f"""COPY (SELECT order_id, customer_ref, strftime(order_ts, '%Y-%m-%dT%H:%M:%S') AS order_ts, amount, currency,
+                status, category, item_count FROM orders_df) TO '{out / 'transactions' / f'{day.isoformat()}.csv'}' (HEADER, DELIMITER ',')""")
+        con.execute(f"""COPY (SELECT 'ev' || e.event_id::VARCHAR AS event_id,
+                'anon-' || md5(i.contact_id || e.device)[:16] AS anonymous_id,
+                CASE WHEN e.logged_in THEN i.contact_id END AS user_id,
+                md5(i.contact_id || '{day}' || e.session::VARCHAR)[:20] AS session_id,
+                strftime(e.event_ts::TIMESTAMP, '%Y-%m-%dT%H:%M:%SZ') AS event_ts, e.event_type, e.product_category, e.device,
+                e.channel, CASE WHEN e.channel IN ('paid_search', 'social', 'email') THEN e.channel || '_campaign' END AS utm_source
+                FROM events_df e JOIN ids_df i USING (user_idx) ORDER BY e.event_ts) TO '{out / 'events' / f'{day.isoformat()}.jsonl'}' (FORMAT json)""")
+    finally:
+        con.close()
+
+
+def write_contacts(contacts: pd.DataFrame, url: str, table: str = "contacts") -> None:
+    """Write the CRM table through SQLAlchemy so the same code serves SQLite and PostgreSQL."""
+    from sqlalchemy import create_engine
+
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            # The generator owns this file: start from an empty CRM so re-generation is deterministic.
+            with sqlite3.connect(path) as con:
+                con.execute(f"DROP TABLE IF EXISTS {table}")
+                con.execute("DROP TABLE IF EXISTS crm_segments")
+    engine = create_engine(url)
+    try:
+        contacts.to_sql(table, engine, if_exists="replace", index=False, chunksize=50_000, method="multi" if not url.startswith("sqlite") else None)
+    finally:
+        engine.dispose()
