@@ -1,0 +1,70 @@
+"""Daily build: extract sources -> raw quality gate -> dbt build (features, segments) -> marts quality gate.
+
+Publishes the `segflow.marts.user_features` asset (extra: as_of), which triggers segflow_score.
+"""
+
+from airflow.sdk import DAG, Param, chain, task
+from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
+from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
+
+from segflow import orchestration
+from segflow.airflow_env import DBT_PROJECT_DIR, MANIFEST_PATH
+from segflow.assets import USER_FEATURES
+from segflow.dag_defaults import AS_OF_PARAM_DOC, DEFAULT_ARGS, START_DATE
+from segflow.orchestration import DUCKDB_POOL
+
+project_config = ProjectConfig(dbt_project_path=DBT_PROJECT_DIR, manifest_path=MANIFEST_PATH, project_name="segflow")
+profile_config = ProfileConfig(profile_name="segflow", target_name="duckdb", profiles_yml_filepath=DBT_PROJECT_DIR / "profiles.yml")
+execution_config = ExecutionConfig(execution_mode=ExecutionMode.LOCAL, invocation_mode=InvocationMode.DBT_RUNNER)
+# Tests that reference two models (relationships) run as their own task once both parents exist.
+render_config = RenderConfig(load_method=LoadMode.DBT_MANIFEST, exclude=["tag:training"], test_behavior=TestBehavior.BUILD,
+                             should_detach_multiple_parents_tests=True)
+
+with DAG(
+    dag_id="segflow_build",
+    schedule="@daily",
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,  # one DuckDB writer; backfills run day after day
+    default_args=DEFAULT_ARGS,
+    params={"as_of": Param("", type="string", description=AS_OF_PARAM_DOC)},
+    tags=["segflow"],
+    doc_md=__doc__,
+):
+
+    @task
+    def resolve_as_of(**context) -> str:
+        return orchestration.as_of_from_context(context).isoformat()
+
+    @task(pool=DUCKDB_POOL)
+    def extract(as_of: str, **context) -> dict:
+        return orchestration.extract(as_of, context["run_id"])
+
+    @task(pool=DUCKDB_POOL)
+    def validate_raw(as_of: str, **context) -> dict:
+        return orchestration.validate_raw(as_of, context["run_id"])
+
+    @task(pool=DUCKDB_POOL)
+    def validate_marts(as_of: str, **context) -> dict:
+        return orchestration.validate_marts(as_of, context["run_id"])
+
+    @task(outlets=[USER_FEATURES])
+    def publish_features(as_of: str, *, outlet_events) -> str:
+        outlet_events[USER_FEATURES].extra = {"as_of": as_of}
+        return as_of
+
+    dbt_build = DbtTaskGroup(
+        group_id="dbt_build",
+        project_config=project_config,
+        profile_config=profile_config,
+        execution_config=execution_config,
+        render_config=render_config,
+        operator_args={
+            "install_deps": False,
+            "pool": DUCKDB_POOL,
+            "vars": {"as_of": "{{ ti.xcom_pull(task_ids='resolve_as_of') }}"},
+        },
+    )
+
+    as_of = resolve_as_of()
+    chain(as_of, extract(as_of), validate_raw(as_of), dbt_build, validate_marts(as_of), publish_features(as_of))

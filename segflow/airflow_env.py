@@ -1,0 +1,93 @@
+"""The Airflow environment segflow runs in: everything under the project directory, nothing in $HOME.
+
+`airflow_environ()` is the single place that maps segflow settings to Airflow/dbt/MLflow environment
+variables; the CLI, the Makefile (via `segflow env`) and the tests all use it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from segflow.config import REPO_ROOT, Settings
+
+DAGS_FOLDER = REPO_ROOT / "dags"
+DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
+MANIFEST_PATH = DBT_PROJECT_DIR / "target" / "manifest.json"
+
+
+def airflow_home(settings: Settings) -> Path:
+    return Path(settings.get("airflow", "home", default=str(settings.root / ".airflow")))
+
+
+def airflow_environ(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Variables to export before Airflow is imported. Values already set in `environ` win, so an
+    operator can point Airflow at PostgreSQL with AIRFLOW__DATABASE__SQL_ALCHEMY_CONN."""
+    environ = dict(os.environ if environ is None else environ)
+    home = airflow_home(settings)
+    wanted = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        "AIRFLOW__USAGE_DATA_COLLECTION__ENABLED": "False",
+        "AIRFLOW__COSMOS__CACHE_DIR": str(home / "cosmos_cache"),
+        "SEGFLOW_WAREHOUSE_PATH": str(settings.warehouse_path),
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "DBT_PROFILES_DIR": str(DBT_PROJECT_DIR),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
+        "DO_NOT_TRACK": "true",
+        "GX_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), environ.get("PYTHONPATH", "")])),
+    }
+    if settings.config_file is not None:
+        wanted["SEGFLOW_CONFIG"] = str(settings.config_file)
+    return {k: environ.get(k, v) if k not in ("PYTHONPATH",) else v for k, v in wanted.items()}
+
+
+def apply_environ(settings: Settings) -> dict[str, str]:
+    env = airflow_environ(settings)
+    os.environ.update(env)
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def _newest_mtime(folder: Path) -> float:
+    newest = 0.0
+    for path in folder.rglob("*"):
+        if path.is_file() and "target" not in path.parts and "logs" not in path.parts:
+            newest = max(newest, path.stat().st_mtime)
+    return newest
+
+
+def ensure_dbt_manifest(settings: Settings) -> Path:
+    """Cosmos renders the dbt graph from target/manifest.json (no `dbt ls` at DAG parse time).
+    Regenerate it with `dbt parse` whenever a project file is newer."""
+    if MANIFEST_PATH.exists() and MANIFEST_PATH.stat().st_mtime >= _newest_mtime(DBT_PROJECT_DIR):
+        return MANIFEST_PATH
+    env = {**os.environ, **airflow_environ(settings)}
+    subprocess.run([sys.executable, "-m", "dbt.cli.main", "parse", "--project-dir", str(DBT_PROJECT_DIR),
+                    "--profiles-dir", str(DBT_PROJECT_DIR), "--quiet"], check=True, env=env, cwd=DBT_PROJECT_DIR)
+    return MANIFEST_PATH
+
+
+def airflow_cli(*args: str, settings: Settings, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, **airflow_environ(settings)}
+    return subprocess.run([str(Path(sys.executable).with_name("airflow")), *args], env=env, check=check,
+                          capture_output=True, text=True)
+
+
+def ensure_metadata_db(settings: Settings) -> None:
+    """Create/upgrade the Airflow metadata DB and the DuckDB writer pool (idempotent)."""
+    result = airflow_cli("db", "migrate", settings=settings, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"airflow db migrate failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    result = airflow_cli("pools", "set", "duckdb_writer", "1", "DuckDB allows one writer process per file",
+                         settings=settings, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"airflow pools set failed:\n{result.stderr[-4000:]}")

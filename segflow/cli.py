@@ -1,0 +1,196 @@
+"""segflow command line: generate data, run the pipeline through Airflow, print the summary.
+
+Airflow's configuration must be in the environment before Airflow is imported, so every command that
+touches Airflow calls `apply_environ()` first and imports Airflow lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from datetime import date, datetime, time as dtime, timedelta, timezone
+from pathlib import Path
+
+from segflow.config import REPO_ROOT, load_settings
+
+PIPELINE_DAGS = ("segflow_build", "segflow_train", "segflow_score")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def cmd_generate(args) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from segflow.generate import generate
+
+    out = Path(args.out)
+    started = time.time()
+    with Progress(TextColumn("generating"), BarColumn(), TextColumn("{task.completed}/{task.total} days"), TimeElapsedColumn(),
+                  console=_console(), transient=True, disable=not sys.stdout.isatty()) as progress:
+        bar = progress.add_task("days", total=args.days)
+        result = generate(out, users=args.users, days=args.days, seed=args.seed, dirty_rate=args.dirty_rate,
+                          end_date=date.fromisoformat(args.end_date), horizon_days=args.horizon_days, crm_url=args.crm_url,
+                          progress=lambda _s, done, _t: progress.update(bar, completed=done))
+    print(f"generated {result.users:,} users ({result.contacts_rows:,} CRM rows), {result.events:,} events, "
+          f"{result.orders:,} orders, {result.start_date} .. {result.end_date} into {out} in {time.time() - started:.1f}s")
+    return 0
+
+
+def _prepare_airflow(config: str | None):
+    settings = load_settings(config)
+    from segflow.airflow_env import apply_environ, ensure_dbt_manifest, ensure_metadata_db
+
+    apply_environ(settings)
+    ensure_dbt_manifest(settings)
+    ensure_metadata_db(settings)
+    return settings
+
+
+def cmd_init(args) -> int:
+    settings = _prepare_airflow(args.config)
+    print(f"Airflow metadata DB, pool and dbt manifest ready (AIRFLOW_HOME={os.environ['AIRFLOW_HOME']}, "
+          f"warehouse={settings.warehouse_path})")
+    return 0
+
+
+def _has_champions(settings) -> bool:
+    from ml.registry import CHURN_MODEL, CLUSTER_MODEL, configure_mlflow, current_champion
+
+    configure_mlflow(settings)
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    return all(current_champion(client, name) is not None for name in (CLUSTER_MODEL, CHURN_MODEL))
+
+
+@contextlib.contextmanager
+def redirect_output(log_file: Path):
+    """Send everything Airflow, dbt and the tasks print (at the file-descriptor level, so structlog and
+    subprocesses too) to `log_file`; the console keeps only segflow's own progress lines."""
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_file, "a") as sink:
+        os.dup2(sink.fileno(), 1), os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            os.close(saved[0]), os.close(saved[1])
+
+
+def run_dag(dag_id: str, as_of: date, log_file: Path) -> tuple[str, list[str]]:
+    """Run one DAG for `as_of` with Airflow's DAG test runner (same task code as a scheduled run).
+    Returns the run state and the failed task ids; Airflow's own log goes to `log_file`."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from segflow.airflow_env import DAGS_FOLDER
+
+    logical_date = datetime.combine(as_of + timedelta(days=1), dtime(), tzinfo=timezone.utc)
+    with redirect_output(log_file):
+        bag = DagBag(dag_folder=str(DAGS_FOLDER / f"{dag_id}.py"))
+        if bag.import_errors:
+            raise RuntimeError(f"DAG import errors: {bag.import_errors}")
+        run = bag.get_dag(dag_id).test(logical_date=logical_date, run_conf={"as_of": as_of.isoformat()})
+    failed = [ti.task_id for ti in run.get_task_instances() if ti.state in ("failed", "upstream_failed")]
+    return str(run.state), failed
+
+
+def cmd_run(args) -> int:
+    os.environ.setdefault("SEGFLOW_TASK_RETRIES", "0")
+    console = _console()
+    started = time.time()
+    with console.status("preparing Airflow (metadata DB, pool, dbt manifest)"):
+        settings = _prepare_airflow(args.config)
+    as_of = date.fromisoformat(args.as_of) if args.as_of else date.today() - timedelta(days=1)
+    log_file = Path(os.environ["AIRFLOW_HOME"]) / "logs" / f"segflow-run-{as_of}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    console.print(f"segflow run as of [bold]{as_of}[/bold] (config: {settings.config_file or 'defaults'}; Airflow log: {log_file})")
+    plan = ["segflow_build"]
+    if args.retrain == "always" or (args.retrain == "auto" and not _has_champions(settings)):
+        plan.append("segflow_train")
+    plan.append("segflow_score")
+    for dag_id in plan:
+        step = time.time()
+        console.print(f"… {dag_id}", end="\r")
+        state, failed = run_dag(dag_id, as_of, log_file)
+        if state != "success":
+            console.print(f"[red]✗ {dag_id} {state}[/red] after {time.time() - step:.0f}s; failed tasks: {', '.join(failed) or '-'}")
+            _print_failure(log_file, console)
+            return 1
+        console.print(f"[green]✓[/green] {dag_id} ({time.time() - step:.0f}s)")
+    from segflow.summary import print_summary
+
+    print_summary(settings, console)
+    console.print(f"done in {time.time() - started:.0f}s")
+    return 0
+
+
+def _print_failure(log_file: Path, console) -> None:
+    lines = log_file.read_text(errors="replace").splitlines() if log_file.exists() else []
+    errors = [i for i, line in enumerate(lines) if " ERROR " in line or "Error" in line]
+    if errors:
+        start = max(0, errors[0] - 2)
+        console.print("\n".join(lines[start:start + 40]), markup=False, highlight=False)
+
+
+def cmd_summary(args) -> int:
+    from segflow.summary import print_summary
+
+    print_summary(load_settings(args.config), _console())
+    return 0
+
+
+def cmd_env(args) -> int:
+    from segflow.airflow_env import airflow_environ
+
+    for key, value in airflow_environ(load_settings(args.config)).items():
+        print(f"export {key}='{value}'")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segflow", description="User segmentation pipeline (Airflow + dbt + GX + MLflow).")
+    parser.add_argument("--config", default=None, help="segflow.yml to use (default: $SEGFLOW_CONFIG, ./segflow.yml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate synthetic CRM, analytics and transaction extracts")
+    gen.add_argument("--users", type=int, default=10_000)
+    gen.add_argument("--days", type=int, default=180)
+    gen.add_argument("--seed", type=int, default=42)
+    gen.add_argument("--dirty-rate", type=float, default=0.0, help="share of rows with injected defects (0-0.5)")
+    gen.add_argument("--out", default=str(REPO_ROOT / "data" / "generated"))
+    gen.add_argument("--end-date", default="2026-09-30", help="last generated day (YYYY-MM-DD)")
+    gen.add_argument("--horizon-days", type=int, default=90, help="churn horizon of the ground truth")
+    gen.add_argument("--crm-url", default=None, help="SQLAlchemy URL for the CRM (default: OUT/crm.sqlite)")
+    gen.set_defaults(func=cmd_generate)
+
+    run = sub.add_parser("run", help="run the pipeline DAGs for one date through Airflow")
+    run.add_argument("--as-of", default=None, help="date to compute everything as of (default: yesterday)")
+    run.add_argument("--retrain", choices=["auto", "always", "never"], default="auto",
+                     help="auto: train only when no champion model exists yet")
+    run.set_defaults(func=cmd_run)
+
+    sub.add_parser("summary", help="print segments, personas and churn-risk bands").set_defaults(func=cmd_summary)
+    sub.add_parser("init", help="prepare the Airflow metadata DB, pool and dbt manifest").set_defaults(func=cmd_init)
+    sub.add_parser("env", help="print the environment (export lines) Airflow runs with").set_defaults(func=cmd_env)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for sub_args in ("config",):
+        if getattr(args, sub_args, None) is None:
+            setattr(args, sub_args, None)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

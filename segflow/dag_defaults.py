@@ -1,0 +1,55 @@
+"""Defaults shared by every segflow DAG (light imports only: this module is read at DAG parse time)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import urllib.request
+from datetime import datetime, timedelta, timezone
+
+log = logging.getLogger(__name__)
+
+START_DATE = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def task_retries() -> int:
+    """Retries per task; `segflow run` sets SEGFLOW_TASK_RETRIES=0 so an interactive run fails fast."""
+    return int(os.environ.get("SEGFLOW_TASK_RETRIES", "2"))
+
+
+def alert_payload(context) -> dict:
+    ti = context.get("task_instance") or context.get("ti")
+    return {
+        "dag_id": getattr(ti, "dag_id", None),
+        "task_id": getattr(ti, "task_id", None),
+        "run_id": context.get("run_id"),
+        "try_number": getattr(ti, "try_number", None),
+        "error": str(context.get("exception"))[:2000],
+    }
+
+
+def on_failure_alert(context) -> None:
+    """Log the failure and, when SEGFLOW_ALERT_WEBHOOK is set, POST it as JSON (Slack/Teams-style hooks)."""
+    payload = alert_payload(context)
+    log.error("segflow task failed: %s", payload)
+    url = os.environ.get("SEGFLOW_ALERT_WEBHOOK")
+    if url:
+        request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=10).close()
+        except OSError as exc:  # an alert must never mask the original failure
+            log.warning("alert webhook failed: %s", exc)
+
+
+DEFAULT_ARGS = {
+    "owner": "segflow",
+    "retries": task_retries(),
+    "retry_delay": timedelta(minutes=2),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=30),
+    "execution_timeout": timedelta(hours=2),
+    "on_failure_callback": on_failure_alert,
+}
+
+AS_OF_PARAM_DOC = "Date to compute everything as of (YYYY-MM-DD). Empty: derived from the run (see docs/architecture.md)."

@@ -1,0 +1,120 @@
+"""What the Airflow tasks do. DAG files only wire these callables; every function here is importable and
+unit-tested without a scheduler. Heavy imports (dbt, MLflow, scikit-learn) happen inside the functions,
+never at DAG parse time."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from datetime import date, datetime, timedelta
+from typing import Any, Iterable, Mapping
+
+from segflow.config import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+DUCKDB_POOL = "duckdb_writer"  # one slot: DuckDB allows one writer process per file
+
+
+def parse_as_of(value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value).strip()[:10])
+    except ValueError as exc:
+        raise ValueError(f"as_of must be a date YYYY-MM-DD, got {value!r}") from exc
+
+
+def resolve_as_of(explicit: Any = None, triggering_events: Iterable[Mapping[str, Any]] | None = None,
+                  logical_date: datetime | None = None, run_after: datetime | None = None,
+                  today: date | None = None) -> date:
+    """The date a run computes everything as of, defined for every kind of run:
+
+    1. an explicit `as_of` (run conf / params: manual runs, backfills, `segflow run --as-of`);
+    2. asset-triggered runs: the latest `as_of` carried by the triggering asset events;
+    3. scheduled runs: the day before the logical date (a run at midnight processes the day that just ended);
+    4. runs without a logical date: the day before `run_after`, else yesterday (UTC).
+    """
+    if explicit not in (None, ""):
+        return parse_as_of(explicit)
+    dates = [parse_as_of(e["as_of"]) for e in (triggering_events or []) if e and e.get("as_of")]
+    if dates:
+        return max(dates)
+    for moment in (logical_date, run_after):
+        if moment is not None:
+            return (moment - timedelta(days=1)).date()
+    return (today or datetime.utcnow().date()) - timedelta(days=1)
+
+
+def _triggering_extras(context: Mapping[str, Any]) -> list[dict]:
+    events = context.get("triggering_asset_events") or {}
+    extras = []
+    try:
+        for _, asset_events in events.items():
+            extras.extend(dict(getattr(e, "extra", None) or {}) for e in asset_events)
+    except AttributeError:  # not a mapping (e.g. absent in tests)
+        pass
+    return extras
+
+
+def as_of_from_context(context: Mapping[str, Any]) -> date:
+    params = context.get("params") or {}
+    dag_run = context.get("dag_run")
+    conf = getattr(dag_run, "conf", None) or {}
+    return resolve_as_of(
+        conf.get("as_of") or params.get("as_of"),
+        _triggering_extras(context),
+        context.get("logical_date"),
+        getattr(dag_run, "run_after", None),
+    )
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+# --- task callables -------------------------------------------------------------------------------
+
+def extract(as_of: str, run_id: str) -> dict:
+    from segflow.extract import run_extract
+
+    results = run_extract(settings(), parse_as_of(as_of), run_id)
+    return {name: asdict(r) for name, r in results.items()}
+
+
+def validate_raw(as_of: str, run_id: str) -> dict:
+    from segflow.quality import validate_raw_tables
+
+    return validate_raw_tables(settings(), parse_as_of(as_of), run_id)
+
+
+def validate_marts(as_of: str, run_id: str) -> dict:
+    from segflow.quality import validate_mart_tables
+
+    return validate_mart_tables(settings(), parse_as_of(as_of), run_id)
+
+
+def train(as_of: str) -> dict:
+    from ml.train import train_models
+
+    return asdict(train_models(settings(), parse_as_of(as_of)))
+
+
+def score(as_of: str, run_id: str) -> dict:
+    from ml.scoring import compute_scores, publish_scores
+    from segflow.quality import validate_scores
+
+    cfg = settings()
+    day = parse_as_of(as_of)
+    scores, cluster_version, churn_version = compute_scores(cfg, day)
+    validate_scores(cfg, scores, day, run_id)  # raises before anything is published on a critical failure
+    users = publish_scores(cfg, scores, day)
+    return {"as_of": as_of, "users": users, "clusterer_version": cluster_version, "churn_model_version": churn_version}
+
+
+def write_back(as_of: str) -> dict:
+    from segflow.writeback import write_back as run_write_back
+
+    return asdict(run_write_back(settings(), parse_as_of(as_of)))
