@@ -1,0 +1,71 @@
+"""Shared fixtures. Every test writes under tmp_path; nothing touches the project's own data/ or $HOME."""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from segflow.config import REPO_ROOT, load_settings
+
+AS_OF = date(2026, 9, 30)
+
+
+def settings_env(root: Path, data: Path) -> dict[str, str]:
+    """SEGFLOW__ overrides that point every store of a run at `root`, reading sources from `data`."""
+    return {
+        "SEGFLOW__SOURCES__CRM__URL": f"sqlite:///{data / 'crm.sqlite'}",
+        "SEGFLOW__SOURCES__EVENTS__PATH": str(data / "events"),
+        "SEGFLOW__SOURCES__TRANSACTIONS__PATH": str(data / "transactions"),
+        "SEGFLOW__WAREHOUSE__PATH": str(root / "warehouse.duckdb"),
+        "SEGFLOW__MLFLOW__TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "SEGFLOW__MLFLOW__ARTIFACT_ROOT": str(root / "mlartifacts"),
+        "SEGFLOW__WRITEBACK__CRM_URL": f"sqlite:///{data / 'crm.sqlite'}",
+        "SEGFLOW__WRITEBACK__EXPORT_DIR": str(root / "exports"),
+        "SEGFLOW__AIRFLOW__HOME": str(root / "airflow"),
+    }
+
+
+@pytest.fixture
+def make_settings(monkeypatch):
+    def factory(root: Path, data: Path, **extra: str):
+        env = {**settings_env(root, data), **extra}
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        return load_settings(REPO_ROOT / "segflow.yml")
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> Path:
+    """A small clean dataset shared (read-only) by tests: 400 users over 120 days."""
+    from segflow.generate import generate
+
+    out = tmp_path_factory.mktemp("small_dataset")
+    generate(out, users=400, days=120, seed=7, end_date=AS_OF)
+    return out
+
+
+@pytest.fixture(scope="session")
+def dirty_dataset(tmp_path_factory) -> Path:
+    from segflow.generate import generate
+
+    out = tmp_path_factory.mktemp("dirty_dataset")
+    generate(out, users=400, days=60, seed=11, dirty_rate=0.1, end_date=AS_OF)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _no_home_writes(monkeypatch, tmp_path):
+    # Libraries that cache under $HOME (matplotlib, dbt) write to the test's tmp dir instead.
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    monkeypatch.setenv("DO_NOT_TRACK", "true")
+    monkeypatch.setenv("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
+    yield
+
+
+def pytest_configure(config):
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

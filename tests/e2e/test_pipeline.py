@@ -1,0 +1,115 @@
+"""End to end: the real DAGs (segflow run -> Airflow's DAG test runner) on a tiny generated dataset."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+
+from segflow.config import REPO_ROOT
+from segflow.generate import generate
+from tests.conftest import AS_OF, settings_env
+
+pytestmark = pytest.mark.e2e
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "segflow.cli", *args], env=env, cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "data"
+    generate(data, users=600, days=150, seed=21, dirty_rate=0.02, end_date=AS_OF)
+    env = {**os.environ, **settings_env(root, data), "SEGFLOW_TASK_RETRIES": "0", "MPLCONFIGDIR": str(root / "mpl")}
+    first = run_cli(["run", "--as-of", AS_OF.isoformat()], env)
+    assert first.returncode == 0, f"segflow run failed:\n{first.stdout[-4000:]}\n{first.stderr[-4000:]}"
+    return {"root": root, "data": data, "env": env, "first": first}
+
+
+def _warehouse(p):
+    return duckdb.connect(str(p["root"] / "warehouse.duckdb"), read_only=True)
+
+
+def test_summary_is_printed(pipeline):
+    out = pipeline["first"].stdout
+    for needle in ("segflow_build", "segflow_train", "segflow_score", "Rule segments", "Personas", "Churn risk", "Where to look next"):
+        assert needle in out, needle
+
+
+def test_one_score_per_user_and_every_stage_published(pipeline):
+    with _warehouse(pipeline) as con:
+        features = con.execute("SELECT count(*), count(DISTINCT user_id), min(as_of), max(as_of) FROM marts.user_features").fetchall()[0]
+        scores = con.execute("SELECT count(*), count(DISTINCT user_id) FROM marts.user_scores").fetchall()[0]
+        missing = con.execute("SELECT count(*) FROM marts.user_features f ANTI JOIN marts.user_scores s USING (user_id)").fetchall()[0][0]
+        primaries = con.execute("SELECT count(*) FROM marts.user_segments WHERE is_primary").fetchall()[0][0]
+        bad_p = con.execute("SELECT count(*) FROM marts.user_scores WHERE churn_probability NOT BETWEEN 0 AND 1").fetchall()[0][0]
+        quality = con.execute("SELECT count(DISTINCT suite) FROM quality.validation_results").fetchall()[0][0]
+        versions = con.execute("SELECT DISTINCT clusterer_version, churn_model_version FROM marts.user_scores").fetchall()
+    assert features[0] == features[1] >= 550  # 600 contacts less the ones created after as_of, merged duplicates
+    assert features[2] == features[3] == AS_OF
+    assert scores[0] == scores[1] == features[0] and missing == 0
+    assert primaries == features[0], "every user has exactly one primary segment"
+    assert bad_p == 0
+    assert quality == 6, "raw, marts and score suites all ran"
+    assert versions == [("1", "1")]
+
+
+def test_registry_holds_both_models_with_champion(pipeline):
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{pipeline['root'] / 'mlflow.db'}")
+    client = MlflowClient()
+    for name in ("user_segments_clusterer", "user_churn"):
+        version = client.get_model_version_by_alias(name, "champion")
+        assert str(version.version) == "1"
+        assert version.tags["as_of"] == AS_OF.isoformat()
+        assert version.tags["promotion_decision"] == "champion"
+    runs = mlflow.search_runs(experiment_names=["segflow"])
+    churn_run = runs[runs["tags.model"] == "user_churn"].iloc[0]
+    assert 0.5 < churn_run["metrics.holdout_roc_auc"] <= 1.0
+    artifacts = {a.path for a in client.list_artifacts(churn_run["run_id"])}
+    assert {"roc.png", "calibration.png", "feature_importance.png", "confusion_matrix.png"} <= artifacts
+
+
+def test_crm_writeback_and_export_respect_consent(pipeline):
+    with _warehouse(pipeline) as con:
+        features = con.execute("SELECT user_id, has_email_consent, is_crm_contact FROM marts.user_features").df()
+    with sqlite3.connect(pipeline["data"] / "crm.sqlite") as crm:
+        synced = pd.read_sql("SELECT * FROM crm_segments", crm)
+    assert len(synced) == int(features["is_crm_contact"].sum())
+    merged = synced.merge(features, left_on="contact_id", right_on="user_id")
+    assert (merged["marketing_allowed"].astype(bool) == merged["has_email_consent"]).all()
+    assert merged.loc[~merged["has_email_consent"], "persona"].isna().all()
+    assert merged.loc[merged["has_email_consent"], "persona"].notna().all()
+    export = pd.read_parquet(pipeline["root"] / "exports" / f"as_of={AS_OF}" / "segments.parquet")
+    consenting = set(features.loc[features["has_email_consent"], "user_id"])
+    assert set(export["user_id"]) == consenting
+    assert "email" not in export.columns
+    # Malformed emails have no matching key; every key present is a SHA-256 hex digest, never clear text.
+    hashes = export["email_sha256"].dropna()
+    assert len(hashes) > 0.9 * len(export) and hashes.str.fullmatch(r"[0-9a-f]{64}").all()
+
+
+def test_rerun_is_idempotent(pipeline):
+    with _warehouse(pipeline) as con:
+        before = con.execute("SELECT count(*) FROM raw.transactions").fetchall()[0][0]
+    second = run_cli(["run", "--as-of", AS_OF.isoformat(), "--retrain", "never"], pipeline["env"])
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    with _warehouse(pipeline) as con:
+        assert con.execute("SELECT count(*) FROM raw.transactions").fetchall()[0][0] == before
+        hist = con.execute("SELECT count(*), count(DISTINCT user_id) FROM marts.user_scores_history WHERE as_of = ?", [AS_OF]).fetchall()[0]
+        fh = con.execute("SELECT count(*), count(DISTINCT user_id) FROM marts.user_features_history WHERE as_of = ?", [AS_OF]).fetchall()[0]
+    assert hist[0] == hist[1] and fh[0] == fh[1]
+    with sqlite3.connect(pipeline["data"] / "crm.sqlite") as crm:
+        n, distinct = crm.execute("SELECT count(*), count(DISTINCT contact_id) FROM crm_segments").fetchone()
+    assert n == distinct > 0
