@@ -110,14 +110,26 @@ interest as (
     qualify row_number() over (partition by v.user_id order by v.views desc, v.product_category) = 1
 ),
 
-preferred as (
-    select
-        user_id,
-        mode(channel) filter (where channel is not null) as preferred_channel_observed,
-        mode(device) filter (where device is not null) as preferred_device
+-- Most frequent channel / device over 90 days; ties broken alphabetically so reruns are reproducible.
+channel_counts as (
+    select user_id, channel, count(*) as n
     from events
-    where event_date > {{ as_of_date() }} - 90
-    group by 1
+    where event_date > {{ as_of_date() }} - 90 and channel is not null
+    group by 1, 2
+),
+
+device_counts as (
+    select user_id, device, count(*) as n
+    from events
+    where event_date > {{ as_of_date() }} - 90 and device is not null
+    group by 1, 2
+),
+
+preferred as (
+    select coalesce(c.user_id, d.user_id) as user_id, c.channel as preferred_channel_observed, d.device as preferred_device
+    from (select * from channel_counts qualify row_number() over (partition by user_id order by n desc, channel) = 1) as c
+    full outer join (select * from device_counts qualify row_number() over (partition by user_id order by n desc, device) = 1) as d
+        on c.user_id = d.user_id
 ),
 
 base as (

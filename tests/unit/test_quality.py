@@ -1,0 +1,69 @@
+import json
+from datetime import date
+
+import pandas as pd
+import pytest
+
+from segflow.quality import QualityGateError, enforce, load_suite, validate_frame
+from segflow.config import REPO_ROOT
+
+SUITES = sorted(p.stem for p in (REPO_ROOT / "expectations").glob("*.json"))
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_every_suite_loads_and_every_expectation_has_a_severity(suite, make_settings, tmp_path):
+    settings = make_settings(tmp_path, tmp_path)
+    loaded, key = load_suite(settings, suite)
+    doc = json.loads((REPO_ROOT / "expectations" / f"{suite}.json").read_text())
+    assert len(loaded.expectations) == len(doc["expectations"]) > 0 and key
+    assert all(e["meta"]["severity"] in ("critical", "warning") for e in doc["expectations"])
+
+
+def test_invalid_suite_fails_loudly(make_settings, tmp_path):
+    folder = tmp_path / "expectations"
+    folder.mkdir()
+    (folder / "broken.json").write_text(json.dumps({"name": "broken", "expectations": [
+        {"type": "expect_column_values_to_not_be_nul", "kwargs": {"column": "x"}, "meta": {"severity": "critical"}}]}))
+    settings = make_settings(tmp_path, tmp_path, SEGFLOW__QUALITY__EXPECTATIONS_DIR=str(folder))
+    with pytest.raises(ValueError, match="invalid expectation"):
+        load_suite(settings, "broken")
+
+
+def scores(n=20):
+    return pd.DataFrame({"user_id": [f"U{i}" for i in range(n)], "churn_probability": [0.5] * n,
+                         "churn_risk_band": ["medium"] * n, "persona": ["P"] * n})
+
+
+def test_clean_scores_pass(make_settings, tmp_path):
+    outcomes = validate_frame(make_settings(tmp_path, tmp_path), "marts_user_scores", scores(), {"feature_rows": 20})
+    assert all(o.success for o in outcomes)
+    assert enforce(outcomes) == {"checked": len(outcomes), "warnings": 0}
+
+
+def test_critical_failure_names_suite_expectation_value_and_keys(make_settings, tmp_path):
+    bad = scores()
+    bad.loc[3, "churn_probability"] = 1.7
+    outcomes = validate_frame(make_settings(tmp_path, tmp_path), "marts_user_scores", bad, {"feature_rows": 20})
+    with pytest.raises(QualityGateError) as err:
+        enforce(outcomes)
+    message = str(err.value)
+    assert "[marts_user_scores] expect_column_values_to_be_between on column churn_probability" in message
+    assert "1.7" in message and "U3" in message
+
+
+def test_row_count_must_match_features(make_settings, tmp_path):
+    outcomes = validate_frame(make_settings(tmp_path, tmp_path), "marts_user_scores", scores(), {"feature_rows": 21})
+    with pytest.raises(QualityGateError, match="expect_table_row_count_to_equal"):
+        enforce(outcomes)
+
+
+def test_warnings_are_recorded_but_do_not_block(make_settings, tmp_path):
+    tx = pd.DataFrame({"order_id": ["1", "2"], "customer_ref": ["C1", "C2"], "amount": [10.0, -5.0],
+                       "currency": ["EUR", "XYZ"], "order_ts": pd.to_datetime(["2026-01-01", "2099-01-01"]),
+                       "status": ["completed", "completed"], "category": ["home", "home"]})
+    outcomes = validate_frame(make_settings(tmp_path, tmp_path), "raw_transactions", tx,
+                              {"max_ts": pd.Timestamp(date(2026, 1, 3)), "currencies": ["EUR"]})
+    failed = {(o.expectation, o.column) for o in outcomes if not o.success}
+    assert failed == {("expect_column_values_to_be_between", "amount"), ("expect_column_values_to_be_in_set", "currency"),
+                      ("expect_column_values_to_be_between", "order_ts")}
+    assert enforce(outcomes)["warnings"] == 3
