@@ -44,10 +44,12 @@ def airflow_environ(settings: Settings, environ: dict[str, str] | None = None) -
         "GX_ANALYTICS_ENABLED": "false",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), environ.get("PYTHONPATH", "")])),
+        # Airflow's components spawn `airflow ...` by name: the project's environment comes first.
+        "PATH": os.pathsep.join(filter(None, [str(Path(sys.executable).parent), environ.get("PATH", "")])),
     }
     if settings.config_file is not None:
         wanted["SEGFLOW_CONFIG"] = str(settings.config_file)
-    return {k: environ.get(k, v) if k not in ("PYTHONPATH",) else v for k, v in wanted.items()}
+    return {k: v if k in ("PYTHONPATH", "PATH") else environ.get(k, v) for k, v in wanted.items()}
 
 
 def apply_environ(settings: Settings) -> dict[str, str]:
@@ -71,7 +73,7 @@ def ensure_dbt_manifest(settings: Settings) -> Path:
     if MANIFEST_PATH.exists() and MANIFEST_PATH.stat().st_mtime >= _newest_mtime(DBT_PROJECT_DIR):
         return MANIFEST_PATH
     env = {**os.environ, **airflow_environ(settings)}
-    subprocess.run([sys.executable, "-m", "dbt.cli.main", "parse", "--project-dir", str(DBT_PROJECT_DIR),
+    subprocess.run([str(Path(sys.executable).with_name("dbt")), "parse", "--project-dir", str(DBT_PROJECT_DIR),
                     "--profiles-dir", str(DBT_PROJECT_DIR), "--quiet"], check=True, env=env, cwd=DBT_PROJECT_DIR)
     return MANIFEST_PATH
 

@@ -50,12 +50,14 @@ def print_summary(settings: Settings, console: Console | None = None) -> None:
         risk.add_row(band, f"{users:,}", f"{users / total:.0%}")
     console.print(risk)
     wb = settings.raw["writeback"]
+    mlflow_uri = settings.mlflow_tracking_uri
     console.print(
         "Where to look next:\n"
         f"  warehouse     duckdb {settings.warehouse_path}  (marts.user_features, user_segments, user_scores)\n"
         f"  CRM table     {wb['crm_table']} in {wb['crm_url']}\n"
         f"  activation    {wb['export_dir']}/as_of={data['as_of']}/segments.csv|parquet\n"
-        "  Airflow UI    make ui   (then http://localhost:8080)\n"
-        "  MLflow UI     make ui   (then http://localhost:5000)\n"
-        "  dbt docs      make docs (then open docs/site/index.html)"
+        f"  MLflow UI     .venv/bin/mlflow ui --backend-store-uri {mlflow_uri}   -> http://127.0.0.1:5000\n"
+        '  Airflow UI    eval "$(.venv/bin/segflow env)" && .venv/bin/airflow standalone   -> http://localhost:8080\n'
+        "  dbt docs      make docs, then open docs/site/index.html",
+        soft_wrap=True,
     )
