@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -105,6 +106,9 @@ def run_dag(dag_id: str, as_of: date, log_file: Path) -> tuple[str, list[str]]:
 
 def cmd_run(args) -> int:
     os.environ.setdefault("SEGFLOW_TASK_RETRIES", "0")
+    # Library chatter belongs in the Airflow log file, not on the console.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     console = _console()
     started = time.time()
     with console.status("preparing Airflow (metadata DB, pool, dbt manifest)"):
@@ -119,7 +123,7 @@ def cmd_run(args) -> int:
     plan.append("segflow_score")
     for dag_id in plan:
         step = time.time()
-        console.print(f"… {dag_id}", end="\r")
+        console.print(f"→ {dag_id} …")
         state, failed = run_dag(dag_id, as_of, log_file)
         if state != "success":
             console.print(f"[red]✗ {dag_id} {state}[/red] after {time.time() - step:.0f}s; failed tasks: {', '.join(failed) or '-'}")
