@@ -19,5 +19,7 @@ def test_production_stack_services_and_no_inline_secrets():
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql")
     # Every password-like value is an environment reference, never a literal.
-    for match in re.finditer(r"(PASSWORD|SECRET|SALT)[A-Z_]*:\s*(\S+)", text):
+    keys = list(re.finditer(r"^\s*([A-Z_]*(?:PASSWORD|SECRET|SALT)[A-Z_]*):\s*(.+)$", text, flags=re.MULTILINE))
+    assert len(keys) >= 4
+    for match in keys:
         assert match.group(2).startswith("${"), match.group(0)
