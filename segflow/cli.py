@@ -161,11 +161,15 @@ def cmd_env(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    config_help = "segflow.yml to use (default: $SEGFLOW_CONFIG, ./segflow.yml)"
     parser = argparse.ArgumentParser(prog="segflow", description="User segmentation pipeline (Airflow + dbt + GX + MLflow).")
-    parser.add_argument("--config", default=None, help="segflow.yml to use (default: $SEGFLOW_CONFIG, ./segflow.yml)")
+    parser.add_argument("--config", default=None, help=config_help)
+    # --config is accepted after the subcommand too (`segflow run --config F`); SUPPRESS keeps the global value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="generate synthetic CRM, analytics and transaction extracts")
+    gen = sub.add_parser("generate", parents=[common], help="generate synthetic CRM, analytics and transaction extracts")
     gen.add_argument("--users", type=int, default=10_000)
     gen.add_argument("--days", type=int, default=180)
     gen.add_argument("--seed", type=int, default=42)
@@ -176,23 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--crm-url", default=None, help="SQLAlchemy URL for the CRM (default: OUT/crm.sqlite)")
     gen.set_defaults(func=cmd_generate)
 
-    run = sub.add_parser("run", help="run the pipeline DAGs for one date through Airflow")
+    run = sub.add_parser("run", parents=[common], help="run the pipeline DAGs for one date through Airflow")
     run.add_argument("--as-of", default=None, help="date to compute everything as of (default: yesterday)")
     run.add_argument("--retrain", choices=["auto", "always", "never"], default="auto",
                      help="auto: train only when no champion model exists yet")
     run.set_defaults(func=cmd_run)
 
-    sub.add_parser("summary", help="print segments, personas and churn-risk bands").set_defaults(func=cmd_summary)
-    sub.add_parser("init", help="prepare the Airflow metadata DB, pool and dbt manifest").set_defaults(func=cmd_init)
-    sub.add_parser("env", help="print the environment (export lines) Airflow runs with").set_defaults(func=cmd_env)
+    sub.add_parser("summary", parents=[common], help="print segments, personas and churn-risk bands").set_defaults(func=cmd_summary)
+    sub.add_parser("init", parents=[common], help="prepare the Airflow metadata DB, pool and dbt manifest").set_defaults(func=cmd_init)
+    sub.add_parser("env", parents=[common], help="print the environment (export lines) Airflow runs with").set_defaults(func=cmd_env)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for sub_args in ("config",):
-        if getattr(args, sub_args, None) is None:
-            setattr(args, sub_args, None)
     return args.func(args)
 
 
