@@ -3,14 +3,15 @@
 Publishes the `segflow.marts.user_features` asset (extra: as_of), which triggers segflow_score.
 """
 
-from airflow.sdk import DAG, Param, chain, task
+from airflow.sdk import chain, task
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
 
 from segflow import orchestration
 from segflow.airflow_env import DBT_PROJECT_DIR, MANIFEST_PATH
 from segflow.assets import USER_FEATURES
-from segflow.dag_defaults import AS_OF_PARAM_DOC, DEFAULT_ARGS, START_DATE
+from segflow.dag_defaults import segflow_dag
+from segflow.dag_tasks import resolve_as_of
 from segflow.orchestration import DUCKDB_POOL
 
 project_config = ProjectConfig(dbt_project_path=DBT_PROJECT_DIR, manifest_path=MANIFEST_PATH, project_name="segflow")
@@ -20,21 +21,7 @@ execution_config = ExecutionConfig(execution_mode=ExecutionMode.LOCAL, invocatio
 render_config = RenderConfig(load_method=LoadMode.DBT_MANIFEST, exclude=["tag:training"], test_behavior=TestBehavior.BUILD,
                              should_detach_multiple_parents_tests=True)
 
-with DAG(
-    dag_id="segflow_build",
-    schedule="@daily",
-    start_date=START_DATE,
-    catchup=False,
-    max_active_runs=1,  # one DuckDB writer; backfills run day after day
-    default_args=DEFAULT_ARGS,
-    params={"as_of": Param("", type="string", description=AS_OF_PARAM_DOC)},
-    tags=["segflow"],
-    doc_md=__doc__,
-):
-
-    @task
-    def resolve_as_of(**context) -> str:
-        return orchestration.as_of_from_context(context).isoformat()
+with segflow_dag("segflow_build", schedule="@daily", doc_md=__doc__, tags=()):
 
     @task(pool=DUCKDB_POOL)
     def extract(as_of: str, **context) -> dict:

@@ -53,3 +53,21 @@ DEFAULT_ARGS = {
 }
 
 AS_OF_PARAM_DOC = "Date to compute everything as of (YYYY-MM-DD). Empty: derived from the run (see docs/architecture.md)."
+
+
+def segflow_dag(dag_id: str, schedule, doc_md: str | None, tags: tuple[str, ...] = ()):
+    """A DAG with the settings every segflow DAG shares: one active run at a time (DuckDB takes one
+    writer, so backfills run day after day), no catch-up, retries/timeouts/alerts, and an `as_of` param."""
+    from airflow.sdk import DAG, Param
+
+    return DAG(
+        dag_id=dag_id,
+        schedule=schedule,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        params={"as_of": Param("", type="string", description=AS_OF_PARAM_DOC)},
+        tags=["segflow", *tags],
+        doc_md=doc_md,
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -19,6 +18,7 @@ def dagbag(tmp_path_factory):
     from segflow.config import load_settings
 
     root = tmp_path_factory.mktemp("integrity")
+    saved = dict(os.environ)
     os.environ["SEGFLOW__AIRFLOW__HOME"] = str(root / "airflow")
     os.environ["SEGFLOW__WAREHOUSE__PATH"] = str(root / "warehouse.duckdb")
     settings = load_settings()
@@ -27,10 +27,9 @@ def dagbag(tmp_path_factory):
     ensure_dbt_manifest(settings)
     from airflow.dag_processing.dagbag import DagBag
 
-    started = time.time()
-    bag = DagBag(dag_folder=str(DAGS_FOLDER))
-    bag.parse_seconds = time.time() - started
-    return bag
+    yield DagBag(dag_folder=str(DAGS_FOLDER))
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_no_import_errors(dagbag):
