@@ -1,6 +1,8 @@
-"""Daily build: extract sources -> raw quality gate -> dbt build (features, segments) -> marts quality gate.
+"""Daily build (write-audit-publish): extract sources -> raw quality gate -> dbt builds audit candidates
+(features, segments) with their tests -> marts quality gate -> dbt publishes marts.
 
-Publishes the `segflow.marts.user_features` asset (extra: as_of), which triggers segflow_score.
+A failed gate stops before publishing, so the marts keep their last good version. Publishes the
+`segflow.marts.user_features` asset (extra: as_of), which triggers segflow_score.
 """
 
 from airflow.sdk import chain, task
@@ -18,8 +20,14 @@ project_config = ProjectConfig(dbt_project_path=DBT_PROJECT_DIR, manifest_path=M
 profile_config = ProfileConfig(profile_name="segflow", target_name="duckdb", profiles_yml_filepath=DBT_PROJECT_DIR / "profiles.yml")
 execution_config = ExecutionConfig(execution_mode=ExecutionMode.LOCAL, invocation_mode=InvocationMode.DBT_RUNNER)
 # Tests that reference two models (relationships) run as their own task once both parents exist.
-render_config = RenderConfig(load_method=LoadMode.DBT_MANIFEST, exclude=["tag:training"], test_behavior=TestBehavior.BUILD,
-                             should_detach_multiple_parents_tests=True)
+build_render = RenderConfig(load_method=LoadMode.DBT_MANIFEST, exclude=["tag:training", "tag:publish"],
+                            test_behavior=TestBehavior.BUILD, should_detach_multiple_parents_tests=True)
+publish_render = RenderConfig(load_method=LoadMode.DBT_MANIFEST, select=["tag:publish"], test_behavior=TestBehavior.BUILD)
+dbt_operator_args = {
+    "install_deps": False,
+    "pool": DUCKDB_POOL,
+    "vars": {"as_of": "{{ ti.xcom_pull(task_ids='resolve_as_of') }}"},
+}
 
 with segflow_dag("segflow_build", schedule="@daily", doc_md=__doc__, tags=()):
 
@@ -40,18 +48,10 @@ with segflow_dag("segflow_build", schedule="@daily", doc_md=__doc__, tags=()):
         outlet_events[USER_FEATURES].extra = {"as_of": as_of}
         return as_of
 
-    dbt_build = DbtTaskGroup(
-        group_id="dbt_build",
-        project_config=project_config,
-        profile_config=profile_config,
-        execution_config=execution_config,
-        render_config=render_config,
-        operator_args={
-            "install_deps": False,
-            "pool": DUCKDB_POOL,
-            "vars": {"as_of": "{{ ti.xcom_pull(task_ids='resolve_as_of') }}"},
-        },
-    )
+    dbt_build = DbtTaskGroup(group_id="dbt_build", project_config=project_config, profile_config=profile_config,
+                             execution_config=execution_config, render_config=build_render, operator_args=dbt_operator_args)
+    dbt_publish = DbtTaskGroup(group_id="dbt_publish", project_config=project_config, profile_config=profile_config,
+                               execution_config=execution_config, render_config=publish_render, operator_args=dbt_operator_args)
 
     as_of = resolve_as_of()
-    chain(as_of, extract(as_of), validate_raw(as_of), dbt_build, validate_marts(as_of), publish_features(as_of))
+    chain(as_of, extract(as_of), validate_raw(as_of), dbt_build, validate_marts(as_of), dbt_publish, publish_features(as_of))

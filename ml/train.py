@@ -38,7 +38,9 @@ def ensure_feature_partition(settings: Settings, as_of: date) -> None:
             "SELECT count(*) FROM marts.user_features_history WHERE as_of = ?::DATE", [str(as_of)]).fetchone()[0]
     if not exists:
         log.info("building feature partition as of %s", as_of)
-        run_dbt(settings, ["run", "--select", "user_features_history"], vars=dbt_vars(as_of.isoformat(), settings))
+        # Past dates are built in their own audit schema so they never race the daily build's candidates.
+        run_dbt(settings, ["run", "--select", "audit_user_features", "user_features_history"],
+                vars=dbt_vars(as_of.isoformat(), settings, audit_schema="audit_training"))
 
 
 def build_training_data(settings: Settings, as_of: date) -> pd.DataFrame:

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 import time
 from datetime import date, datetime, time as dtime, timedelta, timezone
@@ -138,11 +139,18 @@ def cmd_run(args) -> int:
 
 
 def _print_failure(log_file: Path, console) -> None:
+    """Show the exception that failed the run (its message names file/suite/expectation), not the whole log."""
     lines = log_file.read_text(errors="replace").splitlines() if log_file.exists() else []
-    errors = [i for i, line in enumerate(lines) if " ERROR " in line or "Error" in line]
-    if errors:
-        start = max(0, errors[0] - 2)
-        console.print("\n".join(lines[start:start + 40]), markup=False, highlight=False)
+    pattern = re.compile(r"^([\w.]+(Error|Exception)): ")
+    hits = [i for i, line in enumerate(lines) if pattern.match(line)]
+    if hits:
+        message = [lines[hits[-1]]]
+        for line in lines[hits[-1] + 1:hits[-1] + 30]:
+            if re.match(r"^\d{4}-\d{2}-\d{2}", line):  # the next log record: the message has ended
+                break
+            message.append(line)
+        console.print("\n".join(message), markup=False, highlight=False)
+    console.print(f"full log: {log_file}")
 
 
 def cmd_summary(args) -> int:

@@ -157,9 +157,10 @@ def validate_raw_tables(settings: Settings, as_of: date, run_id: str) -> dict:
 
 
 def validate_mart_tables(settings: Settings, as_of: date, run_id: str) -> dict:
+    """Validate the audit candidates of the marts (write-audit-publish: nothing is published yet)."""
     with connect(settings.warehouse_path, read_only=True) as con:
-        features = con.execute("SELECT * FROM marts.user_features").df()
-        segments = con.execute("SELECT * FROM marts.user_segments").df()
+        features = con.execute("SELECT * FROM audit.audit_user_features").df()
+        segments = con.execute("SELECT * FROM audit.audit_user_segments").df()
         rules = [r[0] for r in con.execute("SELECT segment_name FROM reference.segment_rules").fetchall()]
     return _run_suites(settings, {"marts_user_features": (features, {}),
                                   "marts_user_segments": (segments, {"segment_rules": rules})}, as_of, run_id)

@@ -65,15 +65,22 @@ def test_duckdb_writers_share_the_single_slot_pool(dagbag):
         assert dagbag.dags[dag_id].get_task(task_id).pool == "duckdb_writer"
     # Ephemeral models render as EmptyOperator placeholders that touch nothing; every task running dbt is pooled.
     dbt_tasks = [t for t in dagbag.dags["segflow_build"].tasks
-                 if t.task_id.startswith("dbt_build.") and type(t).__name__ != "EmptyOperator"]
+                 if t.task_id.startswith(("dbt_build.", "dbt_publish.")) and type(t).__name__ != "EmptyOperator"]
     assert dbt_tasks and all(t.pool == "duckdb_writer" for t in dbt_tasks)
 
 
-def test_dbt_graph_rendered_from_manifest(dagbag):
-    task_ids = set(dagbag.dags["segflow_build"].task_ids)
-    for model in ("stg_crm__contacts", "stg_shop__transactions", "user_features", "user_segments"):
+def test_dbt_graph_rendered_from_manifest_with_write_audit_publish(dagbag):
+    dag = dagbag.dags["segflow_build"]
+    task_ids = set(dag.task_ids)
+    for model in ("stg_crm__contacts", "stg_shop__transactions", "audit_user_features", "audit_user_segments"):
         assert any(t.startswith(f"dbt_build.{model}") for t in task_ids), model
+    for model in ("user_features", "user_segments", "user_features_history"):
+        assert any(t.startswith(f"dbt_publish.{model}_") for t in task_ids), model
     assert not any("churn_training_set" in t for t in task_ids), "training sets are built by the train DAG only"
+    # Nothing is published before the marts quality gate has passed.
+    gate = dag.get_task("validate_marts")
+    publish_tasks = [t for t in dag.tasks if t.task_id.startswith("dbt_publish.")]
+    assert all(gate.task_id in t.get_flat_relative_ids(upstream=True) for t in publish_tasks)
 
 
 def test_dag_files_are_thin():

@@ -1,4 +1,7 @@
-{# Use the folder's schema as-is (staging, marts, ...) instead of dbt's default <target>_<schema>. #}
+{# Use the folder's schema as-is (staging, marts, ...) instead of dbt's default <target>_<schema>.
+   The audit schema is configurable (var audit_schema) so point-in-time training builds use their own. #}
 {% macro generate_schema_name(custom_schema_name, node) -%}
-    {%- if custom_schema_name is none -%}{{ target.schema }}{%- else -%}{{ custom_schema_name | trim }}{%- endif -%}
+    {%- if custom_schema_name is none -%}{{ target.schema }}
+    {%- elif custom_schema_name | trim == 'audit' -%}{{ var('audit_schema', 'audit') }}
+    {%- else -%}{{ custom_schema_name | trim }}{%- endif -%}
 {%- endmacro %}

@@ -113,3 +113,34 @@ def test_rerun_is_idempotent(pipeline):
     with sqlite3.connect(pipeline["data"] / "crm.sqlite") as crm:
         n, distinct = crm.execute("SELECT count(*), count(DISTINCT contact_id) FROM crm_segments").fetchone()
     assert n == distinct > 0
+
+
+def test_critical_quality_failure_blocks_publishing(pipeline, tmp_path):
+    """A critical expectation failing on the audit candidates stops the build before dbt publishes:
+    marts and scores keep their last good version, and the failure names suite, expectation and value."""
+    import json
+    import shutil
+    from datetime import timedelta
+
+    with _warehouse(pipeline) as con:
+        features_before = con.execute("SELECT count(*), max(as_of) FROM marts.user_features").fetchall()[0]
+        scores_before = con.execute("SELECT count(*), max(as_of), max(scored_at) FROM marts.user_scores").fetchall()[0]
+    suites = tmp_path / "expectations"
+    shutil.copytree(REPO_ROOT / "expectations", suites)
+    doc = json.loads((suites / "marts_user_features.json").read_text())
+    doc["expectations"].append({"type": "expect_table_row_count_to_be_between", "kwargs": {"max_value": 10},
+                                "meta": {"severity": "critical"}})
+    (suites / "marts_user_features.json").write_text(json.dumps(doc))
+    day_before = AS_OF - timedelta(days=1)
+    env = {**pipeline["env"], "SEGFLOW__QUALITY__EXPECTATIONS_DIR": str(suites)}
+    failed = run_cli(["run", "--as-of", day_before.isoformat(), "--retrain", "never"], env)
+    assert failed.returncode == 1
+    assert "segflow_build failed" in failed.stdout and "validate_marts" in failed.stdout
+    log = (pipeline["root"] / "airflow" / "logs" / f"segflow-run-{day_before}.log").read_text()
+    assert "[marts_user_features] expect_table_row_count_to_be_between failed (critical): observed" in log
+    with _warehouse(pipeline) as con:
+        assert con.execute("SELECT count(*), max(as_of) FROM marts.user_features").fetchall()[0] == features_before
+        assert con.execute("SELECT count(*), max(as_of), max(scored_at) FROM marts.user_scores").fetchall()[0] == scores_before
+        # The candidate was built and judged, just not published.
+        assert con.execute("SELECT max(as_of) FROM audit.audit_user_features").fetchall()[0][0] == day_before
+        assert con.execute("SELECT count(*) FROM marts.user_features_history WHERE as_of = ?", [day_before]).fetchall()[0][0] == 0

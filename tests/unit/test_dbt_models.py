@@ -67,7 +67,7 @@ def test_a_past_date_reproduces_what_was_known_then(tmp_path, small_dataset, mak
     on_the_day = features(then)
     later = make_settings(tmp_path / "later", small_dataset)
     build(later, AS_OF)  # the warehouse now holds 20 more days
-    run_dbt(later, ["run", "--select", "user_features", "--quiet"], vars=dbt_vars(past.isoformat(), later))
+    run_dbt(later, ["run", "--select", "audit_user_features", "user_features", "--quiet"], vars=dbt_vars(past.isoformat(), later))
     rebuilt = features(later)
     assert len(on_the_day) > 0
     pd.testing.assert_frame_equal(on_the_day.reset_index(drop=True), rebuilt.reset_index(drop=True))
@@ -79,7 +79,7 @@ def test_segment_thresholds_change_by_editing_the_seed_only(tmp_path, small_data
     with duckdb.connect(str(settings.warehouse_path)) as con:
         before = con.execute("SELECT count(*) FROM marts.user_segments WHERE rule_name = 'High Intent Shoppers'").fetchall()[0][0]
         con.execute("UPDATE reference.segment_rules SET rule_sql = 'intent_score_30d > 1000' WHERE segment_name = 'High Intent Shoppers'")
-    run_dbt(settings, ["run", "--select", "user_segments", "--quiet"], vars=dbt_vars(AS_OF.isoformat(), settings))
+    run_dbt(settings, ["run", "--select", "audit_user_segments", "user_segments", "--quiet"], vars=dbt_vars(AS_OF.isoformat(), settings))
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         after = con.execute("SELECT count(*) FROM marts.user_segments WHERE rule_name = 'High Intent Shoppers'").fetchall()[0][0]
     assert before > 0 and after == 0

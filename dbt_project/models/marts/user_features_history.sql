@@ -6,4 +6,4 @@
     unique_key='as_of',
     on_schema_change='append_new_columns'
 ) }}
-select * from {{ ref('int_users_featurised') }}
+select * from {{ ref('audit_user_features') }}

@@ -1,15 +1,2 @@
--- Rule-segment memberships compiled from the analyst-editable seed `segment_rules`.
--- Every membership is kept (multi-membership); the highest-priority one is the user's primary segment.
-with memberships as (
-    {{ compile_segment_rules(ref('user_features'), ref('segment_rules')) }}
-)
-
-select
-    user_id,
-    as_of,
-    rule_name,
-    segment_name,
-    priority,
-    row_number() over (partition by user_id order by priority, segment_name) = 1 as is_primary,
-    evidence
-from memberships
+-- Published rule-segment memberships: the audited candidate, swapped in after the quality gates pass.
+select * from {{ ref('audit_user_segments') }}
