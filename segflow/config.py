@@ -42,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "features": {"reporting_currency": "EUR"},
     "churn": {"horizon_days": 90, "risk_bands": {"medium": 0.3, "high": 0.6}, "champion_tolerance": 0.0},
     "clustering": {"k_min": 3, "k_max": 8, "sample_size": 20000, "seed": 42},
-    "quality": {"expectations_dir": "expectations"},
+    "quality": {"expectations_dir": "expectations", "gx_dir": "gx", "segment_size_ratio": {"min": 0.5, "max": 2.0}},
 }
 
 PATH_KEYS = [
@@ -52,6 +52,7 @@ PATH_KEYS = [
     ("mlflow", "artifact_root"),
     ("writeback", "export_dir"),
     ("quality", "expectations_dir"),
+    ("quality", "gx_dir"),
 ]
 URL_KEYS = [("sources", "crm", "url"), ("writeback", "crm_url"), ("mlflow", "tracking_uri")]
 

@@ -1,4 +1,5 @@
-"""Build the static dbt docs site (docs/site/index.html), viewable without Airflow or a server."""
+"""Build the static documentation sites, viewable from file:// without Airflow or a server:
+docs/site/index.html (dbt docs) and docs/site/gx/index.html (Great Expectations Data Docs)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,19 @@ from segflow.dbt import run_dbt
 SITE_DIR = REPO_ROOT / "docs" / "site"
 
 
-def build_docs(config: str | None = None) -> str:
+def copy_data_docs(settings) -> str | None:
+    """Copy the GX Data Docs site (kept up to date by every validation run) next to the dbt docs."""
+    from segflow.quality import data_docs_index
+
+    index = data_docs_index(settings)
+    if not index.exists():
+        return None
+    shutil.rmtree(SITE_DIR / "gx", ignore_errors=True)
+    shutil.copytree(index.parent, SITE_DIR / "gx")
+    return str(SITE_DIR / "gx" / "index.html")
+
+
+def build_docs(config: str | None = None) -> tuple[str, str | None]:
     settings = load_settings(config)
     # --static inlines manifest and catalog into one HTML file that opens from file://
     run_dbt(settings, ["docs", "generate", "--static"], vars={"as_of": None})
@@ -22,8 +35,10 @@ def build_docs(config: str | None = None) -> str:
     for name in ("manifest.json", "catalog.json"):
         if (target / name).exists():
             shutil.copyfile(target / name, SITE_DIR / name)
-    return str(SITE_DIR / "index.html")
+    return str(SITE_DIR / "index.html"), copy_data_docs(settings)
 
 
 if __name__ == "__main__":
-    print(f"dbt docs: {build_docs(sys.argv[1] if len(sys.argv) > 1 else None)}")
+    dbt_site, gx_site = build_docs(sys.argv[1] if len(sys.argv) > 1 else None)
+    print(f"dbt docs:      {dbt_site}")
+    print(f"GX Data Docs:  {gx_site or 'none yet: run the pipeline first (make demo)'}")

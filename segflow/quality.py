@@ -1,6 +1,8 @@
 """Quality gates with Great Expectations Core 1.x.
 
-Suites live as JSON under expectations/ (versioned with the code). Each expectation carries
+Suites live as JSON under expectations/ (versioned with the code) and are synced into a project-local
+GX file context (`quality.gx_dir`) on every run; each validation runs as a Checkpoint that stores its result
+and updates the static Data Docs site. Each expectation carries
 `meta.severity`: `critical` stops the pipeline before anything downstream is published; `warning` is
 recorded and logged but does not block. Every result goes to the warehouse table
 `quality.validation_results`.
@@ -75,25 +77,64 @@ def load_suite(settings: Settings, name: str):
     return suite, doc.get("meta", {}).get("key_column")
 
 
-def _context():
+def gx_context(settings: Settings):
+    """The project's GX file context (results store + Data Docs), created on first use."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
 
-    context = gx.get_context(mode="ephemeral")
+    root = Path(settings.get("quality", "gx_dir"))
+    root.mkdir(parents=True, exist_ok=True)
+    context = gx.get_context(mode="file", project_root_dir=str(root))
     context.variables.progress_bars = {"globally": False, "metric_calculations": False}
     return context
 
 
+def data_docs_index(settings: Settings) -> Path:
+    return Path(settings.get("quality", "gx_dir")) / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+
+
+def _replace(collection, obj):
+    """Store `obj` under its name, replacing a stored one (keeps GX's store in sync with expectations/)."""
+    try:
+        collection.delete(obj.name)
+    except Exception:  # noqa: BLE001 - GX raises different types for "not found" across stores
+        pass
+    return collection.add(obj)
+
+
+def _batch_definition(context, asset_name: str):
+    try:
+        source = context.data_sources.get("segflow")
+    except (KeyError, ValueError):
+        source = context.data_sources.add_pandas("segflow")
+    try:
+        asset = source.get_asset(asset_name)
+    except LookupError:
+        asset = source.add_dataframe_asset(asset_name)
+    try:
+        return asset.get_batch_definition("batch")
+    except KeyError:
+        return asset.add_batch_definition_whole_dataframe("batch")
+
+
 def validate_frame(settings: Settings, suite_name: str, frame: pd.DataFrame, parameters: dict[str, Any] | None = None) -> list[ExpectationOutcome]:
+    """Validate `frame` with the suite as a GX Checkpoint (result stored, Data Docs updated)."""
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
     suite, key = load_suite(settings, suite_name)
-    context = _context()
-    batch_def = (context.data_sources.add_pandas("segflow").add_dataframe_asset(suite_name)
-                 .add_batch_definition_whole_dataframe("batch"))
-    batch = batch_def.get_batch(batch_parameters={"dataframe": frame})
+    context = gx_context(settings)
+    suite = _replace(context.suites, suite)
+    definition = _replace(context.validation_definitions,
+                          gx.ValidationDefinition(name=suite_name, data=_batch_definition(context, suite_name), suite=suite))
     result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
     if key and key in frame.columns:
         result_format["unexpected_index_column_names"] = [key]
-    result = batch.validate(suite, expectation_parameters=parameters or {}, result_format=result_format)
+    checkpoint = _replace(context.checkpoints, gx.Checkpoint(
+        name=suite_name, validation_definitions=[definition], result_format=result_format,
+        actions=[UpdateDataDocsAction(name="update_data_docs")]))
+    run = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters or {})
+    result = next(iter(run.run_results.values()))
     outcomes = []
     for r in result.results:
         cfg = r.expectation_config
@@ -102,8 +143,10 @@ def validate_frame(settings: Settings, suite_name: str, frame: pd.DataFrame, par
         if observed is None and res.get("unexpected_count") is not None:
             observed = f"{res['unexpected_count']} unexpected of {res.get('element_count')} ({res.get('unexpected_percent', 0):.2f}%)" \
                        f"; e.g. {res.get('partial_unexpected_list', [])[:3]}"
-        if r.exception_info and r.exception_info.get("raised_exception"):
-            observed = f"error: {r.exception_info.get('exception_message')}"
+        info = r.exception_info or {}
+        errors = [info] if info.get("raised_exception") else [v for v in info.values() if isinstance(v, dict) and v.get("exception_message")]
+        if errors:  # GX reports metric errors as a failed expectation: say so instead of "observed None"
+            observed = f"error: {errors[0].get('exception_message')}"
         sample = [str(i.get(key)) for i in res.get("partial_unexpected_index_list") or [] if isinstance(i, dict) and key in i]
         outcomes.append(ExpectationOutcome(suite_name, cfg.type, cfg.kwargs.get("column"), (cfg.meta or {}).get("severity", "critical"),
                                            bool(r.success), str(observed), res.get("unexpected_count"), res.get("element_count"), sample[:5]))
@@ -138,32 +181,58 @@ def _run_suites(settings: Settings, batches: dict[str, tuple[pd.DataFrame, dict]
     return enforce(outcomes)
 
 
+# Validation frames: the rows this run loaded plus columns the suites need that a single row cannot tell
+# (is the customer known to the CRM? does the normalised email repeat?).
+RAW_BATCHES = {
+    "raw_transactions": """
+        SELECT t.*, (NOT EXISTS (SELECT 1 FROM raw.crm_contacts)
+                     OR t.customer_ref IN (SELECT contact_id FROM raw.crm_contacts)
+                     OR lower(trim(t.customer_ref)) IN (SELECT lower(trim(email)) FROM raw.crm_contacts)) AS customer_known
+        FROM raw.transactions t WHERE t._run_id = ?""",
+    "raw_events": "SELECT * FROM raw.events WHERE _run_id = ?",
+    "raw_crm_contacts": """SELECT *, lower(trim(email)) AS email_normalised FROM raw.crm_contacts WHERE _run_id = ?""",
+}
+
+
 def validate_raw_tables(settings: Settings, as_of: date, run_id: str) -> dict:
     """Validate the rows this run loaded (the run's batch) for each raw source that received any."""
     max_ts = pd.Timestamp(as_of + timedelta(days=2))
+    params = {"raw_transactions": {"max_ts": max_ts, "currencies": KNOWN_CURRENCIES},
+              "raw_events": {"max_ts": max_ts},
+              "raw_crm_contacts": {"min_birth_date": pd.Timestamp("1900-01-01"), "as_of": pd.Timestamp(as_of)}}
     batches: dict[str, tuple[pd.DataFrame, dict]] = {}
     with connect(settings.warehouse_path, read_only=True) as con:
-        for suite, table, params in (
-            ("raw_transactions", "transactions", {"max_ts": max_ts, "currencies": KNOWN_CURRENCIES}),
-            ("raw_events", "events", {"max_ts": max_ts}),
-            ("raw_crm_contacts", "crm_contacts", {"as_of": as_of.isoformat()}),
-        ):
-            frame = con.execute(f"SELECT * FROM raw.{table} WHERE _run_id = ?", [run_id]).df()
-            if table == "crm_contacts" and "birth_date" in frame:
-                frame["birth_date"] = frame["birth_date"].astype(str)
+        for suite, sql in RAW_BATCHES.items():
+            frame = con.execute(sql, [run_id]).df()
+            if "birth_date" in frame:
+                frame["birth_date"] = pd.to_datetime(frame["birth_date"])
             if len(frame):
-                batches[suite] = (frame, params)
+                batches[suite] = (frame, params[suite])
     return _run_suites(settings, batches, as_of, run_id)
 
 
 def validate_mart_tables(settings: Settings, as_of: date, run_id: str) -> dict:
-    """Validate the audit candidates of the marts (write-audit-publish: nothing is published yet)."""
+    """Validate the audit candidates of the marts (write-audit-publish: nothing is published yet), and the
+    candidate's segment sizes against the published previous run."""
+    bounds = settings.get("quality", "segment_size_ratio", default={"min": 0.5, "max": 2.0})
     with connect(settings.warehouse_path, read_only=True) as con:
         features = con.execute("SELECT * FROM audit.audit_user_features").df()
         segments = con.execute("SELECT * FROM audit.audit_user_segments").df()
         rules = [r[0] for r in con.execute("SELECT segment_name FROM reference.segment_rules").fetchall()]
-    return _run_suites(settings, {"marts_user_features": (features, {}),
-                                  "marts_user_segments": (segments, {"segment_rules": rules})}, as_of, run_id)
+        has_previous = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'marts' "
+                                   "AND table_name = 'user_segments'").fetchall()[0][0]
+        sizes = con.execute(f"""
+            WITH cand AS (SELECT rule_name AS segment_name, count(*) AS members FROM audit.audit_user_segments GROUP BY 1),
+                 prev AS ({'SELECT rule_name AS segment_name, count(*) AS previous_members FROM marts.user_segments GROUP BY 1'
+                           if has_previous else 'SELECT NULL::VARCHAR AS segment_name, NULL::BIGINT AS previous_members WHERE false'})
+            SELECT segment_name, coalesce(members, 0) AS members, previous_members,
+                   coalesce(members, 0) / previous_members::DOUBLE AS size_ratio
+            FROM cand FULL OUTER JOIN prev USING (segment_name)
+            WHERE previous_members IS NOT NULL""").df()
+    batches = {"marts_user_features": (features, {}), "marts_user_segments": (segments, {"segment_rules": rules})}
+    if len(sizes):
+        batches["marts_segment_sizes"] = (sizes, {"min_ratio": float(bounds["min"]), "max_ratio": float(bounds["max"])})
+    return _run_suites(settings, batches, as_of, run_id)
 
 
 def validate_scores(settings: Settings, scores: pd.DataFrame, as_of: date, run_id: str) -> dict:

@@ -25,6 +25,7 @@ def settings_env(root: Path, data: Path) -> dict[str, str]:
         "SEGFLOW__WRITEBACK__CRM_URL": f"sqlite:///{data / 'crm.sqlite'}",
         "SEGFLOW__WRITEBACK__EXPORT_DIR": str(root / "exports"),
         "SEGFLOW__AIRFLOW__HOME": str(root / "airflow"),
+        "SEGFLOW__QUALITY__GX_DIR": str(root / "gx"),
     }
 
 

@@ -115,6 +115,13 @@ def test_rerun_is_idempotent(pipeline):
     assert n == distinct > 0
 
 
+def test_data_docs_show_the_latest_validations(pipeline):
+    index = pipeline["root"] / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    html = index.read_text()
+    for suite in ("raw_transactions", "raw_events", "raw_crm_contacts", "marts_user_features", "marts_user_segments", "marts_user_scores"):
+        assert suite in html, suite
+
+
 def test_critical_quality_failure_blocks_publishing(pipeline, tmp_path):
     """A critical expectation failing on the audit candidates stops the build before dbt publishes:
     marts and scores keep their last good version, and the failure names suite, expectation and value."""

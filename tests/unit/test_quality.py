@@ -34,10 +34,20 @@ def scores(n=20):
                          "churn_risk_band": ["medium"] * n, "persona": ["P"] * n})
 
 
-def test_clean_scores_pass(make_settings, tmp_path):
-    outcomes = validate_frame(make_settings(tmp_path, tmp_path), "marts_user_scores", scores(), {"feature_rows": 20})
+def test_clean_scores_pass_and_data_docs_show_the_result(make_settings, tmp_path):
+    from segflow.quality import data_docs_index
+
+    settings = make_settings(tmp_path, tmp_path)
+    outcomes = validate_frame(settings, "marts_user_scores", scores(), {"feature_rows": 20})
     assert all(o.success for o in outcomes)
     assert enforce(outcomes) == {"checked": len(outcomes), "warnings": 0}
+    index = data_docs_index(settings)
+    assert index.exists() and "marts_user_scores" in index.read_text()
+    validations = list((index.parent / "validations").rglob("*.html"))
+    assert len(validations) == 1
+    # A second run adds its result; the suite stays in sync with expectations/ (replaced, not duplicated).
+    validate_frame(settings, "marts_user_scores", scores(), {"feature_rows": 20})
+    assert len(list((index.parent / "validations").rglob("*.html"))) == 2
 
 
 def test_critical_failure_names_suite_expectation_value_and_keys(make_settings, tmp_path):
@@ -51,6 +61,12 @@ def test_critical_failure_names_suite_expectation_value_and_keys(make_settings, 
     assert "1.7" in message and "U3" in message
 
 
+def test_schema_drift_is_critical(make_settings, tmp_path):
+    outcomes = validate_frame(make_settings(tmp_path, tmp_path), "raw_events", pd.DataFrame({"event_id": ["e1"]}), {"max_ts": pd.Timestamp("2026-01-01")})
+    with pytest.raises(QualityGateError, match="expect_table_columns_to_match_set"):
+        enforce(outcomes)
+
+
 def test_row_count_must_match_features(make_settings, tmp_path):
     outcomes = validate_frame(make_settings(tmp_path, tmp_path), "marts_user_scores", scores(), {"feature_rows": 21})
     with pytest.raises(QualityGateError, match="expect_table_row_count_to_equal"):
@@ -60,7 +76,9 @@ def test_row_count_must_match_features(make_settings, tmp_path):
 def test_warnings_are_recorded_but_do_not_block(make_settings, tmp_path):
     tx = pd.DataFrame({"order_id": ["1", "2"], "customer_ref": ["C1", "C2"], "amount": [10.0, -5.0],
                        "currency": ["EUR", "XYZ"], "order_ts": pd.to_datetime(["2026-01-01", "2099-01-01"]),
-                       "status": ["completed", "completed"], "category": ["home", "home"]})
+                       "status": ["completed", "completed"], "category": ["home", "home"], "item_count": [1, 2],
+                       "_source_file": "f.csv", "_file_date": pd.Timestamp("2026-01-01"), "_row_ref": ["2", "3"],
+                       "_run_id": "r", "_loaded_at": pd.Timestamp("2026-01-02"), "customer_known": [True, True]})
     outcomes = validate_frame(make_settings(tmp_path, tmp_path), "raw_transactions", tx,
                               {"max_ts": pd.Timestamp(date(2026, 1, 3)), "currencies": ["EUR"]})
     failed = {(o.expectation, o.column) for o in outcomes if not o.success}
