@@ -1,10 +1,11 @@
-"""Score every user with the champion models and publish marts.user_scores atomically."""
+"""Score every user with the champion models and publish marts.user_scores atomically.
+
+The scoring task (segflow.orchestration.score) gates the scores with GX between compute and publish."""
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from datetime import date
 
 import numpy as np
@@ -26,14 +27,6 @@ CREATE TABLE IF NOT EXISTS marts.user_scores_history (
     churn_risk_band VARCHAR, primary_segment VARCHAR, clusterer_version VARCHAR, churn_model_version VARCHAR,
     scored_at TIMESTAMP);
 """
-
-
-@dataclass
-class ScoringSummary:
-    as_of: str
-    users: int
-    clusterer_version: str
-    churn_model_version: str
 
 
 def features_as_of(settings: Settings, as_of: date) -> pd.DataFrame:
@@ -101,10 +94,3 @@ def publish_scores(settings: Settings, scores: pd.DataFrame, as_of: date) -> int
         finally:
             con.unregister("scores_df")
         return con.execute("SELECT count(*) FROM marts.user_scores").fetchone()[0]
-
-
-def score_users(settings: Settings, as_of: date) -> ScoringSummary:
-    scores, cluster_version, churn_version = compute_scores(settings, as_of)
-    n = publish_scores(settings, scores, as_of)
-    log.info("published %d scores as of %s (clusterer v%s, churn v%s)", n, as_of, cluster_version, churn_version)
-    return ScoringSummary(as_of.isoformat(), n, cluster_version, churn_version)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping
 
 from segflow.config import Settings, load_settings
@@ -45,7 +45,7 @@ def resolve_as_of(explicit: Any = None, triggering_events: Iterable[Mapping[str,
     for moment in (logical_date, run_after):
         if moment is not None:
             return (moment - timedelta(days=1)).date()
-    return (today or datetime.utcnow().date()) - timedelta(days=1)
+    return (today or datetime.now(timezone.utc).date()) - timedelta(days=1)
 
 
 def _triggering_extras(context: Mapping[str, Any]) -> list[dict]:

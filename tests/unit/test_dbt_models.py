@@ -6,7 +6,6 @@ from datetime import timedelta
 
 import duckdb
 import pandas as pd
-import pytest
 
 from segflow.dbt import dbt_vars, run_dbt
 from segflow.extract import run_extract

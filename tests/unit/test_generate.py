@@ -20,7 +20,7 @@ def _digest(folder):
 def test_same_seed_same_data_different_seed_different_data(tmp_path):
     a = generate(tmp_path / "a", users=200, days=20, seed=5, end_date=AS_OF)
     b = generate(tmp_path / "b", users=200, days=20, seed=5, end_date=AS_OF)
-    c = generate(tmp_path / "c", users=200, days=20, seed=6, end_date=AS_OF)
+    generate(tmp_path / "c", users=200, days=20, seed=6, end_date=AS_OF)
     assert (a.events, a.orders) == (b.events, b.orders)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b") != _digest(tmp_path / "c")
     gt_a, gt_b = pd.read_parquet(tmp_path / "a/ground_truth.parquet"), pd.read_parquet(tmp_path / "b/ground_truth.parquet")
