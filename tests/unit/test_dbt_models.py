@@ -82,3 +82,27 @@ def test_segment_thresholds_change_by_editing_the_seed_only(tmp_path, small_data
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         after = con.execute("SELECT count(*) FROM marts.user_segments WHERE rule_name = 'High Intent Shoppers'").fetchall()[0][0]
     assert before > 0 and after == 0
+
+
+def test_segment_history_records_entries_exits_and_stability(tmp_path, small_dataset, make_settings):
+    settings = make_settings(tmp_path, small_dataset)
+    first = AS_OF - timedelta(days=14)
+    build(settings, first, "r1")
+    build(settings, AS_OF, "r2")
+    build(settings, AS_OF, "r3")  # a rerun of the same day replaces its partitions
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        history = con.execute("SELECT as_of, count(*), count(DISTINCT user_id) FILTER (WHERE is_primary) FROM marts.user_segment_history GROUP BY 1 ORDER BY 1").fetchall()
+        current = con.execute("SELECT count(*) FROM marts.user_segments").fetchall()[0][0]
+        events = con.execute("SELECT as_of, event, count(*) FROM marts.segment_membership_events GROUP BY ALL ORDER BY ALL").fetchall()
+        entered_ok = con.execute("""
+            SELECT count(*) FROM marts.segment_membership_events e
+            WHERE e.as_of = ? AND e.event = 'entered' AND NOT EXISTS (
+                SELECT 1 FROM marts.user_segment_history h WHERE h.as_of = ? AND h.user_id = e.user_id AND h.segment_name = e.segment_name)
+        """, [AS_OF, AS_OF]).fetchall()[0][0]
+        stability = con.execute("SELECT DISTINCT as_of, users_compared, users_moved, moved_share FROM marts.segment_sizes_over_time ORDER BY 1").fetchall()
+    assert [h[0] for h in history] == [first, AS_OF] and history[1][1] == current
+    kinds = {(d, e) for d, e, _ in events}
+    assert (first, "entered") in kinds and (AS_OF, "entered") in kinds and (AS_OF, "exited") in kinds
+    assert entered_ok == 0, "an entered event always has the membership on that date"
+    assert stability[0][1] == 0 and stability[0][3] is None
+    assert stability[1][1] > 0 and 0 < stability[1][3] < 1
