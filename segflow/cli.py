@@ -114,7 +114,9 @@ def cmd_run(args) -> int:
     started = time.time()
     with console.status("preparing Airflow (metadata DB, pool, dbt manifest)"):
         settings = _prepare_airflow(args.config)
-    as_of = date.fromisoformat(args.as_of) if args.as_of else date.today() - timedelta(days=1)
+    from segflow.orchestration import resolve_as_of
+
+    as_of = resolve_as_of(args.as_of)  # the same rule the DAGs use (explicit date, else yesterday in UTC)
     log_file = Path(os.environ["AIRFLOW_HOME"]) / "logs" / f"segflow-run-{as_of}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     console.print(f"segflow run as of [bold]{as_of}[/bold] (config: {settings.config_file or 'defaults'}; Airflow log: {log_file})")
