@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 from segflow.config import REPO_ROOT, Settings
+from segflow.dbt import DBT_PROJECT_DIR
 
 DAGS_FOLDER = REPO_ROOT / "dags"
-DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
 MANIFEST_PATH = DBT_PROJECT_DIR / "target" / "manifest.json"
 
 

@@ -18,9 +18,6 @@ from pathlib import Path
 
 from segflow.config import REPO_ROOT, load_settings
 
-PIPELINE_DAGS = ("segflow_build", "segflow_train", "segflow_score")
-
-
 def _console():
     from rich.console import Console
 
@@ -37,9 +34,11 @@ def cmd_generate(args) -> int:
     with Progress(TextColumn("generating"), BarColumn(), TextColumn("{task.completed}/{task.total} days"), TimeElapsedColumn(),
                   console=_console(), transient=True, disable=not sys.stdout.isatty()) as progress:
         bar = progress.add_task("days", total=args.days)
+        optional = {"end_date": date.fromisoformat(args.end_date) if args.end_date else None,
+                    "horizon_days": args.horizon_days}  # unset: the generator's own defaults
         result = generate(out, users=args.users, days=args.days, seed=args.seed, dirty_rate=args.dirty_rate,
-                          end_date=date.fromisoformat(args.end_date), horizon_days=args.horizon_days, crm_url=args.crm_url,
-                          progress=lambda _s, done, _t: progress.update(bar, completed=done))
+                          crm_url=args.crm_url, progress=lambda _s, done, _t: progress.update(bar, completed=done),
+                          **{k: v for k, v in optional.items() if v is not None})
     print(f"generated {result.users:,} users ({result.contacts_rows:,} CRM rows), {result.events:,} events, "
           f"{result.orders:,} orders, {result.start_date} .. {result.end_date} into {out} in {time.time() - started:.1f}s")
     return 0
@@ -185,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=42)
     gen.add_argument("--dirty-rate", type=float, default=0.0, help="share of rows with injected defects (0-0.5)")
     gen.add_argument("--out", default=str(REPO_ROOT / "data" / "generated"))
-    gen.add_argument("--end-date", default="2026-09-30", help="last generated day (YYYY-MM-DD)")
-    gen.add_argument("--horizon-days", type=int, default=90, help="churn horizon of the ground truth")
+    gen.add_argument("--end-date", default=None, help="last generated day (YYYY-MM-DD; default 2026-09-30)")
+    gen.add_argument("--horizon-days", type=int, default=None, help="churn horizon of the ground truth (default 90)")
     gen.add_argument("--crm-url", default=None, help="SQLAlchemy URL for the CRM (default: OUT/crm.sqlite)")
     gen.set_defaults(func=cmd_generate)
 

@@ -15,6 +15,14 @@ from segflow.config import REPO_ROOT, Settings
 DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
 
 
+def currency_rates() -> dict[str, float]:
+    """Units of each known currency per reporting-currency unit, from the dbt seed (the single source)."""
+    import csv
+
+    with open(DBT_PROJECT_DIR / "seeds" / "currency_rates.csv", newline="") as handle:
+        return {row["currency"]: float(row["units_per_eur"]) for row in csv.DictReader(handle)}
+
+
 def dbt_env(settings: Settings) -> dict[str, str]:
     """Environment dbt needs: the warehouse path from segflow.yml (profiles.yml reads it)."""
     return {"SEGFLOW_WAREHOUSE_PATH": str(settings.warehouse_path), "DBT_PROFILES_DIR": str(DBT_PROJECT_DIR)}

@@ -6,9 +6,8 @@ from __future__ import annotations
 import shutil
 import sys
 
-from segflow.airflow_env import DBT_PROJECT_DIR
 from segflow.config import REPO_ROOT, load_settings
-from segflow.dbt import run_dbt
+from segflow.dbt import DBT_PROJECT_DIR, run_dbt
 
 SITE_DIR = REPO_ROOT / "docs" / "site"
 

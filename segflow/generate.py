@@ -28,10 +28,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from segflow.dbt import currency_rates
+
 DEFAULT_END_DATE = date(2026, 9, 30)
 CURRENCY_BY_COUNTRY = {"DE": "EUR", "FR": "EUR", "ES": "EUR", "IT": "EUR", "NL": "EUR", "GB": "GBP", "US": "USD", "CH": "CHF", "SE": "SEK"}
-# Local-currency units per EUR; must match dbt_project/seeds/currency_rates.csv.
-RATES_PER_EUR = {"EUR": 1.0, "GBP": 0.85, "USD": 1.08, "CHF": 0.95, "SEK": 11.4}
+# Local-currency units per EUR, from the dbt seed the pipeline converts with.
+RATES_PER_EUR = currency_rates()
 COUNTRIES = np.array(list(CURRENCY_BY_COUNTRY))
 CITIES = {"DE": ["Berlin", "Hamburg", "Munich"], "FR": ["Paris", "Lyon"], "ES": ["Madrid", "Barcelona"], "IT": ["Rome", "Milan"],
           "NL": ["Amsterdam", "Utrecht"], "GB": ["London", "Manchester"], "US": ["New York", "Chicago", "Austin"], "CH": ["Zurich"], "SE": ["Stockholm"]}

@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from segflow.config import Settings
+from segflow.dbt import currency_rates
 from segflow.warehouse import connect
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ CREATE TABLE IF NOT EXISTS quality.validation_results (
     success BOOLEAN, observed_value VARCHAR, unexpected_count BIGINT, element_count BIGINT,
     unexpected_sample VARCHAR, validated_at TIMESTAMP);
 """
-KNOWN_CURRENCIES = ["EUR", "GBP", "USD", "CHF", "SEK"]
 
 
 class QualityGateError(RuntimeError):
@@ -197,7 +197,7 @@ RAW_BATCHES = {
 def validate_raw_tables(settings: Settings, as_of: date, run_id: str) -> dict:
     """Validate the rows this run loaded (the run's batch) for each raw source that received any."""
     max_ts = pd.Timestamp(as_of + timedelta(days=2))
-    params = {"raw_transactions": {"max_ts": max_ts, "currencies": KNOWN_CURRENCIES},
+    params = {"raw_transactions": {"max_ts": max_ts, "currencies": sorted(currency_rates())},
               "raw_events": {"max_ts": max_ts},
               "raw_crm_contacts": {"min_birth_date": pd.Timestamp("1900-01-01"), "as_of": pd.Timestamp(as_of)}}
     batches: dict[str, tuple[pd.DataFrame, dict]] = {}
@@ -227,8 +227,7 @@ def validate_mart_tables(settings: Settings, as_of: date, run_id: str) -> dict:
                            if has_previous else 'SELECT NULL::VARCHAR AS segment_name, NULL::BIGINT AS previous_members WHERE false'})
             SELECT segment_name, coalesce(members, 0) AS members, previous_members,
                    coalesce(members, 0) / previous_members::DOUBLE AS size_ratio
-            FROM cand FULL OUTER JOIN prev USING (segment_name)
-            WHERE previous_members IS NOT NULL""").df()
+            FROM prev LEFT JOIN cand USING (segment_name)""").df()
     batches = {"marts_user_features": (features, {}), "marts_user_segments": (segments, {"segment_rules": rules})}
     if len(sizes):
         batches["marts_segment_sizes"] = (sizes, {"min_ratio": float(bounds["min"]), "max_ratio": float(bounds["max"])})
@@ -238,7 +237,9 @@ def validate_mart_tables(settings: Settings, as_of: date, run_id: str) -> dict:
 def validate_scores(settings: Settings, scores: pd.DataFrame, as_of: date, run_id: str) -> dict:
     """Validate scores in memory, before they are published."""
     with connect(settings.warehouse_path, read_only=True) as con:
-        feature_rows = con.execute("SELECT count(*) FROM marts.user_features WHERE as_of = ?::DATE", [as_of.isoformat()]).fetchall()[0][0]
-    if not feature_rows:
-        feature_rows = len(scores)  # scoring a past date from the history: the history partition is the reference
+        # The features scored: the published table for its date, else that date's history partition.
+        feature_rows = con.execute("""
+            SELECT coalesce(nullif((SELECT count(*) FROM marts.user_features WHERE as_of = ?::DATE), 0),
+                            (SELECT count(*) FROM marts.user_features_history WHERE as_of = ?::DATE))""",
+                                   [as_of.isoformat(), as_of.isoformat()]).fetchall()[0][0]
     return _run_suites(settings, {"marts_user_scores": (scores, {"feature_rows": feature_rows})}, as_of, run_id)

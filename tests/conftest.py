@@ -59,6 +59,25 @@ def dirty_dataset(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture
+def postgres_url():
+    """A throw-away database on the local PostgreSQL server (127.0.0.1:5432), dropped afterwards."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+    name = f"segflow_test_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
 @pytest.fixture(autouse=True)
 def _no_home_writes(monkeypatch, tmp_path):
     # Libraries that cache under $HOME (matplotlib, dbt) write to the test's tmp dir instead.

@@ -73,29 +73,16 @@ def test_dirty_rate_injects_every_defect_class(dirty_dataset):
 
 
 @pytest.mark.postgres
-def test_crm_in_postgresql_round_trips_through_the_extract(tmp_path, make_settings):
+def test_crm_in_postgresql_round_trips_through_the_extract(tmp_path, make_settings, postgres_url):
     """The same generator and extract code work against PostgreSQL through a SQLAlchemy URL."""
-    import uuid
-
     import duckdb
-    from sqlalchemy import create_engine, text
 
     from segflow.extract import run_extract
 
-    admin = create_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
-    name = f"segflow_test_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    try:
-        generate(tmp_path / "data", users=150, days=10, seed=3, dirty_rate=0.05, end_date=AS_OF, crm_url=url)
-        settings = make_settings(tmp_path, tmp_path / "data", SEGFLOW__SOURCES__CRM__URL=url)
-        result = run_extract(settings, AS_OF, "pg-run")["crm"]
-        assert result.rows_in == result.rows_loaded + result.rows_quarantined
-        with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
-            loaded = con.execute("SELECT count(*), count(DISTINCT contact_id) FROM raw.crm_contacts").fetchall()[0]
-        assert loaded[0] == loaded[1] == result.rows_loaded >= 150
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
+    generate(tmp_path / "data", users=150, days=10, seed=3, dirty_rate=0.05, end_date=AS_OF, crm_url=postgres_url)
+    settings = make_settings(tmp_path, tmp_path / "data", SEGFLOW__SOURCES__CRM__URL=postgres_url)
+    result = run_extract(settings, AS_OF, "pg-run")["crm"]
+    assert result.rows_in == result.rows_loaded + result.rows_quarantined
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        loaded = con.execute("SELECT count(*), count(DISTINCT contact_id) FROM raw.crm_contacts").fetchall()[0]
+    assert loaded[0] == loaded[1] == result.rows_loaded >= 150

@@ -85,3 +85,20 @@ def test_warnings_are_recorded_but_do_not_block(make_settings, tmp_path):
     assert failed == {("expect_column_values_to_be_between", "amount"), ("expect_column_values_to_be_in_set", "currency"),
                       ("expect_column_values_to_be_between", "order_ts")}
     assert enforce(outcomes)["warnings"] == 3
+
+
+def test_scores_of_a_past_date_are_counted_against_its_history_partition(make_settings, tmp_path):
+    import duckdb
+
+    from segflow.quality import validate_scores
+
+    settings = make_settings(tmp_path, tmp_path)
+    with duckdb.connect(str(settings.warehouse_path)) as con:
+        con.execute("CREATE SCHEMA marts")
+        con.execute("CREATE TABLE marts.user_features AS SELECT 'U1' AS user_id, DATE '2026-09-30' AS as_of")
+        con.execute("""CREATE TABLE marts.user_features_history AS
+                       SELECT 'U' || i AS user_id, DATE '2026-09-01' AS as_of FROM range(21) t(i)""")
+    past = date(2026, 9, 1)
+    assert validate_scores(settings, scores(21), past, "r")["warnings"] == 0
+    with pytest.raises(QualityGateError, match="expect_table_row_count_to_equal"):
+        validate_scores(settings, scores(20), past, "r")

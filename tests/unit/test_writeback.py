@@ -1,4 +1,3 @@
-import uuid
 from datetime import date
 
 import pandas as pd
@@ -48,17 +47,8 @@ def test_crm_sync_sqlite_upserts_changed_rows_only_and_removes_gone_users(tmp_pa
 
 
 @pytest.mark.postgres
-def test_crm_sync_postgresql():
-    admin = create_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
-    name = f"segflow_test_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    try:
-        _check_sync(f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}")
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
+def test_crm_sync_postgresql(postgres_url):
+    _check_sync(postgres_url)
 
 
 def test_activation_export_has_consenting_users_only(tmp_path):
