@@ -46,15 +46,13 @@ DEFAULTS: dict[str, Any] = {
 }
 
 PATH_KEYS = [
-    ("sources", "events", "path"),
-    ("sources", "transactions", "path"),
     ("warehouse", "path"),
     ("mlflow", "artifact_root"),
     ("writeback", "export_dir"),
     ("quality", "expectations_dir"),
     ("quality", "gx_dir"),
 ]
-URL_KEYS = [("sources", "crm", "url"), ("writeback", "crm_url"), ("mlflow", "tracking_uri")]
+URL_KEYS = [("writeback", "crm_url"), ("mlflow", "tracking_uri")]
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -88,12 +86,17 @@ def apply_env_overrides(data: dict, environ: dict[str, str]) -> dict:
     return data
 
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def expand_env_refs(value: str, environ: dict[str, str]) -> str:
+    """Expand ${NAME} (must be set) and ${NAME:-default} (default when unset or empty)."""
     def repl(match: re.Match) -> str:
-        name = match.group(1)
+        name, default = match.group(1), match.group(2)
+        if environ.get(name):
+            return environ[name]
+        if default is not None:
+            return default
         if name not in environ:
             raise ValueError(f"configuration references ${{{name}}} but it is not set in the environment")
         return environ[name]
@@ -159,6 +162,9 @@ def load_settings(path: str | os.PathLike | None = None, environ: dict[str, str]
         if not isinstance(loaded, dict):
             raise ValueError(f"{config_file}: top level must be a mapping")
         data = _deep_merge(DEFAULTS, loaded)
+        if "sources" in loaded:
+            # A config lists its sources completely: defaults for the generated data do not leak in.
+            data["sources"] = copy.deepcopy(loaded["sources"]) or {}
         base_dir = config_file.parent
     data = apply_env_overrides(data, environ)
     root = (base_dir / str(data.get("root", "."))).resolve()
@@ -168,7 +174,13 @@ def load_settings(path: str | os.PathLike | None = None, environ: dict[str, str]
         for key in keys[:-1]:
             node = node.get(key, {})
         if node.get(keys[-1]):
-            node[keys[-1]] = str((root / os.path.expandvars(str(node[keys[-1]]))).resolve())
+            node[keys[-1]] = str((root / expand_env_refs(str(node[keys[-1]]), environ)).resolve())
+    for source in (data.get("sources") or {}).values():
+        # Source paths are resolved like every path; URLs get ${ENV} expansion and absolute SQLite paths.
+        if isinstance(source, dict) and source.get("path"):
+            source["path"] = str((root / expand_env_refs(str(source["path"]), environ)).resolve())
+        if isinstance(source, dict) and source.get("url"):
+            source["url"] = resolve_sqlite_url(expand_env_refs(str(source["url"]), environ), root)
     for keys in URL_KEYS:
         node = data
         for key in keys[:-1]:

@@ -185,7 +185,7 @@ def _run_suites(settings: Settings, batches: dict[str, tuple[pd.DataFrame, dict]
 # (is the customer known to the CRM? does the normalised email repeat?).
 RAW_BATCHES = {
     "raw_transactions": """
-        SELECT t.*, (NOT EXISTS (SELECT 1 FROM raw.crm_contacts)
+        SELECT t.*, t.order_id || '|' || coalesce(t.line_id, '') AS order_line_key, (NOT EXISTS (SELECT 1 FROM raw.crm_contacts)
                      OR t.customer_ref IN (SELECT contact_id FROM raw.crm_contacts)
                      OR lower(trim(t.customer_ref)) IN (SELECT lower(trim(email)) FROM raw.crm_contacts)) AS customer_known
         FROM raw.transactions t WHERE t._run_id = ?""",

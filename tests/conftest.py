@@ -40,6 +40,34 @@ def make_settings(monkeypatch):
     return factory
 
 
+@pytest.fixture
+def sources_settings(tmp_path, monkeypatch):
+    """Settings whose `sources` section is exactly the given dict, with every store under tmp_path."""
+    import yaml
+
+    def factory(sources: dict, **sections):
+        for key in [k for k in os.environ if k.startswith("SEGFLOW__")]:
+            monkeypatch.delenv(key)
+        config = {"sources": sources, "warehouse": {"path": str(tmp_path / "warehouse.duckdb")},
+                  "quality": {"gx_dir": str(tmp_path / "gx")}, **sections}
+        path = tmp_path / "segflow.yml"
+        path.write_text(yaml.safe_dump(config))
+        return load_settings(path)
+
+    return factory
+
+
+def audit_balances(settings) -> list[tuple]:
+    """Every load-audit row of the warehouse, asserting rows_in = rows_loaded + rows_quarantined for each."""
+    import duckdb
+
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        rows = con.execute("SELECT source, source_file, rows_in, rows_loaded, rows_quarantined FROM raw.load_audit").fetchall()
+    for source, batch, rows_in, loaded, quarantined in rows:
+        assert rows_in == loaded + quarantined, (source, batch, rows_in, loaded, quarantined)
+    return rows
+
+
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory) -> Path:
     """A small clean dataset shared (read-only) by tests: 400 users over 120 days."""

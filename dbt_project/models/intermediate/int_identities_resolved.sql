@@ -13,7 +13,7 @@ has_crm as (
 
 orders as (
     select distinct customer_ref, customer_email_hash
-    from {{ ref('stg_shop__transactions') }}
+    from {{ ref('int_orders_aggregated') }}
     where order_ts < {{ as_of_end() }} and file_date <= {{ as_of_date() }}
 ),
 

@@ -7,8 +7,9 @@ select
     o.amount_reporting,
     o.status,
     o.category,
-    o.item_count
-from {{ ref('stg_shop__transactions') }} as o
+    o.item_count,
+    o.line_count
+from {{ ref('int_orders_aggregated') }} as o
 join {{ ref('int_identities_resolved') }} as l
     on l.identifier_type = 'transaction_customer_ref'
    and l.identifier = coalesce(o.customer_email_hash, o.customer_ref)

@@ -8,7 +8,13 @@
       within 30 days) > loyal (3+ purchases, last within 30 days) > repeat (2+) > active.
 #}
 {% set weights = var('intent_weights') %}
-with users as (
+with datasets as (
+    -- Without an analytics source, engagement features are unknown (null), not zero.
+    select count(*) filter (where dataset = 'events') > 0 as has_events
+    from {{ source('raw', 'sources') }}
+),
+
+users as (
     select distinct user_id from {{ ref('int_identities_resolved') }}
     where identifier_type in ('crm_contact_id', 'transaction_customer_ref')
 ),
@@ -166,26 +172,27 @@ base as (
         round(coalesce(o.lifetime_spend, 0), 2) as lifetime_spend,
         coalesce(o.orders_30d, 0) as orders_30d,
         coalesce(o.orders_90d, 0) as orders_90d,
-        coalesce(e.active_days_30d, 0) as active_days_30d,
-        coalesce(e.sessions_30d, 0) as sessions_30d,
-        coalesce(e.email_opens_30d, 0) as email_opens_30d,
-        coalesce(e.email_clicks_30d, 0) as email_clicks_30d,
-        round(
+        case when ds.has_events then coalesce(e.active_days_30d, 0) end as active_days_30d,
+        case when ds.has_events then coalesce(e.sessions_30d, 0) end as sessions_30d,
+        case when ds.has_events then coalesce(e.email_opens_30d, 0) end as email_opens_30d,
+        case when ds.has_events then coalesce(e.email_clicks_30d, 0) end as email_clicks_30d,
+        case when ds.has_events then round(
             30 * least(coalesce(e.active_days_30d, 0) / 10.0, 1)
             + 30 * least(coalesce(e.sessions_30d, 0) / 15.0, 1)
             + 20 * least(coalesce(e.email_opens_30d, 0) / 8.0, 1)
             + 20 * least(coalesce(e.email_clicks_30d, 0) / 4.0, 1), 1
-        ) as engagement_score,
-        round(coalesce(e.event_intent_points, 0)
-            + {{ weights.get('cart_abandonment', 0) }} * coalesce(a.abandoned_sessions_30d, 0), 1) as intent_score_30d,
-        coalesce(a.abandoned_sessions_30d, 0) > 0 as cart_abandoned_30d,
-        coalesce(t.top_category, 'none') as top_category,
-        round(coalesce(t.top_category_share, 0), 3) as top_category_share,
+        ) end as engagement_score,
+        case when ds.has_events then round(coalesce(e.event_intent_points, 0)
+            + {{ weights.get('cart_abandonment', 0) }} * coalesce(a.abandoned_sessions_30d, 0), 1) end as intent_score_30d,
+        case when ds.has_events then coalesce(a.abandoned_sessions_30d, 0) > 0 end as cart_abandoned_30d,
+        case when ds.has_events then coalesce(t.top_category, 'none') end as top_category,
+        case when ds.has_events then round(coalesce(t.top_category_share, 0), 3) end as top_category_share,
         i.interest_category,
         i.interest_category_views_30d,
         coalesce(p.preferred_channel_observed, c.crm_preferred_channel, 'unknown') as preferred_channel,
         coalesce(p.preferred_device, 'unknown') as preferred_device
     from users as u
+    cross join datasets as ds
     left join contacts as c on u.user_id = c.user_id
     left join order_stats as o on u.user_id = o.user_id
     left join engagement as e on u.user_id = e.user_id

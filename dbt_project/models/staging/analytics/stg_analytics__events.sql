@@ -6,7 +6,7 @@ with source as (
 deduplicated as (
     select
         *,
-        row_number() over (partition by event_id order by _file_date desc, _loaded_at desc) as _dup_rank
+        row_number() over (partition by event_id order by _file_date desc nulls last, _loaded_at desc) as _dup_rank
     from source
 )
 
@@ -22,8 +22,12 @@ select
     lower(nullif(trim(device), '')) as device,
     lower(nullif(trim(channel), '')) as channel,
     nullif(trim(utm_source), '') as utm_source,
-    _file_date as file_date,
-    -- An event stamped after the end of the day its file was delivered for cannot be trusted.
-    event_ts >= _file_date + interval 2 day as is_future_timestamp
+    -- Events of dated files are known from their file's date; of undated snapshot exports from their own date.
+    coalesce(_file_date, cast(event_ts as date)) as file_date,
+    -- An event stamped after the end of the day its file was delivered for (or after it was loaded) cannot be trusted.
+    case
+        when _file_date is not null then event_ts >= _file_date + interval 2 day
+        else event_ts >= _loaded_at + interval 1 day
+    end as is_future_timestamp
 from deduplicated
 where _dup_rank = 1
