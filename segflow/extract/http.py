@@ -12,6 +12,7 @@ day after the last loaded one (from `start_date` on an empty warehouse) — and 
         auth: {header: Authorization, scheme: Bearer}   # or token_env: MY_TOKEN (no conn_id)
         interval_params: {start: updated_since, end: updated_until}
         records_path: data                   # where the records list is in the response body
+        mapping: {rename: {context.device: device}}   # nested fields are dotted column names
         pagination: {type: page, param: page, size_param: per_page, size: 500}
                     # or {type: cursor, param: cursor, next_field: meta.next_cursor}
                     # or {type: next_url, next_field: links.next}

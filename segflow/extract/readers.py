@@ -234,8 +234,21 @@ def read_file(con, path: Path, fmt: str | None = None, encoding: str = "utf-8", 
     return read_csv(con, path, text, delimiter) if kind == "csv" else read_jsonl(con, path, text)
 
 
+def flatten(record: dict, prefix: str = "") -> dict:
+    """Nested objects become dotted columns ({"context": {"device": "x"}} -> "context.device"); lists stay JSON."""
+    out = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
 def read_records(con, records: list[dict], origin: str, empty_columns: list[str] = ()) -> Batch:
-    """Records from an API (dicts): nested values are kept as JSON text."""
+    """Records from an API (dicts), nested objects flattened to dotted column names."""
+    records = [flatten(r) for r in records]
     keys: list[str] = [] if records else list(empty_columns)
     seen = set()
     for record in records:
