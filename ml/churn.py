@@ -19,11 +19,12 @@ from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_s
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 
-from ml.features import BOOLEAN_FEATURES, CATEGORICAL_FEATURES, COUNT_FEATURES, MODEL_FEATURES, SCORE_FEATURES, prepare, preprocessor
+from ml.features import (BOOLEAN_FEATURES, CATEGORICAL_FEATURES, COUNT_FEATURES, MODEL_FEATURES, SCORE_FEATURES, observed,
+                         prepare, preprocessor)
 
 
-def _candidate(kind: str, seed: int) -> Pipeline:
-    prep = preprocessor(COUNT_FEATURES, SCORE_FEATURES + BOOLEAN_FEATURES, CATEGORICAL_FEATURES)
+def _candidate(kind: str, seed: int, X: pd.DataFrame) -> Pipeline:
+    prep = preprocessor(observed(COUNT_FEATURES, X), observed(SCORE_FEATURES + BOOLEAN_FEATURES, X), CATEGORICAL_FEATURES)
     if kind == "logistic_regression":
         clf = LogisticRegression(max_iter=2000, C=1.0)
     elif kind == "gradient_boosting":
@@ -68,7 +69,7 @@ def train_churn(training: pd.DataFrame, seed: int = 42, holdout_share: float = 0
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=holdout_share, stratify=y, random_state=seed)
     candidates, fitted = {}, {}
     for kind in ("logistic_regression", "gradient_boosting"):
-        pipe = _candidate(kind, seed).fit(X_train, y_train)
+        pipe = _candidate(kind, seed, X_train).fit(X_train, y_train)
         candidates[kind] = evaluate(y_test, pipe.predict_proba(X_test)[:, 1])
         fitted[kind] = pipe
     best = max(candidates, key=lambda k: candidates[k]["roc_auc"])

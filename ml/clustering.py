@@ -10,7 +10,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, silhouette_score
 from sklearn.pipeline import Pipeline
 
-from ml.features import CLUSTER_CATEGORICAL, CLUSTER_NUMERIC, prepare, preprocessor
+from ml.features import CLUSTER_CATEGORICAL, CLUSTER_NUMERIC, observed, prepare, preprocessor
 
 CLUSTER_COLUMNS = CLUSTER_NUMERIC + CLUSTER_CATEGORICAL
 # How a strongly high / low feature reads in a persona name.
@@ -38,9 +38,9 @@ class ClusteringResult:
     metrics: dict = field(default_factory=dict)
 
 
-def _pipeline(k: int, seed: int) -> Pipeline:
-    log_cols = [c for c in CLUSTER_NUMERIC if c not in ("engagement_score", "age")]
-    plain = [c for c in CLUSTER_NUMERIC if c in ("engagement_score", "age")]
+def _pipeline(k: int, seed: int, X: pd.DataFrame) -> Pipeline:
+    log_cols = observed([c for c in CLUSTER_NUMERIC if c not in ("engagement_score", "age")], X)
+    plain = observed([c for c in CLUSTER_NUMERIC if c in ("engagement_score", "age")], X)
     return Pipeline([("prep", preprocessor(log_cols, plain, CLUSTER_CATEGORICAL)),
                      ("cluster", KMeans(n_clusters=k, n_init=4, random_state=seed))])
 
@@ -50,7 +50,7 @@ def select_k(X: pd.DataFrame, k_min: int, k_max: int, seed: int) -> pd.DataFrame
     for k in range(k_min, k_max + 1):
         if k >= len(X):
             break
-        pipe = _pipeline(k, seed).fit(X)
+        pipe = _pipeline(k, seed, X).fit(X)
         Z = pipe.named_steps["prep"].transform(X)
         labels = pipe.named_steps["cluster"].labels_
         rows.append({"k": k, "silhouette": silhouette_score(Z, labels, sample_size=min(5000, len(X)), random_state=seed),
@@ -61,11 +61,11 @@ def select_k(X: pd.DataFrame, k_min: int, k_max: int, seed: int) -> pd.DataFrame
 def bootstrap_stability(X: pd.DataFrame, k: int, seed: int, rounds: int = 3) -> float:
     """Mean adjusted Rand index between the full-sample fit and fits on bootstrap resamples."""
     rng = np.random.default_rng(seed)
-    reference = _pipeline(k, seed).fit(X).predict(X)
+    reference = _pipeline(k, seed, X).fit(X).predict(X)
     scores = []
     for r in range(rounds):
         idx = rng.choice(len(X), len(X), replace=True)
-        refit = _pipeline(k, seed + r + 1).fit(X.iloc[idx])
+        refit = _pipeline(k, seed + r + 1, X).fit(X.iloc[idx])
         scores.append(adjusted_rand_score(reference, refit.predict(X)))
     return float(np.mean(scores))
 
@@ -109,7 +109,7 @@ def train_clustering(features: pd.DataFrame, k_min: int = 3, k_max: int = 8, sam
     best_sil = selection["silhouette"].max()
     near = selection[selection["silhouette"] >= best_sil - 0.01]
     k = int(near.sort_values("calinski_harabasz", ascending=False).iloc[0]["k"])
-    model = _pipeline(k, seed).fit(X)
+    model = _pipeline(k, seed, X).fit(X)
     labels = model.predict(X)
     stability = bootstrap_stability(sample, k, seed)
     profile = profile_clusters(features, labels)

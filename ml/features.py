@@ -59,6 +59,12 @@ def prepare(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return out
 
 
+def observed(columns: list[str], frame: pd.DataFrame) -> list[str]:
+    """The columns with at least one value: features of an absent source (e.g. engagement without analytics
+    events) are left out of the model rather than imputed from nothing."""
+    return [c for c in columns if c in frame and frame[c].notna().any()]
+
+
 def preprocessor(numeric_log: list[str], numeric_plain: list[str], categorical: list[str]) -> ColumnTransformer:
     parts = []
     if numeric_log:

@@ -141,7 +141,7 @@ def validate_frame(settings: Settings, suite_name: str, frame: pd.DataFrame, par
         res = r.result or {}
         observed = res.get("observed_value")
         if observed is None and res.get("unexpected_count") is not None:
-            observed = f"{res['unexpected_count']} unexpected of {res.get('element_count')} ({res.get('unexpected_percent', 0):.2f}%)" \
+            observed = f"{res['unexpected_count']} unexpected of {res.get('element_count')} ({res.get('unexpected_percent') or 0:.2f}%)" \
                        f"; e.g. {res.get('partial_unexpected_list', [])[:3]}"
         info = r.exception_info or {}
         errors = [info] if info.get("raised_exception") else [v for v in info.values() if isinstance(v, dict) and v.get("exception_message")]

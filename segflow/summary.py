@@ -54,7 +54,8 @@ def print_summary(settings: Settings, console: Console | None = None) -> None:
     console.print(
         "Where to look next:\n"
         f"  warehouse     duckdb {settings.warehouse_path}  (marts.user_features, user_segments, user_scores)\n"
-        f"  CRM table     {wb['crm_table']} in {wb['crm_url']}\n"
+        + (f"  CRM table     {wb.get('crm_table', 'crm_segments')} in {wb['crm_url']}\n" if wb.get("crm_url")
+           else "  CRM table     (no write-back: writeback.crm_url is not set)\n") +
         f"  activation    {wb['export_dir']}/as_of={data['as_of']}/segments.csv|parquet\n"
         f"  MLflow UI     .venv/bin/mlflow ui --backend-store-uri {mlflow_uri}   -> http://127.0.0.1:5000\n"
         '  Airflow UI    eval "$(.venv/bin/segflow env)" && .venv/bin/airflow standalone   -> http://localhost:8080\n'

@@ -128,7 +128,11 @@ def write_back(settings: Settings, as_of: date) -> WritebackSummary:
     if scored_as_of != as_of.isoformat():
         raise LookupError(f"marts.user_scores is as of {scored_as_of}, not {as_of}: score that date first")
     wb = settings.raw["writeback"]
-    inserted, updated, deleted, unchanged = sync_crm(crm_rows(scored), wb["crm_url"], wb.get("crm_table", "crm_segments"))
+    if wb.get("crm_url"):
+        inserted, updated, deleted, unchanged = sync_crm(crm_rows(scored), wb["crm_url"], wb.get("crm_table", "crm_segments"))
+    else:
+        log.info("writeback.crm_url is not set: no CRM write-back")
+        inserted = updated = deleted = unchanged = 0
     exported, files = write_activation_export(scored, wb["export_dir"], as_of)
     log.info("CRM sync: %d inserted, %d updated, %d deleted, %d unchanged; export: %d users", inserted, updated, deleted,
              unchanged, exported)

@@ -94,6 +94,16 @@ class Mapping:
         return MappingPlan(self, dataset, present, origin)
 
 
+def _describe_rule(rule: str, arg: Any) -> str:
+    if rule in ("prefix", "lookup"):
+        return str(arg["column"])
+    if rule == "multiply":
+        return " x ".join(map(str, arg))
+    if rule == "concat":
+        return " | ".join(map(str, arg))
+    return str(arg)
+
+
 class MappingPlan:
     """The mapping applied to one batch whose source columns are `present` (all VARCHAR)."""
 
@@ -104,6 +114,7 @@ class MappingPlan:
             self.by_name.setdefault(normalise_name(name), name)
         self.renamed_to = {target: src for src, target in mapping.rename.items()}
         self.sources: dict[str, str | None] = {}  # canonical column -> what it comes from (for messages)
+        self.derived: set[str] = set()
         self.exprs: dict[str, str] = {}
         missing = []
         for col in dataset.columns:
@@ -135,7 +146,8 @@ class MappingPlan:
         m = self.mapping
         if col.name in m.derive:
             (rule, arg), = m.derive[col.name].items()
-            return self._derive(col.name, rule, arg), f"derive {rule}"
+            self.derived.add(col.name)
+            return self._derive(col.name, rule, arg), _describe_rule(rule, arg)
         if col.name in m.constants:
             return quote_literal(m.constants[col.name]), "constant"
         if col.name in self.renamed_to:
@@ -225,7 +237,8 @@ class MappingPlan:
                     f"WHEN 'y' THEN true WHEN 'false' THEN false WHEN 'f' THEN false WHEN '0' THEN false WHEN 'no' THEN false "
                     f"WHEN 'n' THEN false END")
         if col.sql_type in ("DOUBLE", "INTEGER", "BIGINT"):
-            value = v if self.mapping.decimal == "." or (self.sources.get(col.name) or "").startswith("derive") else \
+            # Derived numbers (quantity x price) are already written with a decimal point.
+            value = v if self.mapping.decimal == "." or col.name in self.derived else \
                 f"replace(replace({v}, '.', ''), ',', '.')"
             if col.sql_type == "DOUBLE":
                 return f"TRY_CAST({value} AS DOUBLE)"

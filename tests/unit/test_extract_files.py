@@ -170,7 +170,7 @@ def test_mapping_renames_parses_formats_maps_values_and_derives(drop):
     assert rows.loc["C536379", "amount"] == pytest.approx(-27.5) and rows.loc["C536379", "line_type"] == "discount"
     assert rows.loc["536365", "order_ts"] == datetime(2026, 3, 1, 8, 26)  # London is on UTC in March
     assert rows.loc["536365", "line_id"] == "85123A|6|2,55" and rows.loc["536365", "currency"] == "GBP"
-    assert _quarantine(settings) == [("line 4", "customer_ref (from derive integer)", "missing required value")]
+    assert _quarantine(settings) == [("line 4", "customer_ref (from Customer)", "missing required value")]
     assert result.rows_in == 3 and "ignored columns: State" in result.details[0]["notes"]
 
 

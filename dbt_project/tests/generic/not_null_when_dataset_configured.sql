@@ -1,0 +1,7 @@
+{% test not_null_when_dataset_configured(model, column_name, dataset) %}
+{# Null is allowed only when no source delivers `dataset` (e.g. engagement features without analytics events). #}
+select {{ column_name }}
+from {{ model }}
+where {{ column_name }} is null
+  and exists (select 1 from {{ source('raw', 'sources') }} where dataset = '{{ dataset }}')
+{% endtest %}
