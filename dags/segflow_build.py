@@ -5,7 +5,7 @@ A failed gate stops before publishing, so the marts keep their last good version
 `segflow.marts.user_features` asset (extra: as_of), which triggers segflow_score.
 """
 
-from airflow.sdk import chain, task
+from airflow.sdk import Param, chain, task
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
 
@@ -29,11 +29,14 @@ dbt_operator_args = {
     "vars": {"as_of": "{{ ti.xcom_pull(task_ids='resolve_as_of') }}"},
 }
 
-with segflow_dag("segflow_build", schedule="@daily", doc_md=__doc__, tags=()):
+FULL_REFRESH_DOC = "Reload every source file dated up to as_of, changed or not (default: only new and changed files)."
+
+with segflow_dag("segflow_build", schedule="@daily", doc_md=__doc__, tags=(),
+                 params={"full_refresh": Param(False, type="boolean", description=FULL_REFRESH_DOC)}):
 
     @task(pool=DUCKDB_POOL)
     def extract(as_of: str, **context) -> dict:
-        return orchestration.extract(as_of, context["run_id"])
+        return orchestration.extract(as_of, context["run_id"], full_refresh=orchestration.full_refresh_from_context(context))
 
     @task(pool=DUCKDB_POOL)
     def validate_raw(as_of: str, **context) -> dict:

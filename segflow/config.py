@@ -24,9 +24,9 @@ DEFAULTS: dict[str, Any] = {
     # Relative paths below are resolved against `root`, itself relative to the config file.
     "root": ".",
     "sources": {
-        "crm": {"url": "sqlite:///data/generated/crm.sqlite", "table": "contacts"},
-        "events": {"path": "data/generated/events", "pattern": "*.jsonl"},
-        "transactions": {"path": "data/generated/transactions", "pattern": "*.csv"},
+        "crm": {"url": "sqlite:///data/generated/crm.sqlite", "table": "contacts", "lookback_hours": 72},
+        "events": {"path": "data/generated/events", "pattern": ["*.jsonl", "*.jsonl.gz"]},
+        "transactions": {"path": "data/generated/transactions", "pattern": ["*.csv", "*.csv.gz"]},
     },
     "warehouse": {"path": "warehouse/segflow.duckdb"},
     "mlflow": {

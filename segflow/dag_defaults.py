@@ -57,7 +57,7 @@ DEFAULT_ARGS = {
 AS_OF_PARAM_DOC = "Date to compute everything as of (YYYY-MM-DD). Empty: derived from the run (see docs/architecture.md)."
 
 
-def segflow_dag(dag_id: str, schedule, doc_md: str | None, tags: tuple[str, ...] = ()):
+def segflow_dag(dag_id: str, schedule, doc_md: str | None, tags: tuple[str, ...] = (), params: dict | None = None):
     """A DAG with the settings every segflow DAG shares: one active run at a time (DuckDB takes one
     writer, so backfills run day after day), no catch-up, retries/timeouts/alerts, and an `as_of` param."""
     from airflow.sdk import DAG, Param
@@ -69,7 +69,7 @@ def segflow_dag(dag_id: str, schedule, doc_md: str | None, tags: tuple[str, ...]
         catchup=False,
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
-        params={"as_of": Param("", type="string", description=AS_OF_PARAM_DOC)},
+        params={"as_of": Param("", type="string", description=AS_OF_PARAM_DOC), **(params or {})},
         tags=["segflow", *tags],
         doc_md=doc_md,
     )

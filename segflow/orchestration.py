@@ -77,10 +77,16 @@ def settings() -> Settings:
 
 # --- task callables -------------------------------------------------------------------------------
 
-def extract(as_of: str, run_id: str) -> dict:
+def full_refresh_from_context(context: Mapping[str, Any]) -> bool:
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    value = conf.get("full_refresh", (context.get("params") or {}).get("full_refresh", False))
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
+
+
+def extract(as_of: str, run_id: str, full_refresh: bool = False) -> dict:
     from segflow.extract import run_extract
 
-    results = run_extract(settings(), parse_as_of(as_of), run_id)
+    results = run_extract(settings(), parse_as_of(as_of), run_id, force=full_refresh)
     return {name: asdict(r) for name, r in results.items()}
 
 

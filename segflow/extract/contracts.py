@@ -47,7 +47,7 @@ CONTACTS = Dataset(
         Column("birth_date", "DATE", False, "date of birth (age band is derived from it)"),
         Column("gender", "VARCHAR", False, "free text, lower-cased in staging"),
         Column("country", "VARCHAR", False, "ISO country code or name"),
-        Column("city", "VARCHAR", False, ""),
+        Column("city", "VARCHAR", False, "city name"),
         Column("income_band", "VARCHAR", False, "e.g. low / middle / high"),
         Column("consent_email_marketing", "BOOLEAN", False, "marketing consent; absent means no consent"),
         Column("consent_tracking", "BOOLEAN", False, "tracking consent; absent means no consent"),
@@ -96,3 +96,10 @@ TRANSACTIONS = Dataset(
 )
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in (CONTACTS, EVENTS, TRANSACTIONS)}
+
+
+def contract_markdown(dataset: Dataset) -> str:
+    """The dataset's contract as a Markdown table (docs/extracts.md embeds it; a test keeps them in sync)."""
+    rows = [f"| `{c.name}` | {c.sql_type.lower()} | {'required' if c.required else 'optional'} | {c.description} |"
+            for c in dataset.columns]
+    return "\n".join(["| column | type | | meaning |", "|---|---|---|---|", *rows])

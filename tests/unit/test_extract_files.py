@@ -188,3 +188,12 @@ def test_value_mapping_normalises_status_spellings(drop):
     settings, _ = drop(content, mapping={"values": {"status": {"bezahlt": "completed", "Storniert": "cancelled"}}})
     run_extract(settings, DAY, "r")
     assert list(_orders(settings)["status"]) == ["completed", "cancelled"]
+
+
+def test_docs_state_the_contract_of_every_dataset():
+    from segflow.config import REPO_ROOT
+    from segflow.extract.contracts import DATASETS, contract_markdown
+
+    doc = (REPO_ROOT / "docs" / "extracts.md").read_text()
+    for dataset in DATASETS.values():
+        assert contract_markdown(dataset) in doc, f"docs/extracts.md is out of date for {dataset.name}"

@@ -41,3 +41,14 @@ def test_context_resolution_reads_conf_params_and_events():
     assert as_of_from_context({"dag_run": _Run(), "params": {"as_of": ""}}) == date(2026, 2, 3)
     ctx = {"params": {"as_of": ""}, "triggering_asset_events": {"segflow.marts.user_features": [_Event()]}, "logical_date": None}
     assert as_of_from_context(ctx) == date(2026, 4, 4)
+
+
+def test_full_refresh_flag_from_conf_or_params():
+    from types import SimpleNamespace
+
+    from segflow.orchestration import full_refresh_from_context
+
+    assert full_refresh_from_context({"params": {"full_refresh": False}}) is False
+    assert full_refresh_from_context({"params": {"full_refresh": True}}) is True
+    assert full_refresh_from_context({"dag_run": SimpleNamespace(conf={"full_refresh": "true"}), "params": {}}) is True
+    assert full_refresh_from_context({}) is False
