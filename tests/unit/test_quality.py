@@ -77,8 +77,10 @@ def test_warnings_are_recorded_but_do_not_block(make_settings, tmp_path):
     tx = pd.DataFrame({"order_id": ["1", "2"], "customer_ref": ["C1", "C2"], "amount": [10.0, -5.0],
                        "currency": ["EUR", "XYZ"], "order_ts": pd.to_datetime(["2026-01-01", "2099-01-01"]),
                        "status": ["completed", "completed"], "category": ["home", "home"], "item_count": [1, 2],
-                       "_source_file": "f.csv", "_file_date": pd.Timestamp("2026-01-01"), "_row_ref": ["2", "3"],
-                       "_run_id": "r", "_loaded_at": pd.Timestamp("2026-01-02"), "customer_known": [True, True]})
+                       "line_id": [None, None], "line_type": [None, None], "order_line_key": ["1|", "2|"],
+                       "_source": "transactions", "_source_file": "f.csv", "_file_date": pd.Timestamp("2026-01-01"),
+                       "_row_ref": ["line 2", "line 3"], "_run_id": "r", "_loaded_at": pd.Timestamp("2026-01-02"),
+                       "customer_known": [True, True]})
     outcomes = validate_frame(make_settings(tmp_path, tmp_path), "raw_transactions", tx,
                               {"max_ts": pd.Timestamp(date(2026, 1, 3)), "currencies": ["EUR"]})
     failed = {(o.expectation, o.column) for o in outcomes if not o.success}
