@@ -16,3 +16,14 @@
 {% macro pii_hash(expr) -%}
     {{ sha256_hex("'" ~ env_var('SEGFLOW_PII_SALT', 'segflow-dev-salt') ~ "' || lower(trim(" ~ expr ~ "))") }}
 {%- endmacro %}
+
+{# Completed years between two dates (an age): 1990-07-01 -> 2026-06-30 is 35, not the 36 year boundaries. #}
+{% macro years_between(start_expr, end_expr) -%}
+    {{ return(adapter.dispatch('years_between', 'segflow')(start_expr, end_expr)) }}
+{%- endmacro %}
+{% macro default__years_between(start_expr, end_expr) -%}
+    date_sub('year', cast({{ start_expr }} as date), cast({{ end_expr }} as date))
+{%- endmacro %}
+{% macro postgres__years_between(start_expr, end_expr) -%}
+    cast(date_part('year', age(cast({{ end_expr }} as date), cast({{ start_expr }} as date))) as integer)
+{%- endmacro %}

@@ -4,8 +4,14 @@
   evidence_columns (|-separated columns recorded as the reason), segment_name_sql (optional
   expression for parameterised names, e.g. 'Interested in ' || interest_category).
 #}
-{% macro compile_segment_rules(features_relation, rules_relation) %}
+{% macro compile_segment_rules(features_relation, rules_seed='segment_rules') %}
     {%- if execute -%}
+        {#- The rules are read from the built seed table itself (seeds live in schema `reference`), also inside
+            dbt unit tests where ref() of the seed points at a fixture CTE: unit tests then check the real rules. -#}
+        {%- set rules_relation = adapter.get_relation(target.database, generate_schema_name('reference', none), rules_seed) -%}
+        {%- if rules_relation is none -%}
+            {{ exceptions.raise_compiler_error("seed " ~ rules_seed ~ " is not built yet: run dbt seed (or dbt build)") }}
+        {%- endif -%}
         {%- set rules = run_query("select segment_name, priority, rule_sql, evidence_columns, segment_name_sql from " ~ rules_relation ~ " where enabled order by priority") -%}
     {%- else -%}
         {%- set rules = [] -%}

@@ -66,7 +66,7 @@ def test_a_past_date_reproduces_what_was_known_then(tmp_path, small_dataset, mak
     on_the_day = features(then)
     later = make_settings(tmp_path / "later", small_dataset)
     build(later, AS_OF)  # the warehouse now holds 20 more days
-    run_dbt(later, ["run", "--select", "audit_user_features", "user_features", "--quiet"], vars=dbt_vars(past.isoformat(), later))
+    run_dbt(later, ["run", "--select", "int_users_featurised", "audit_user_features", "user_features", "--quiet"], vars=dbt_vars(past.isoformat(), later))
     rebuilt = features(later)
     assert len(on_the_day) > 0
     pd.testing.assert_frame_equal(on_the_day.reset_index(drop=True), rebuilt.reset_index(drop=True))
@@ -106,3 +106,23 @@ def test_segment_history_records_entries_exits_and_stability(tmp_path, small_dat
     assert entered_ok == 0, "an entered event always has the membership on that date"
     assert stability[0][1] == 0 and stability[0][3] is None
     assert stability[1][1] > 0 and 0 < stability[1][3] < 1
+
+
+def test_unit_tests_cover_every_feature_formula_and_segment_rule(tmp_path, small_dataset, make_settings):
+    """The dbt unit tests (hand-computed expectations) run in every build; this proves they exist and pass."""
+    settings = make_settings(tmp_path, small_dataset)
+    build(settings, AS_OF)
+    results = run_dbt(settings, ["test", "--select", "test_type:unit", "--quiet"], vars=dbt_vars(AS_OF.isoformat(), settings))
+    names = {r.node.name for r in results.results if str(r.status) == "pass"}
+    assert {"rfm_scores_labels_and_lifecycle_stages", "engagement_intent_categories_channels_and_demographics",
+            "engagement_features_are_null_without_an_analytics_source",
+            "every_seed_rule_with_its_threshold_and_priority"} <= names
+    import csv
+
+    from segflow.dbt import DBT_PROJECT_DIR
+
+    with open(DBT_PROJECT_DIR / "seeds" / "segment_rules.csv") as handle:
+        rules = {row["segment_name"] for row in csv.DictReader(handle)}
+    unit_yml = (DBT_PROJECT_DIR / "models" / "audit" / "audit_user_segments.yml").read_text()
+    for rule in rules - {"Interested in Category"}:
+        assert f"segment_name: {rule}," in unit_yml, f"no unit-test expectation for the rule {rule!r}"

@@ -1,7 +1,8 @@
 -- Candidate rule-segment memberships compiled from the analyst-editable seed `segment_rules`.
 -- Every membership is kept (multi-membership); the highest-priority one is the user's primary segment.
+-- depends_on: {{ ref('segment_rules') }}
 with memberships as (
-    {{ compile_segment_rules(ref('audit_user_features'), ref('segment_rules')) }}
+    {{ compile_segment_rules(ref('audit_user_features'), 'segment_rules') }}
 )
 
 select

@@ -7,6 +7,9 @@
   - lifecycle_stage: prospect (no purchase) > lapsed (>90 days) > at_risk (>45 days) > new (first purchase
       within 30 days) > loyal (3+ purchases, last within 30 days) > repeat (2+) > active.
 #}
+{#- A view (not ephemeral) so its formulas can be unit-tested; built per audit schema, so training builds for
+    past dates never replace the daily build's view. -#}
+{{ config(materialized='view', schema='audit_intermediate') }}
 {% set weights = var('intent_weights') %}
 with datasets as (
     -- Without an analytics source, engagement features are unknown (null), not zero.
@@ -145,16 +148,16 @@ base as (
         c.contact_id is not null as is_crm_contact,
         case
             when c.birth_date is null then 'Unknown'
-            when date_diff('year', c.birth_date, {{ as_of_date() }}) not between 16 and 110 then 'Unknown'
-            when date_diff('year', c.birth_date, {{ as_of_date() }}) < 25 then '16-24'
-            when date_diff('year', c.birth_date, {{ as_of_date() }}) < 35 then '25-34'
-            when date_diff('year', c.birth_date, {{ as_of_date() }}) < 45 then '35-44'
-            when date_diff('year', c.birth_date, {{ as_of_date() }}) < 55 then '45-54'
-            when date_diff('year', c.birth_date, {{ as_of_date() }}) < 65 then '55-64'
+            when {{ years_between('c.birth_date', as_of_date()) }} not between 16 and 110 then 'Unknown'
+            when {{ years_between('c.birth_date', as_of_date()) }} < 25 then '16-24'
+            when {{ years_between('c.birth_date', as_of_date()) }} < 35 then '25-34'
+            when {{ years_between('c.birth_date', as_of_date()) }} < 45 then '35-44'
+            when {{ years_between('c.birth_date', as_of_date()) }} < 55 then '45-54'
+            when {{ years_between('c.birth_date', as_of_date()) }} < 65 then '55-64'
             else '65+'
         end as age_band,
-        case when date_diff('year', c.birth_date, {{ as_of_date() }}) between 16 and 110
-            then date_diff('year', c.birth_date, {{ as_of_date() }}) end as age,
+        case when {{ years_between('c.birth_date', as_of_date()) }} between 16 and 110
+            then {{ years_between('c.birth_date', as_of_date()) }} end as age,
         coalesce(c.gender, 'unknown') as gender,
         coalesce(c.country_code, 'Unknown') as country,
         coalesce(c.income_band, 'Unknown') as income_band,
