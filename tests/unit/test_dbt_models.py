@@ -40,6 +40,30 @@ def test_build_on_dirty_data_passes_all_data_tests(tmp_path, dirty_dataset, make
     assert dup_evidence > 0, "case/whitespace duplicate contacts merge into one user"
     assert {r for r, _ in excluded} == {"unknown_currency", "negative_amount", "future_timestamp"}
     assert clear_pii == 0
+    assert undocumented_columns(settings) == []
+
+
+def undocumented_columns(settings) -> list[tuple[str, str]]:
+    """Every column of every built model (and every model) has a description in the docs (manifest)."""
+    import json
+
+    from segflow.dbt import DBT_PROJECT_DIR
+
+    manifest = json.loads((DBT_PROJECT_DIR / "target" / "manifest.json").read_text())
+    missing = []
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        for node in manifest["nodes"].values():
+            if node["resource_type"] != "model":
+                continue
+            documented = {name for name, col in node["columns"].items() if col.get("description")}
+            built = [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = ? "
+                                               "AND table_name = ?", [node["schema"], node["alias"]]).fetchall()]
+            if node["config"]["materialized"] == "ephemeral":
+                built = list(node["columns"]) or ["<no columns documented>"]
+            missing += [(node["name"], c) for c in built if c not in documented]
+            if not node.get("description"):
+                missing.append((node["name"], "<model description>"))
+    return missing
 
 
 def test_every_user_has_one_primary_segment_with_evidence(tmp_path, small_dataset, make_settings):
