@@ -13,7 +13,7 @@ from segflow import orchestration
 from segflow.airflow_env import DBT_PROJECT_DIR, MANIFEST_PATH
 from segflow.assets import USER_FEATURES
 from segflow.dag_defaults import segflow_dag
-from segflow.dag_tasks import resolve_as_of
+from segflow.dag_tasks import dbt_vars, resolve_as_of, templated_dbt_vars
 from segflow.orchestration import DUCKDB_POOL
 
 project_config = ProjectConfig(dbt_project_path=DBT_PROJECT_DIR, manifest_path=MANIFEST_PATH, project_name="segflow")
@@ -26,7 +26,7 @@ publish_render = RenderConfig(load_method=LoadMode.DBT_MANIFEST, select=["tag:pu
 dbt_operator_args = {
     "install_deps": False,
     "pool": DUCKDB_POOL,
-    "vars": {"as_of": "{{ ti.xcom_pull(task_ids='resolve_as_of') }}"},
+    "vars": templated_dbt_vars(),
 }
 
 FULL_REFRESH_DOC = "Reload every source file dated up to as_of, changed or not (default: only new and changed files)."
@@ -57,4 +57,4 @@ with segflow_dag("segflow_build", schedule="@daily", doc_md=__doc__, tags=(),
                                execution_config=execution_config, render_config=publish_render, operator_args=dbt_operator_args)
 
     as_of = resolve_as_of()
-    chain(as_of, extract(as_of), validate_raw(as_of), dbt_build, validate_marts(as_of), dbt_publish, publish_features(as_of))
+    chain(as_of, dbt_vars(as_of), extract(as_of), validate_raw(as_of), dbt_build, validate_marts(as_of), dbt_publish, publish_features(as_of))

@@ -9,3 +9,18 @@ from segflow import orchestration
 def resolve_as_of(**context) -> str:
     """The run's as-of date (see segflow.orchestration.resolve_as_of for the rules)."""
     return orchestration.as_of_from_context(context).isoformat()
+
+
+@task
+def dbt_vars(as_of: str) -> dict:
+    """The dbt vars of this run (as_of plus settings from segflow.yml), read when the run executes."""
+    from segflow.dbt import dbt_vars as compute
+
+    return compute(as_of, orchestration.settings())
+
+
+def templated_dbt_vars(task_id: str = "dbt_vars") -> dict:
+    """Cosmos operator vars pulled from the `dbt_vars` task at run time (DAG files stay free of config I/O)."""
+    from segflow.dbt import DBT_VAR_NAMES
+
+    return {name: "{{ ti.xcom_pull(task_ids='%s')['%s'] }}" % (task_id, name) for name in DBT_VAR_NAMES}

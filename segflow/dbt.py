@@ -28,6 +28,9 @@ def dbt_env(settings: Settings) -> dict[str, str]:
     return {"SEGFLOW_WAREHOUSE_PATH": str(settings.warehouse_path), "DBT_PROFILES_DIR": str(DBT_PROJECT_DIR)}
 
 
+DBT_VAR_NAMES = ("as_of", "churn_horizon_days", "reporting_currency")  # what dbt_vars() sets from the settings
+
+
 def dbt_vars(as_of: str, settings: Settings, **extra: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"as_of": as_of, "churn_horizon_days": settings.horizon_days,
                            "reporting_currency": settings.get("features", "reporting_currency", default="EUR")}

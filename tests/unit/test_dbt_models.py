@@ -150,3 +150,15 @@ def test_unit_tests_cover_every_feature_formula_and_segment_rule(tmp_path, small
     unit_yml = (DBT_PROJECT_DIR / "models" / "audit" / "audit_user_segments.yml").read_text()
     for rule in rules - {"Interested in Category"}:
         assert f"segment_name: {rule}," in unit_yml, f"no unit-test expectation for the rule {rule!r}"
+
+
+def test_amounts_are_converted_to_the_configured_reporting_currency(tmp_path, small_dataset, make_settings):
+    settings = make_settings(tmp_path, small_dataset, SEGFLOW__FEATURES__REPORTING_CURRENCY="GBP")
+    build(settings, AS_OF)
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        rows = con.execute("""SELECT currency, amount_local, amount_reporting FROM staging.stg_shop__transactions
+                              WHERE currency IN ('EUR', 'GBP') AND amount_local > 10 LIMIT 200""").fetchall()
+        rates = dict(con.execute("SELECT currency, units_per_eur FROM reference.currency_rates").fetchall())
+    assert {c for c, _, _ in rows} == {"EUR", "GBP"}
+    for currency, local, reporting in rows:
+        assert reporting == round(local / rates[currency] * rates["GBP"], 2)

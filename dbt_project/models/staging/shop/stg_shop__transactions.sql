@@ -19,6 +19,11 @@ rates as (
     select * from {{ ref('currency_rates') }}
 ),
 
+-- The reporting currency (var, from segflow.yml features.reporting_currency) in units per EUR.
+reporting as (
+    select units_per_eur from rates where currency = upper('{{ var("reporting_currency") }}')
+),
+
 typed as (
     select
         d.order_id,
@@ -28,7 +33,7 @@ typed as (
         cast(d.order_ts as date) as order_date,
         d.amount as amount_local,
         upper(trim(d.currency)) as currency,
-        round(d.amount / r.units_per_eur, 2) as amount_reporting,
+        round(d.amount / r.units_per_eur * rep.units_per_eur, 2) as amount_reporting,
         r.currency is not null as is_known_currency,
         case lower(trim(d.status))
             when 'completed' then 'completed' when 'complete' then 'completed' when 'paid' then 'completed'
@@ -51,6 +56,7 @@ typed as (
         end as is_future_timestamp
     from deduplicated as d
     left join rates as r on upper(trim(d.currency)) = r.currency
+    cross join reporting as rep
     where d._dup_rank = 1
 )
 
