@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import duckdb
 import pandas as pd
+import pytest
 
 from segflow.dbt import dbt_vars, run_dbt
 from segflow.extract import run_extract
@@ -161,4 +162,4 @@ def test_amounts_are_converted_to_the_configured_reporting_currency(tmp_path, sm
         rates = dict(con.execute("SELECT currency, units_per_eur FROM reference.currency_rates").fetchall())
     assert {c for c, _, _ in rows} == {"EUR", "GBP"}
     for currency, local, reporting in rows:
-        assert reporting == round(local / rates[currency] * rates["GBP"], 2)
+        assert reporting == pytest.approx(local / rates[currency] * rates["GBP"], abs=0.006)
