@@ -29,7 +29,9 @@ dbt_operator_args = {
     "vars": templated_dbt_vars(),
 }
 
-FULL_REFRESH_DOC = "Reload every source file dated up to as_of, changed or not (default: only new and changed files)."
+FULL_REFRESH_DOC = ("Reload every source file dated up to as_of, changed or not, and rebuild the incremental event "
+                    "models from scratch (default: new and changed files, recent days).")
+FULL_REFRESH_TEMPLATE = "{{ (dag_run.conf or {}).get('full_refresh', params.full_refresh) }}"
 
 with segflow_dag("segflow_build", schedule="@daily", doc_md=__doc__, tags=(),
                  params={"full_refresh": Param(False, type="boolean", description=FULL_REFRESH_DOC)}):
@@ -51,8 +53,11 @@ with segflow_dag("segflow_build", schedule="@daily", doc_md=__doc__, tags=(),
         outlet_events[USER_FEATURES].extra = {"as_of": as_of}
         return as_of
 
+    # full_refresh rebuilds the incremental event models of the build group; the published history tables
+    # (publish group) are never fully refreshed: that would drop every past as-of partition.
+    build_operator_args = {**dbt_operator_args, "full_refresh": FULL_REFRESH_TEMPLATE}
     dbt_build = DbtTaskGroup(group_id="dbt_build", project_config=project_config, profile_config=profile_config,
-                             execution_config=execution_config, render_config=build_render, operator_args=dbt_operator_args)
+                             execution_config=execution_config, render_config=build_render, operator_args=build_operator_args)
     dbt_publish = DbtTaskGroup(group_id="dbt_publish", project_config=project_config, profile_config=profile_config,
                                execution_config=execution_config, render_config=publish_render, operator_args=dbt_operator_args)
 
