@@ -87,7 +87,7 @@ def redirect_output(log_file: Path):
             os.close(saved[0]), os.close(saved[1])
 
 
-def run_dag(dag_id: str, as_of: date, log_file: Path) -> tuple[str, list[str]]:
+def run_dag(dag_id: str, as_of: date, log_file: Path, full_refresh: bool = False) -> tuple[str, list[str]]:
     """Run one DAG for `as_of` with Airflow's DAG test runner (same task code as a scheduled run).
     Returns the run state and the failed task ids; Airflow's own log goes to `log_file`."""
     from airflow.dag_processing.dagbag import DagBag
@@ -99,7 +99,8 @@ def run_dag(dag_id: str, as_of: date, log_file: Path) -> tuple[str, list[str]]:
         bag = DagBag(dag_folder=str(DAGS_FOLDER / f"{dag_id}.py"))
         if bag.import_errors:
             raise RuntimeError(f"DAG import errors: {bag.import_errors}")
-        run = bag.get_dag(dag_id).test(logical_date=logical_date, run_conf={"as_of": as_of.isoformat()})
+        conf = {"as_of": as_of.isoformat(), **({"full_refresh": True} if full_refresh else {})}
+        run = bag.get_dag(dag_id).test(logical_date=logical_date, run_conf=conf)
     failed = [ti.task_id for ti in run.get_task_instances() if ti.state in ("failed", "upstream_failed")]
     return str(run.state), failed
 
@@ -126,7 +127,7 @@ def cmd_run(args) -> int:
     for dag_id in plan:
         step = time.time()
         console.print(f"→ {dag_id} …")
-        state, failed = run_dag(dag_id, as_of, log_file)
+        state, failed = run_dag(dag_id, as_of, log_file, full_refresh=args.full_refresh and dag_id == "segflow_build")
         if state != "success":
             console.print(f"[red]✗ {dag_id} {state}[/red] after {time.time() - step:.0f}s; failed tasks: {', '.join(failed) or '-'}")
             _print_failure(log_file, console)
@@ -191,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", parents=[common], help="run the pipeline DAGs for one date through Airflow")
     run.add_argument("--as-of", default=None, help="date to compute everything as of (default: yesterday)")
+    run.add_argument("--full-refresh", action="store_true",
+                     help="reload every source file up to the date and rebuild dbt's incremental event models")
     run.add_argument("--retrain", choices=["auto", "always", "never"], default="auto",
                      help="auto: train only when no champion model exists yet")
     run.set_defaults(func=cmd_run)

@@ -197,3 +197,15 @@ def test_docs_state_the_contract_of_every_dataset():
     doc = (REPO_ROOT / "docs" / "extracts.md").read_text()
     for dataset in DATASETS.values():
         assert contract_markdown(dataset) in doc, f"docs/extracts.md is out of date for {dataset.name}"
+
+
+def test_partition_folders_and_gzipped_files_are_dated_by_their_path(sources_settings, tmp_path):
+    folder = tmp_path / "orders"
+    for day in ("2026-03-01", "2026-03-02", "2026-03-03"):
+        (folder / f"dt={day}").mkdir(parents=True)
+        body = f"{HEADER}\nO-{day},C1,{day}T10:00:00,1,EUR,completed,a,1\n"
+        (folder / f"dt={day}" / "part-0.csv.gz").write_bytes(gzip.compress(body.encode()))
+    settings = sources_settings({"transactions": {"path": str(folder)}})
+    result = run_extract(settings, DAY, "r")["transactions"]
+    assert [d["batch"] for d in result.details] == ["dt=2026-03-01/part-0.csv.gz", "dt=2026-03-02/part-0.csv.gz"]
+    assert list(_orders(settings)["_file_date"].astype(str)) == ["2026-03-01", "2026-03-02"]
