@@ -6,7 +6,7 @@
 
 {# Exclusive upper bound for timestamps known on the as-of date: the end of that day. #}
 {% macro as_of_end() -%}
-    ({{ as_of_date() }} + interval 1 day)
+    ({{ as_of_date() }} + interval '1 day')
 {%- endmacro %}
 
 {# Feature date of a churn training set: var('feature_as_of'), default as_of minus the horizon. #}

@@ -27,3 +27,28 @@
 {% macro postgres__years_between(start_expr, end_expr) -%}
     cast(date_part('year', age(cast({{ end_expr }} as date), cast({{ start_expr }} as date))) as integer)
 {%- endmacro %}
+
+{# round(x, n) for any numeric type (PostgreSQL only rounds numeric to n places). #}
+{% macro round_to(expr, places) -%}
+    {{ return(adapter.dispatch('round_to', 'segflow')(expr, places)) }}
+{%- endmacro %}
+{% macro default__round_to(expr, places) -%}round({{ expr }}, {{ places }}){%- endmacro %}
+{% macro postgres__round_to(expr, places) -%}cast(round(cast({{ expr }} as numeric), {{ places }}) as double precision){%- endmacro %}
+
+{# Boolean: does the text match the regular expression? #}
+{% macro regex_matches(expr, pattern) -%}
+    {{ return(adapter.dispatch('regex_matches', 'segflow')(expr, pattern)) }}
+{%- endmacro %}
+{% macro default__regex_matches(expr, pattern) -%}regexp_matches({{ expr }}, '{{ pattern }}'){%- endmacro %}
+{% macro postgres__regex_matches(expr, pattern) -%}({{ expr }} ~ '{{ pattern }}'){%- endmacro %}
+
+{# A JSON object (as text) of the named columns: {"col": value, ...}. #}
+{% macro json_object_text(columns) -%}
+    {{ return(adapter.dispatch('json_object_text', 'segflow')(columns)) }}
+{%- endmacro %}
+{% macro default__json_object_text(columns) -%}
+    cast(json_object({% for col in columns %}'{{ col }}', {{ col }}{% if not loop.last %}, {% endif %}{% endfor %}) as varchar)
+{%- endmacro %}
+{% macro postgres__json_object_text(columns) -%}
+    cast(json_build_object({% for col in columns %}'{{ col }}', {{ col }}{% if not loop.last %}, {% endif %}{% endfor %}) as varchar)
+{%- endmacro %}

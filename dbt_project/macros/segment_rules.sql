@@ -29,7 +29,7 @@
         '{{ rule["segment_name"] }}' as rule_name,
         {{ rule['segment_name_sql'] if rule['segment_name_sql'] else "'" ~ rule['segment_name'] ~ "'" }} as segment_name,
         {{ rule['priority'] }} as priority,
-        {% if evidence %}cast(json_object({% for col in evidence %}'{{ col }}', {{ col }}{% if not loop.last %}, {% endif %}{% endfor %}) as varchar){% else %}'{}'{% endif %} as evidence
+        {% if evidence %}{{ json_object_text(evidence) }}{% else %}'{}'{% endif %} as evidence
     from {{ features_relation }}
     where {{ rule['rule_sql'] }}
     {% if not loop.last %}union all{% endif %}

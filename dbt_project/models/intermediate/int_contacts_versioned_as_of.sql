@@ -7,10 +7,13 @@ with versions as (
       and updated_at < {{ as_of_end() }}
 ),
 
-latest as (
-    select *
+ranked as (
+    select *, row_number() over (partition by contact_id order by updated_at desc) as version_rank
     from versions
-    qualify row_number() over (partition by contact_id order by updated_at desc) = 1
+),
+
+latest as (
+    select * from ranked where version_rank = 1
 )
 
 select

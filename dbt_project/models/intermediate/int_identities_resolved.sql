@@ -68,8 +68,11 @@ anonymous_logins as (
 anonymous_links as (
     select 'anonymous_id' as identifier_type, anonymous_id as identifier, user_id,
            'anonymous id seen logged in as this user (' || cast(n as varchar) || ' events)' as evidence
-    from anonymous_logins
-    qualify row_number() over (partition by anonymous_id order by n desc, user_id) = 1
+    from (
+        select *, row_number() over (partition by anonymous_id order by n desc, user_id) as login_rank
+        from anonymous_logins
+    ) as ranked
+    where login_rank = 1
 )
 
 select * from contact_links

@@ -92,12 +92,16 @@ category_activity as (
 ),
 
 top_category as (
-    select
-        user_id,
-        product_category as top_category,
-        n / sum(n) over (partition by user_id) as top_category_share
-    from category_activity
-    qualify row_number() over (partition by user_id order by n desc, product_category) = 1
+    select user_id, top_category, top_category_share
+    from (
+        select
+            user_id,
+            product_category as top_category,
+            n * 1.0 / sum(n) over (partition by user_id) as top_category_share,
+            row_number() over (partition by user_id order by n desc, product_category) as category_rank
+        from category_activity
+    ) as ranked
+    where category_rank = 1
 ),
 
 category_views_30d as (
@@ -109,14 +113,21 @@ category_views_30d as (
 
 interest as (
     -- Most-viewed category (more than 3 views in 30 days) with no purchase in it over 30 days.
-    select v.user_id, v.product_category as interest_category, v.views as interest_category_views_30d
-    from category_views_30d as v
-    where v.views > 3
-      and not exists (
-          select 1 from orders as o
-          where o.user_id = v.user_id and o.category = v.product_category and o.order_date > {{ as_of_date() }} - 30
-      )
-    qualify row_number() over (partition by v.user_id order by v.views desc, v.product_category) = 1
+    select user_id, interest_category, interest_category_views_30d
+    from (
+        select
+            v.user_id,
+            v.product_category as interest_category,
+            v.views as interest_category_views_30d,
+            row_number() over (partition by v.user_id order by v.views desc, v.product_category) as interest_rank
+        from category_views_30d as v
+        where v.views > 3
+          and not exists (
+              select 1 from orders as o
+              where o.user_id = v.user_id and o.category = v.product_category and o.order_date > {{ as_of_date() }} - 30
+          )
+    ) as ranked
+    where interest_rank = 1
 ),
 
 -- Most frequent channel / device over 90 days; ties broken alphabetically so reruns are reproducible.
@@ -136,8 +147,16 @@ device_counts as (
 
 preferred as (
     select coalesce(c.user_id, d.user_id) as user_id, c.channel as preferred_channel_observed, d.device as preferred_device
-    from (select * from channel_counts qualify row_number() over (partition by user_id order by n desc, channel) = 1) as c
-    full outer join (select * from device_counts qualify row_number() over (partition by user_id order by n desc, device) = 1) as d
+    from (
+        select user_id, channel from (
+            select *, row_number() over (partition by user_id order by n desc, channel) as channel_rank from channel_counts
+        ) as ranked where channel_rank = 1
+    ) as c
+    full outer join (
+        select user_id, device from (
+            select *, row_number() over (partition by user_id order by n desc, device) as device_rank from device_counts
+        ) as ranked where device_rank = 1
+    ) as d
         on c.user_id = d.user_id
 ),
 

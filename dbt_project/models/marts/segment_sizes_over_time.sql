@@ -30,6 +30,6 @@ select
     s.primary_members,
     st.users_compared,
     st.users_moved,
-    case when st.users_compared > 0 then round(st.users_moved / st.users_compared, 4) end as moved_share
+    case when st.users_compared > 0 then {{ round_to('st.users_moved * 1.0 / st.users_compared', 4) }} end as moved_share
 from sizes as s
 join stability as st using (as_of)

@@ -16,7 +16,7 @@ renamed as (
         created_at,
         updated_at,
         lower(trim(email)) as email,
-        regexp_matches(lower(trim(email)), '^[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}$') as is_email_valid,
+        {{ regex_matches('lower(trim(email))', '^[a-z0-9._%+-]+@[a-z0-9.-]+\\.[a-z]{2,}$') }} as is_email_valid,
         trim(phone) as phone,
         trim(first_name) as first_name,
         trim(last_name) as last_name,

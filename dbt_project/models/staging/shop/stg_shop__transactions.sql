@@ -51,8 +51,8 @@ typed as (
         -- Rows of dated files are known from their file's date; rows of undated snapshot exports from their own date.
         coalesce(d._file_date, cast(d.order_ts as date)) as file_date,
         case
-            when d._file_date is not null then d.order_ts >= d._file_date + interval 2 day
-            else d.order_ts >= d._loaded_at + interval 1 day
+            when d._file_date is not null then d.order_ts >= d._file_date + interval '2 day'
+            else d.order_ts >= d._loaded_at + interval '1 day'
         end as is_future_timestamp
     from deduplicated as d
     left join rates as r on upper(trim(d.currency)) = r.currency

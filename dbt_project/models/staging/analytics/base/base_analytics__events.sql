@@ -16,8 +16,8 @@ select
     coalesce(_file_date, cast(event_ts as date)) as file_date,
     -- An event stamped after the end of the day its file was delivered for (or after it was loaded) cannot be trusted.
     case
-        when _file_date is not null then event_ts >= _file_date + interval 2 day
-        else event_ts >= _loaded_at + interval 1 day
+        when _file_date is not null then event_ts >= _file_date + interval '2 day'
+        else event_ts >= _loaded_at + interval '1 day'
     end as is_future_timestamp,
     _loaded_at as loaded_at
 from {{ source('raw', 'events') }}
