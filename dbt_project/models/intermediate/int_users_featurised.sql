@@ -11,6 +11,15 @@
     past dates never replace the daily build's view. -#}
 {{ config(materialized='view', schema='audit_intermediate') }}
 {% set weights = var('intent_weights') %}
+{% set engagement_formula %}
+    30 * least(coalesce(e.active_days_30d, 0) / 10.0, 1)
+    + 30 * least(coalesce(e.sessions_30d, 0) / 15.0, 1)
+    + 20 * least(coalesce(e.email_opens_30d, 0) / 8.0, 1)
+    + 20 * least(coalesce(e.email_clicks_30d, 0) / 4.0, 1)
+{% endset %}
+{% set intent_formula %}
+    coalesce(e.event_intent_points, 0) + {{ weights.get('cart_abandonment', 0) }} * coalesce(a.abandoned_sessions_30d, 0)
+{% endset %}
 with datasets as (
     -- Without an analytics source, engagement features are unknown (null), not zero.
     select count(*) filter (where dataset = 'events') > 0 as has_events
@@ -189,26 +198,20 @@ base as (
         o.last_purchase_date,
         {{ days_between('o.last_purchase_date', as_of_date()) }} as recency_days,
         coalesce(o.frequency_365d, 0) as frequency_365d,
-        round(coalesce(o.monetary_365d, 0), 2) as monetary_365d,
+        {{ round_to('coalesce(o.monetary_365d, 0)', 2) }} as monetary_365d,
         coalesce(o.lifetime_orders, 0) as lifetime_orders,
-        round(coalesce(o.lifetime_spend, 0), 2) as lifetime_spend,
+        {{ round_to('coalesce(o.lifetime_spend, 0)', 2) }} as lifetime_spend,
         coalesce(o.orders_30d, 0) as orders_30d,
         coalesce(o.orders_90d, 0) as orders_90d,
         case when ds.has_events then coalesce(e.active_days_30d, 0) end as active_days_30d,
         case when ds.has_events then coalesce(e.sessions_30d, 0) end as sessions_30d,
         case when ds.has_events then coalesce(e.email_opens_30d, 0) end as email_opens_30d,
         case when ds.has_events then coalesce(e.email_clicks_30d, 0) end as email_clicks_30d,
-        case when ds.has_events then round(
-            30 * least(coalesce(e.active_days_30d, 0) / 10.0, 1)
-            + 30 * least(coalesce(e.sessions_30d, 0) / 15.0, 1)
-            + 20 * least(coalesce(e.email_opens_30d, 0) / 8.0, 1)
-            + 20 * least(coalesce(e.email_clicks_30d, 0) / 4.0, 1), 1
-        ) end as engagement_score,
-        case when ds.has_events then round(coalesce(e.event_intent_points, 0)
-            + {{ weights.get('cart_abandonment', 0) }} * coalesce(a.abandoned_sessions_30d, 0), 1) end as intent_score_30d,
+        case when ds.has_events then {{ round_to(engagement_formula, 1) }} end as engagement_score,
+        case when ds.has_events then {{ round_to(intent_formula, 1) }} end as intent_score_30d,
         case when ds.has_events then coalesce(a.abandoned_sessions_30d, 0) > 0 end as cart_abandoned_30d,
         case when ds.has_events then coalesce(t.top_category, 'none') end as top_category,
-        case when ds.has_events then round(coalesce(t.top_category_share, 0), 3) end as top_category_share,
+        case when ds.has_events then {{ round_to('coalesce(t.top_category_share, 0)', 3) }} end as top_category_share,
         i.interest_category,
         i.interest_category_views_30d,
         coalesce(p.preferred_channel_observed, c.crm_preferred_channel, 'unknown') as preferred_channel,

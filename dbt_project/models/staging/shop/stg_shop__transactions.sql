@@ -33,7 +33,7 @@ typed as (
         cast(d.order_ts as date) as order_date,
         d.amount as amount_local,
         upper(trim(d.currency)) as currency,
-        round(d.amount / r.units_per_eur * rep.units_per_eur, 2) as amount_reporting,
+        {{ round_to('d.amount / r.units_per_eur * rep.units_per_eur', 2) }} as amount_reporting,
         r.currency is not null as is_known_currency,
         case lower(trim(d.status))
             when 'completed' then 'completed' when 'complete' then 'completed' when 'paid' then 'completed'
