@@ -19,7 +19,8 @@ from pathlib import Path
 
 from segflow.extract.errors import ExtractError
 from segflow.extract.loader import BatchResult, LoadContext, load_batch
-from segflow.extract.readers import read_file
+from segflow.extract.mapping import Mapping
+from segflow.extract.readers import read_file, read_records
 from segflow.extract.spec import SourceSpec
 
 FILE_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})")
@@ -74,15 +75,14 @@ def extract_files(con, spec: SourceSpec, ctx: LoadContext, force: bool = False) 
         if unchanged and not force and day != ctx.as_of:
             continue
         if stat.st_size == 0 and spec.get("allow_empty", False):
-            batch_rows = None
+            # An allowed empty file still replaces its partition (by nothing) and is audited with zero rows.
+            batch = read_records(con, [], str(path), empty_columns=spec.dataset.names)
+            batch.notes.append("empty file (allowed)")
+            plan = Mapping().plan(spec.dataset, batch.columns, str(path))
         else:
-            batch_rows = read_file(con, path, spec.get("format"), spec.get("encoding", "utf-8"), spec.get("delimiter"))
-        if batch_rows is None:
-            con.execute(f"DELETE FROM raw.{spec.dataset.raw_table} WHERE _source = ? AND _source_file = ?", [spec.name, partition])
-            result = BatchResult(partition, 0, 0, 0, 0, ["empty file (allowed)"])
-        else:
-            plan = spec.mapping.plan(spec.dataset, batch_rows.columns, str(path))
-            result = load_batch(con, ctx, spec.name, spec.dataset, plan, batch_rows, partition, day)
+            batch = read_file(con, path, spec.get("format"), spec.get("encoding", "utf-8"), spec.get("delimiter"))
+            plan = spec.mapping.plan(spec.dataset, batch.columns, str(path))
+        result = load_batch(con, ctx, spec.name, spec.dataset, plan, batch, partition, day)
         con.execute("DELETE FROM raw.loaded_files WHERE source = ? AND source_file = ?", [spec.name, partition])
         con.execute("INSERT INTO raw.loaded_files VALUES (?, ?, ?, ?, ?, ?)",
                     [spec.name, partition, day, stat.st_size, stat.st_mtime_ns, ctx.now])

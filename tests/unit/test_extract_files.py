@@ -102,6 +102,7 @@ def test_empty_file_is_refused_unless_allowed(drop):
         run_extract(settings, DAY, "r")
     settings, _ = drop(b"", allow_empty=True)
     assert run_extract(settings, DAY, "r")["transactions"].rows_in == 0
+    assert [(batch, rows_in) for _, batch, rows_in, _, _ in audit_balances(settings)] == [(f"{DAY}.csv", 0)]
     settings, _ = drop(HEADER + "\n")  # a header and no rows: a day without orders, not an error
     assert run_extract(settings, DAY, "r")["transactions"].rows_in == 0
 
