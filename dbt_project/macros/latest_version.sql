@@ -1,10 +1,6 @@
 {# Keep one row per `key`: the first by `order_by` (e.g. the latest load). Used by staging and incremental models. #}
 {% macro latest_version(relation, key, order_by, where=none) %}
-    {{ return(adapter.dispatch('latest_version', 'segflow')(relation, key, order_by, where)) }}
-{% endmacro %}
-
-{% macro default__latest_version(relation, key, order_by, where) %}
-select * exclude (_version_rank)
+select {{ adapter.dispatch('columns_without_version_rank', 'segflow')(relation) }}
 from (
     select *, row_number() over (partition by {{ key }} order by {{ order_by }}) as _version_rank
     from {{ relation }}
@@ -12,15 +8,13 @@ from (
 ) as versions
 where _version_rank = 1
 {% endmacro %}
+
+{% macro default__columns_without_version_rank(relation) -%}
+    * exclude (_version_rank)
+{%- endmacro %}
 
 {# PostgreSQL has no SELECT * EXCLUDE: list the relation's columns (it is built before its children). #}
-{% macro postgres__latest_version(relation, key, order_by, where) %}
-{%- set columns = adapter.get_columns_in_relation(relation) | map(attribute='name') | list -%}
-select {{ columns | join(', ') if columns else '*' }}
-from (
-    select *, row_number() over (partition by {{ key }} order by {{ order_by }}) as _version_rank
-    from {{ relation }}
-    {% if where %}where {{ where }}{% endif %}
-) as versions
-where _version_rank = 1
-{% endmacro %}
+{% macro postgres__columns_without_version_rank(relation) -%}
+    {%- set columns = adapter.get_columns_in_relation(relation) | map(attribute='name') | list -%}
+    {{ columns | join(', ') if columns else '*' }}
+{%- endmacro %}
