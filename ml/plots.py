@@ -12,15 +12,20 @@ from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
 
 
-def k_selection(selection: pd.DataFrame, chosen_k: int):
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(selection["k"], selection["silhouette"], marker="o", label="silhouette")
-    ax.axvline(chosen_k, color="grey", linestyle="--", label=f"chosen k={chosen_k}")
-    ax2 = ax.twinx()
-    ax2.plot(selection["k"], selection["calinski_harabasz"], marker="s", color="tab:orange", label="Calinski-Harabasz")
-    ax.set_xlabel("k"), ax.set_ylabel("silhouette"), ax2.set_ylabel("Calinski-Harabasz")
-    ax.legend(loc="upper left"), ax2.legend(loc="upper right")
+def k_selection(selection: pd.DataFrame, chosen: pd.Series):
+    """Silhouette per k for every algorithm (left) and the Gaussian mixtures' BIC (right)."""
+    fig, (ax, ax_bic) = plt.subplots(1, 2, figsize=(10, 4))
+    for algorithm, group in selection.groupby("algorithm", sort=False):
+        ax.plot(group["k"], group["silhouette"], marker="o", label=algorithm)
+    ax.scatter([chosen["k"]], [chosen["silhouette"]], s=160, facecolors="none", edgecolors="black",
+               label=f"chosen: {chosen['algorithm']} k={int(chosen['k'])}")
+    ax.set_xlabel("k"), ax.set_ylabel("silhouette (sample)"), ax.legend(fontsize=8)
     ax.set_title("Choosing the number of personas")
+    gmm = selection[selection["bic"].notna()]
+    if len(gmm):
+        ax_bic.plot(gmm["k"], gmm["bic"], marker="s", color="tab:green")
+    ax_bic.set_xlabel("k"), ax_bic.set_ylabel("BIC (Gaussian mixture, lower is better)")
+    ax_bic.set_title("Gaussian mixture BIC")
     fig.tight_layout()
     return fig
 

@@ -52,6 +52,7 @@ class Decision:
     reason: str
     new_metric: float
     champion_metric: float | None
+    champion_version: str | None = None
 
 
 def current_champion(client, name: str):
@@ -64,7 +65,8 @@ def current_champion(client, name: str):
 
 
 def decide_alias(client, name: str, version: str, new_metric: float, champion_metric: float | None,
-                 tolerance: float, higher_is_better: bool = True, metric_name: str = "metric") -> Decision:
+                 tolerance: float, higher_is_better: bool = True, metric_name: str = "metric",
+                 champion_version: str | None = None) -> Decision:
     """Promote `version` to champion if it beats the champion's metric on the same holdout by more than
     `tolerance`, or if there is no champion; otherwise mark it challenger. The decision is tagged on the version."""
     if champion_metric is None:
@@ -72,14 +74,19 @@ def decide_alias(client, name: str, version: str, new_metric: float, champion_me
     else:
         gain = (new_metric - champion_metric) if higher_is_better else (champion_metric - new_metric)
         if gain > tolerance:
-            alias, reason = CHAMPION, f"{metric_name} {new_metric:.4f} beats champion {champion_metric:.4f} by {gain:.4f} > tolerance {tolerance}"
+            alias, reason = CHAMPION, f"{metric_name} {new_metric:.4f} beats champion{_v(champion_version)} {champion_metric:.4f} by {gain:.4f} > tolerance {tolerance}"
         else:
-            alias, reason = CHALLENGER, f"{metric_name} {new_metric:.4f} does not beat champion {champion_metric:.4f} by more than tolerance {tolerance}"
+            alias, reason = CHALLENGER, f"{metric_name} {new_metric:.4f} does not beat champion{_v(champion_version)} {champion_metric:.4f} by more than tolerance {tolerance}"
     client.set_registered_model_alias(name, alias, version)
     client.set_model_version_tag(name, version, "promotion_decision", alias)
     client.set_model_version_tag(name, version, "promotion_reason", reason)
     log.info("%s v%s -> %s: %s", name, version, alias, reason)
-    return Decision(name, str(version), alias, reason, new_metric, champion_metric)
+    return Decision(name, str(version), alias, reason, new_metric, champion_metric,
+                    None if champion_version is None else str(champion_version))
+
+
+def _v(version) -> str:
+    return "" if version is None else f" v{version}"
 
 
 def load_champion(settings: Settings, name: str):

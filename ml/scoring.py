@@ -64,6 +64,16 @@ def compute_scores(settings: Settings, as_of: date) -> tuple[pd.DataFrame, str, 
     return scores, str(cluster_version.version), str(churn_version.version)
 
 
+def read_scores(settings: Settings, as_of: date) -> pd.DataFrame:
+    """The published scores of `as_of` (from the history, so a past date can be monitored too)."""
+    with connect(settings.warehouse_path, read_only=True) as con:
+        scores = con.execute("SELECT * FROM marts.user_scores_history WHERE as_of = ?::DATE ORDER BY user_id",
+                             [as_of.isoformat()]).df()
+    if scores.empty:
+        raise LookupError(f"no scores as of {as_of}: run the scoring DAG (segflow_score) for that date first")
+    return scores
+
+
 def publish_scores(settings: Settings, scores: pd.DataFrame, as_of: date) -> int:
     """Swap marts.user_scores and replace the as_of partition of the history in one transaction."""
     with connect(settings.warehouse_path) as con:

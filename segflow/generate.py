@@ -44,6 +44,7 @@ CATEGORIES = np.array(["electronics", "fashion", "home", "beauty", "sports", "bo
 BROWSE_EVENTS = np.array(["page_view", "product_view", "search", "add_to_cart", "begin_checkout", "wishlist_add", "email_open", "email_click", "login"])
 EVENT_TYPES = np.append(BROWSE_EVENTS, "purchase")
 PURCHASE_CODE = len(BROWSE_EVENTS)
+ENGAGEMENT_FLOOR = 0.6  # share of browsing a long-lapsed user keeps
 EMAIL_CLICK_CODE = int(np.flatnonzero(EVENT_TYPES == "email_click")[0])
 LOGGED_IN_CODES = [int(np.flatnonzero(EVENT_TYPES == t)[0]) for t in ("login", "purchase", "email_open", "email_click")]
 NO_CATEGORY_CODES = [int(np.flatnonzero(EVENT_TYPES == t)[0]) for t in ("page_view", "login", "email_open")]
@@ -73,16 +74,16 @@ class Persona:
 
 
 PERSONAS = [
-    Persona("bargain_hunter", 0.25, 27, 5, (0.45, 0.4, 0.13, 0.02), (0.8, 0.12, 0.08), (0.1, 0.2, 0.3, 0.35, 0.05),
-            (0.1, 0.35, 0.1, 0.2, 0.05, 0.05, 0.05, 0.1), (0.3, 0.3, 0.25, 0.08, 0.03, 0.02, 0.005, 0.005, 0.01), 0.22, -2.5, 3.0, 0.4, 0.1, 0.6),
-    Persona("premium_loyalist", 0.15, 52, 8, (0.02, 0.1, 0.38, 0.5), (0.15, 0.75, 0.1), (0.5, 0.15, 0.05, 0.05, 0.25),
-            (0.35, 0.1, 0.3, 0.05, 0.05, 0.1, 0.02, 0.03), (0.2, 0.3, 0.05, 0.1, 0.05, 0.03, 0.15, 0.1, 0.02), 0.35, -4.0, 5.0, 0.5, 0.05, 0.9),
-    Persona("window_shopper", 0.25, 34, 7, (0.2, 0.45, 0.3, 0.05), (0.55, 0.3, 0.15), (0.05, 0.35, 0.2, 0.3, 0.1),
-            (0.15, 0.3, 0.15, 0.15, 0.1, 0.05, 0.05, 0.05), (0.3, 0.35, 0.1, 0.12, 0.04, 0.07, 0.01, 0.005, 0.005), 0.15, -0.2, 3.6, 0.5, 0.15, 0.5),
-    Persona("dormant", 0.15, 45, 12, (0.25, 0.35, 0.3, 0.1), (0.4, 0.5, 0.1), (0.2, 0.3, 0.1, 0.1, 0.3),
-            (0.1, 0.1, 0.3, 0.05, 0.05, 0.1, 0.05, 0.25), (0.5, 0.2, 0.1, 0.02, 0.01, 0.01, 0.1, 0.01, 0.05), 0.01, 1.5, 3.5, 0.6, 0.0, 0.4),
-    Persona("new_explorer", 0.20, 23, 4, (0.5, 0.35, 0.13, 0.02), (0.7, 0.2, 0.1), (0.1, 0.25, 0.15, 0.4, 0.1),
-            (0.2, 0.25, 0.05, 0.25, 0.15, 0.02, 0.03, 0.05), (0.25, 0.3, 0.15, 0.08, 0.03, 0.04, 0.05, 0.05, 0.05), 0.1, -1.2, 3.3, 0.5, 0.7, 0.7),
+    Persona("bargain_hunter", 0.25, 30, 4, (0.45, 0.4, 0.13, 0.02), (0.8, 0.12, 0.08), (0.1, 0.2, 0.3, 0.35, 0.05),
+            (0.1, 0.35, 0.1, 0.2, 0.05, 0.05, 0.05, 0.1), (0.3, 0.3, 0.25, 0.08, 0.03, 0.02, 0.005, 0.005, 0.01), 0.22, -4.0, 3.0, 0.4, 0.0, 0.6),
+    Persona("premium_loyalist", 0.15, 56, 6, (0.02, 0.1, 0.38, 0.5), (0.15, 0.75, 0.1), (0.5, 0.15, 0.05, 0.05, 0.25),
+            (0.35, 0.1, 0.3, 0.05, 0.05, 0.1, 0.02, 0.03), (0.2, 0.3, 0.05, 0.1, 0.05, 0.03, 0.15, 0.1, 0.02), 0.35, -4.5, 5.0, 0.5, 0.0, 0.9),
+    Persona("window_shopper", 0.25, 40, 4, (0.2, 0.45, 0.3, 0.05), (0.55, 0.3, 0.15), (0.05, 0.35, 0.2, 0.3, 0.1),
+            (0.15, 0.3, 0.15, 0.15, 0.1, 0.05, 0.05, 0.05), (0.3, 0.35, 0.1, 0.12, 0.04, 0.07, 0.01, 0.005, 0.005), 1.0, 0.5, 3.6, 0.5, 0.0, 0.5),
+    Persona("dormant", 0.15, 46, 10, (0.25, 0.35, 0.3, 0.1), (0.4, 0.5, 0.1), (0.2, 0.3, 0.1, 0.1, 0.3),
+            (0.1, 0.1, 0.3, 0.05, 0.05, 0.1, 0.05, 0.25), (0.5, 0.2, 0.1, 0.02, 0.01, 0.01, 0.1, 0.01, 0.05), 0.01, 2.5, 3.5, 0.6, 0.0, 0.4),
+    Persona("new_explorer", 0.20, 22, 3, (0.5, 0.35, 0.13, 0.02), (0.7, 0.2, 0.1), (0.1, 0.25, 0.15, 0.4, 0.1),
+            (0.2, 0.25, 0.05, 0.25, 0.15, 0.02, 0.03, 0.05), (0.25, 0.3, 0.15, 0.08, 0.03, 0.04, 0.05, 0.05, 0.05), 0.1, -1.5, 3.3, 0.5, 1.0, 0.7),
 ]
 PERSONA_NAMES = np.array([p.name for p in PERSONAS])
 
@@ -170,7 +171,7 @@ def generate(out: str | Path, users: int = 10_000, days: int = 180, seed: int = 
         day = start_date + timedelta(days=d)
         active = signup <= d
         # Engagement fades as the user drifts away (recency), which is what makes churn visible in events.
-        engagement = 0.25 + 0.75 * np.exp(-days_since_purchase / 45)
+        engagement = ENGAGEMENT_FLOOR + (1 - ENGAGEMENT_FLOOR) * np.exp(-days_since_purchase / 45)
         counts = rng.poisson(event_rate * engagement * active)
         p_none = no_purchase_probability(base, days_since_purchase, recent_purchases, recent_clicks)
         q = 1 - p_none ** (1 / horizon_days)

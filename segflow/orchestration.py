@@ -120,6 +120,20 @@ def score(as_of: str, run_id: str) -> dict:
     return {"as_of": as_of, "users": users, "clusterer_version": cluster_version, "churn_model_version": churn_version}
 
 
+def monitor(as_of: str) -> dict:
+    """Drift and stability checks of the published scores. Warnings are logged, stored and sent to MLflow;
+    with `monitoring.on_drift: fail` they also fail this task (after publishing: the scores stand)."""
+    from ml.monitoring import monitor as run_monitor
+    from ml.scoring import features_as_of, read_scores
+
+    cfg = settings()
+    day = parse_as_of(as_of)
+    report = run_monitor(cfg, day, read_scores(cfg, day), features_as_of(cfg, day))
+    if report.warnings and str(cfg.get("monitoring", "on_drift", default="warn")).lower() == "fail":
+        raise RuntimeError("monitoring warnings (monitoring.on_drift = fail): " + "; ".join(report.warnings))
+    return report.summary()
+
+
 def write_back(as_of: str) -> dict:
     from segflow.writeback import write_back as run_write_back
 

@@ -24,6 +24,10 @@ def summary_data(settings: Settings) -> dict:
             "risk": rows("""SELECT churn_risk_band, count(*) FROM marts.user_scores GROUP BY 1
                             ORDER BY array_position(['high', 'medium', 'low', 'prospect'], churn_risk_band)"""),
             "versions": rows("SELECT any_value(clusterer_version), any_value(churn_model_version) FROM marts.user_scores")[0],
+            "monitoring": rows("""SELECT "check", model_name, subject, value, reference_value, threshold FROM ml.model_monitoring
+                                  WHERE status = 'warning' AND as_of = (SELECT max(as_of) FROM marts.user_scores)
+                                  ORDER BY 1, value DESC""") if rows("""SELECT count(*) FROM information_schema.tables
+                                  WHERE table_schema = 'ml' AND table_name = 'model_monitoring'""")[0][0] else [],
         }
 
 
@@ -49,6 +53,11 @@ def print_summary(settings: Settings, console: Console | None = None) -> None:
     for band, users in data["risk"]:
         risk.add_row(band, f"{users:,}", f"{users / total:.0%}")
     console.print(risk)
+    if data["monitoring"]:
+        console.print(f"[yellow]Monitoring warnings ({len(data['monitoring'])}, ml.model_monitoring):[/yellow]")
+        for check, model, subject, value, ref, limit in data["monitoring"][:8]:
+            detail = f"PSI {value:.2f} > {limit}" if check == "feature_psi" else f"{ref:.2f} -> {value:.2f}"
+            console.print(f"  {check:<16} {model:<24} {subject}: {detail}")
     wb = settings.raw["writeback"]
     mlflow_uri = settings.mlflow_tracking_uri
     console.print(

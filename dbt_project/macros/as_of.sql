@@ -9,12 +9,14 @@
     ({{ as_of_date() }} + interval '1 day')
 {%- endmacro %}
 
-{# Feature date of a churn training set: var('feature_as_of'), default as_of minus the horizon. #}
-{% macro feature_as_of_date() -%}
-    {%- set value = var('feature_as_of', none) -%}
-    {%- if value is none or value == '' -%}
+{# Feature dates (snapshots) of a churn training set: var('feature_dates'), a list of YYYY-MM-DD; default
+   the single date as_of minus the horizon. Rendered as a SQL list of dates for `in (...)`. #}
+{% macro feature_dates_list() -%}
+    {%- set values = var('feature_dates', none) -%}
+    {%- if values is none or values == '' or values == [] -%}
         ({{ as_of_date() }} - {{ var('churn_horizon_days') }})
     {%- else -%}
-        cast('{{ value }}' as date)
+        {%- if values is string -%}{%- set values = values.split(',') -%}{%- endif -%}
+        {%- for value in values -%}cast('{{ value | trim }}' as date){{ ', ' if not loop.last }}{%- endfor -%}
     {%- endif -%}
 {%- endmacro %}

@@ -76,8 +76,37 @@ def test_registry_holds_both_models_with_champion(pipeline):
     runs = mlflow.search_runs(experiment_names=["segflow"])
     churn_run = runs[runs["tags.model"] == "user_churn"].iloc[0]
     assert 0.5 < churn_run["metrics.holdout_roc_auc"] <= 1.0
+    assert churn_run["params.holdout"].startswith("time: snapshot 2026-07-02 held out")
+    for baseline in ("baseline_recency_only_roc_auc", "baseline_rfm_logistic_regression_roc_auc"):
+        assert 0 < churn_run[f"metrics.{baseline}"] <= 1
     artifacts = {a.path for a in client.list_artifacts(churn_run["run_id"])}
-    assert {"roc.png", "calibration.png", "feature_importance.png", "confusion_matrix.png"} <= artifacts
+    assert {"roc.png", "calibration.png", "feature_importance.png", "confusion_matrix.png", "promotion_decision.json",
+            "feature_reference.json"} <= artifacts
+    cluster_run = runs[runs["tags.model"] == "user_segments_clusterer"].iloc[0]
+    artifacts = {a.path for a in client.list_artifacts(cluster_run["run_id"])}
+    assert {"k_selection.png", "cluster_profile.png", "cluster_profile.json", "k_selection.json"} <= artifacts
+    assert cluster_run["params.algorithm"] in ("kmeans", "minibatch_kmeans", "gaussian_mixture")
+    for run in (churn_run, cluster_run):  # lineage
+        assert run["tags.as_of"] == AS_OF.isoformat() and len(run["tags.git_commit"]) >= 7
+        assert run["tags.data_window_end"] == AS_OF.isoformat() and run["tags.data_window_start"] <= AS_OF.isoformat()
+    # The input example stored with the model is synthetic: no user's feature row.
+    version = client.get_model_version_by_alias("user_churn", "champion")
+    model = mlflow.models.get_model_info(f"models:/user_churn/{version.version}")
+    assert model.signature is not None and model.saved_input_example_info is not None
+
+
+def test_monitoring_compares_features_with_the_training_reference(pipeline):
+    import mlflow
+
+    with _warehouse(pipeline) as con:
+        rows = con.execute("""SELECT "check", model_name, count(*), count(*) FILTER (WHERE value IS NULL)
+                              FROM ml.model_monitoring WHERE as_of = ? GROUP BY ALL""", [AS_OF]).fetchall()
+    checks = {(c, m): n for c, m, n, nulls in rows}
+    assert checks[("feature_psi", "user_churn")] >= 10 and checks[("feature_psi", "user_segments_clusterer")] >= 3
+    assert ("persona_share", "user_segments_clusterer") in checks and ("score_mean", "user_churn") in checks
+    mlflow.set_tracking_uri(f"sqlite:///{pipeline['root'] / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["segflow"])
+    assert (runs["tags.model"] == "monitoring").any()
 
 
 def test_crm_writeback_and_export_respect_consent(pipeline):
@@ -150,3 +179,23 @@ def test_critical_quality_failure_blocks_publishing(pipeline, tmp_path):
         # The candidate was built and judged, just not published.
         assert con.execute("SELECT max(as_of) FROM audit.audit_user_features").fetchall()[0][0] == day_before
         assert con.execute("SELECT count(*) FROM marts.user_features_history WHERE as_of = ?", [day_before]).fetchall()[0][0] == 0
+
+
+def test_a_retrained_model_that_is_no_better_stays_challenger(pipeline):
+    """Retraining on the same data (the on-demand training DAG's task): the new versions must not replace the
+    champions; they get the `challenger` alias with the reason logged."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    code = f"from segflow import orchestration; print(orchestration.train('{AS_OF}'))"
+    result = subprocess.run([sys.executable, "-c", code], env=pipeline["env"], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{pipeline['root'] / 'mlflow.db'}")
+    client = MlflowClient()
+    for name in ("user_segments_clusterer", "user_churn"):
+        assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+        challenger = client.get_model_version_by_alias(name, "challenger")
+        assert str(challenger.version) == "2"
+        assert challenger.tags["promotion_decision"] == "challenger"
+        assert "does not beat champion v1" in challenger.tags["promotion_reason"]

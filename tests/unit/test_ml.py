@@ -92,3 +92,93 @@ def test_champion_challenger_uses_aliases(tmp_path, make_settings):
     better = decide_alias(client, "test_model", versions[2], 0.85, 0.80, tolerance=0.01)
     assert better.alias == "champion" and str(current_champion(client, "test_model").version) == versions[2]
     assert client.get_model_version("test_model", versions[1]).tags["promotion_decision"] == "challenger"
+
+
+def test_clustering_compares_algorithms_and_k_and_records_the_choice():
+    frame = synthetic_features(n_per_group=120, seed=5)
+    result = train_clustering(frame, k_min=2, k_max=4, sample_size=2000, seed=2)
+    sel = result.selection
+    assert set(sel["algorithm"]) == {"kmeans", "minibatch_kmeans", "gaussian_mixture"}
+    assert set(sel["k"]) == {2, 3, 4}
+    assert sel["bic"].notna().sum() == 3, "BIC is recorded for the Gaussian mixtures"
+    chosen = sel[sel["chosen"]]
+    assert len(chosen) == 1 and chosen.iloc[0]["algorithm"] == result.algorithm and chosen.iloc[0]["k"] == result.k
+    assert result.stability_ari >= 0.6 and adjusted_rand_score(frame["group"], result.labels) > 0.9
+    # The saved pipeline carries its preprocessing: raw feature columns in, cluster ids out.
+    assert (result.model.predict(frame) == result.labels).all()
+
+
+def test_persona_names_are_unique_readable_and_follow_the_profile():
+    from ml.clustering import name_personas
+
+    profile = pd.DataFrame({
+        "cluster_id": [0, 1, 2], "size": [10, 20, 30], "share": [1 / 6, 1 / 3, 1 / 2],
+        "z_monetary_365d": [2.0, 2.0, -0.1], "z_age": [1.0, 1.0, -1.5], "z_tenure_days": [0.9, -0.8, 0.0],
+    })
+    names, descriptions = name_personas(profile)
+    assert names[0] != names[1], "same two top traits: a third one tells them apart"
+    assert names[0].startswith("Mature") and "Big Spenders" in names[0]
+    assert names[2] == "Young Customers"
+    assert descriptions[1].startswith("20 users (33%)") and "monetary 365d above average (+2.0 sd)" in descriptions[1]
+
+
+def test_expected_auc_is_the_auc_of_certain_labels_and_bayes_is_best():
+    from sklearn.metrics import roc_auc_score
+
+    from ml.churn import expected_auc
+
+    rng = np.random.default_rng(0)
+    labels = rng.random(500) < 0.3
+    score = labels + rng.normal(0, 0.8, 500)
+    assert expected_auc(labels.astype(float), score) == pytest.approx(roc_auc_score(labels, score))
+    true_p = rng.uniform(0, 1, 2000)
+    noisy = true_p + rng.normal(0, 0.3, 2000)
+    bayes = expected_auc(true_p, true_p)
+    assert expected_auc(true_p, noisy) < bayes
+    # It is the mean AUC over draws of the outcomes.
+    draws = [roc_auc_score(rng.random(2000) < true_p, true_p) for _ in range(200)]
+    assert bayes == pytest.approx(np.mean(draws), abs=0.003)
+
+
+def test_churn_holds_out_the_latest_snapshot_and_reports_baselines():
+    frames = []
+    for i, day in enumerate(["2026-05-01", "2026-05-22", "2026-06-12"]):
+        f = synthetic_features(n_per_group=150, seed=10 + i)
+        rng = np.random.default_rng(20 + i)
+        f["recency_days"] = rng.integers(0, 120, len(f))
+        f["churned"] = rng.random(len(f)) < 1 / (1 + np.exp(-(f["recency_days"] - 40) / 8))
+        f["as_of"] = pd.Timestamp(day)
+        frames.append(f)
+    training = pd.concat(frames, ignore_index=True)
+    result = train_churn(training, seed=0)
+    assert result.split.startswith("time: snapshot 2026-06-12 held out")
+    assert result.extra["holdout_rows"] == 450 and result.extra["train_rows"] == 900
+    assert len(result.holdout) == 450
+    assert set(result.baselines) == {"recency_only", "rfm_logistic_regression"}
+    assert result.baselines["recency_only"]["roc_auc"] > 0.85  # recency drives this label
+    assert np.isnan(result.baselines["recency_only"]["brier"]), "a raw score has no Brier score"
+    assert result.metrics["roc_auc"] >= result.baselines["recency_only"]["roc_auc"] - 0.05
+
+
+def test_input_example_belongs_to_nobody():
+    from ml.features import prepare, synthetic_example
+
+    X = prepare(synthetic_features(n_per_group=50, seed=8), MODEL_FEATURES)
+    example = synthetic_example(X)
+    assert list(example.columns) == list(X.columns) and len(example) == 5
+    assert example.merge(X, how="inner").empty, "no example row is a user's row"
+
+
+def test_psi_is_zero_for_the_same_distribution_and_flags_a_shift():
+    from ml.monitoring import feature_psi, psi, reference_profile
+
+    rng = np.random.default_rng(1)
+    train = pd.DataFrame({"recency_days": rng.exponential(30, 5000), "country": rng.choice(["DE", "FR"], 5000)})
+    same = pd.DataFrame({"recency_days": rng.exponential(30, 5000), "country": rng.choice(["DE", "FR"], 5000)})
+    shifted = pd.DataFrame({"recency_days": rng.exponential(60, 5000), "country": rng.choice(["DE", "FR", "GB"], 5000)})
+    ref = reference_profile(train)
+    assert ref["recency_days"]["kind"] == "numeric" and len(ref["recency_days"]["edges"]) == 9
+    stable, moved = feature_psi(ref, same), feature_psi(ref, shifted)
+    assert stable["recency_days"] < 0.02 and stable["country"] < 0.01
+    assert moved["recency_days"] > 0.2 and moved["country"] > 0.2
+    assert psi([0.5, 0.5], [0.5, 0.5]) == 0.0

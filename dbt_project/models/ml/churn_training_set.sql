@@ -1,26 +1,30 @@
--- Churn training rows: features as of var('feature_as_of') (read from user_features_history) with the label
--- "no completed purchase in the next churn_horizon_days", among users with at least one purchase by then.
--- The label window must end on or before var('as_of'): only outcomes known on the as-of date are used.
+-- Churn training rows, one per (user, snapshot): features as of each date in var('feature_dates') (read from
+-- user_features_history) with the label "no completed purchase in the next churn_horizon_days", among users
+-- with at least one purchase by then. A snapshot's label window must end on or before var('as_of'): only
+-- outcomes known on the as-of date are used; later snapshots serve as the time-based holdout.
 {% set horizon = var('churn_horizon_days') %}
 with features as (
     select * from {{ ref('user_features_history') }}
-    where as_of = {{ feature_as_of_date() }} and lifetime_orders > 0
+    where as_of in ({{ feature_dates_list() }})
+      and as_of + {{ horizon }} <= {{ as_of_date() }}
+      and lifetime_orders > 0
 ),
 
-later_orders as (
-    select user_id, count(*) as orders_in_horizon
-    from {{ ref('int_orders_attributed') }}
-    where status = 'completed'
-      and order_date > {{ feature_as_of_date() }}
-      and order_date <= {{ feature_as_of_date() }} + {{ horizon }}
-    group by 1
+labels as (
+    select f.user_id, f.as_of, count(o.order_id) as orders_in_horizon
+    from features as f
+    left join {{ ref('int_orders_attributed') }} as o
+        on o.user_id = f.user_id
+        and o.status = 'completed'
+        and o.order_date > f.as_of
+        and o.order_date <= f.as_of + {{ horizon }}
+    group by 1, 2
 )
 
 select
     f.*,
     {{ as_of_date() }} as label_as_of,
     {{ horizon }} as horizon_days,
-    coalesce(l.orders_in_horizon, 0) = 0 as churned
+    l.orders_in_horizon = 0 as churned
 from features as f
-left join later_orders as l on f.user_id = l.user_id
-where {{ feature_as_of_date() }} + {{ horizon }} <= {{ as_of_date() }}
+inner join labels as l on l.user_id = f.user_id and l.as_of = f.as_of
