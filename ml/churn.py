@@ -120,14 +120,13 @@ def train_churn(training: pd.DataFrame, seed: int = 42, holdout_share: float = 0
     X_train, X_test, y_train, y_test = X[train_mask], X[hold_mask], y[train_mask], y[hold_mask]
     if len(np.unique(y_train)) < 2 or len(np.unique(y_test)) < 2:
         raise ValueError(f"churn training and holdout both need churned and retained users ({split})")
-    results, fitted = {}, {}
+    results, fitted, predictions = {}, {}, {}
     for kind in candidates:
-        pipe = _candidate(kind, seed, X_train).fit(X_train, y_train)
-        results[kind] = evaluate(y_test, pipe.predict_proba(X_test)[:, 1])
-        fitted[kind] = pipe
+        fitted[kind] = _candidate(kind, seed, X_train).fit(X_train, y_train)
+        predictions[kind] = fitted[kind].predict_proba(X_test)[:, 1]
+        results[kind] = evaluate(y_test, predictions[kind])
     best = max(results, key=lambda k: results[k]["roc_auc"])
-    model = fitted[best]
-    pred = model.predict_proba(X_test)[:, 1]
+    model, pred = fitted[best], predictions[best]
     recency = X_test["recency_days"].fillna(X_test["recency_days"].max()).to_numpy()
     baselines = {"recency_only": evaluate(y_test, recency, probabilities=False)}
     rfm = _candidate("rfm_logistic_regression", seed, X_train).fit(X_train, y_train)

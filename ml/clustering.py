@@ -78,17 +78,18 @@ def _silhouette(Z: np.ndarray, labels: np.ndarray, seed: int) -> float:
 def evaluate_candidates(X: pd.DataFrame, k_min: int, k_max: int, seed: int,
                         algorithms: tuple[str, ...] = ALGORITHMS) -> pd.DataFrame:
     """Fit every (algorithm, k) on `X` (a sample) and score it in the shared standardised space."""
+    # Every candidate's pipeline starts with the same preprocessing of the same sample: transform once.
+    Z = cluster_pipeline(algorithms[0], k_min, seed, X).named_steps["prep"].fit_transform(X)
     rows = []
     for algorithm in algorithms:
         for k in range(k_min, min(k_max, len(X) - 1) + 1):
-            pipe = cluster_pipeline(algorithm, k, seed, X).fit(X)
-            Z = pipe.named_steps["prep"].transform(X)
-            labels = pipe.predict(X)
+            estimator = _estimator(algorithm, k, seed, len(X)).fit(Z)
+            labels = estimator.predict(Z)
             distinct = len(np.unique(labels))
             rows.append({
                 "algorithm": algorithm, "k": k, "clusters_found": distinct, "silhouette": _silhouette(Z, labels, seed),
                 "calinski_harabasz": float(calinski_harabasz_score(Z, labels)) if distinct > 1 else 0.0,
-                "bic": float(pipe.named_steps["cluster"].bic(Z)) if algorithm == "gaussian_mixture" else np.nan,
+                "bic": float(estimator.bic(Z)) if algorithm == "gaussian_mixture" else np.nan,
             })
     return pd.DataFrame(rows)
 

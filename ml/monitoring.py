@@ -15,9 +15,10 @@ from datetime import date, datetime, timezone
 import numpy as np
 import pandas as pd
 
+from ml.clustering import CLUSTER_COLUMNS
 from ml.features import CATEGORICAL_FEATURES, MODEL_FEATURES, prepare
 from segflow.config import Settings
-from segflow.warehouse import connect
+from segflow.warehouse import connect, transaction
 
 log = logging.getLogger(__name__)
 
@@ -81,29 +82,19 @@ def feature_psi(reference: dict, frame: pd.DataFrame) -> dict[str, float]:
 
 def save_reference(settings: Settings, model_name: str, version: str, frame: pd.DataFrame) -> dict:
     """Store the training reference of a registered model version (warehouse table and MLflow artifact)."""
-    columns = [c for c in frame.columns if c in MODEL_FEATURES or c in _cluster_columns()]
+    columns = [c for c in frame.columns if c in MODEL_FEATURES or c in CLUSTER_COLUMNS]
     reference = reference_profile(prepare(frame, columns))
     with connect(settings.warehouse_path) as con:
         con.execute(REFERENCES_DDL)
-        con.execute("BEGIN TRANSACTION")
-        con.execute("DELETE FROM ml.model_references WHERE model_name = ? AND model_version = ?", [model_name, str(version)])
-        con.execute("INSERT INTO ml.model_references VALUES (?, ?, ?, ?, ?)",
-                    [model_name, str(version), len(frame), json.dumps(reference), _now()])
-        con.execute("COMMIT")
-    try:
-        import mlflow
+        with transaction(con):
+            con.execute("DELETE FROM ml.model_references WHERE model_name = ? AND model_version = ?", [model_name, str(version)])
+            con.execute("INSERT INTO ml.model_references VALUES (?, ?, ?, ?, ?)",
+                        [model_name, str(version), len(frame), json.dumps(reference), _now()])
+    import mlflow
 
-        if mlflow.active_run() is not None:
-            mlflow.log_dict(reference, "feature_reference.json")
-    except ImportError:  # pragma: no cover - mlflow is a dependency
-        pass
+    if mlflow.active_run() is not None:
+        mlflow.log_dict(reference, "feature_reference.json")
     return reference
-
-
-def _cluster_columns() -> list[str]:
-    from ml.clustering import CLUSTER_COLUMNS
-
-    return CLUSTER_COLUMNS
 
 
 def _now() -> datetime:
@@ -191,17 +182,9 @@ def _has_table(con, schema: str, table: str) -> bool:
 def _store(settings: Settings, as_of: date, frame: pd.DataFrame) -> None:
     with connect(settings.warehouse_path) as con:
         con.execute(REFERENCES_DDL)
-        con.register("monitoring_df", frame)
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con, monitoring_df=frame):
             con.execute("DELETE FROM ml.model_monitoring WHERE as_of = ?::DATE", [as_of.isoformat()])
             con.execute("INSERT INTO ml.model_monitoring BY NAME SELECT * FROM monitoring_df")
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
-        finally:
-            con.unregister("monitoring_df")
 
 
 def _log_to_mlflow(settings: Settings, as_of: date, frame: pd.DataFrame, warnings: list[str]) -> None:

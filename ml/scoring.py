@@ -16,7 +16,7 @@ from ml.clustering import CLUSTER_COLUMNS
 from ml.features import MODEL_FEATURES, prepare, read_features
 from ml.registry import CHURN_MODEL, CLUSTER_MODEL, load_champion
 from segflow.config import Settings
-from segflow.warehouse import connect
+from segflow.warehouse import connect, transaction
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,7 @@ def publish_scores(settings: Settings, scores: pd.DataFrame, as_of: date) -> int
         segments = con.execute("SELECT count(*) FROM marts.user_segments WHERE as_of = ?::DATE", [as_of.isoformat()]).fetchall()[0][0]
         if not segments:
             raise LookupError(f"marts.user_segments holds no memberships as of {as_of}: run the build DAG for that date first")
-        con.register("scores_df", scores)
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con, scores_df=scores):
             con.execute("DROP TABLE IF EXISTS marts.user_scores__staging")
             con.execute("""
                 CREATE TABLE marts.user_scores__staging AS
@@ -97,10 +95,4 @@ def publish_scores(settings: Settings, scores: pd.DataFrame, as_of: date) -> int
             con.execute("ALTER TABLE marts.user_scores__staging RENAME TO user_scores")
             con.execute("DELETE FROM marts.user_scores_history WHERE as_of = ?::DATE", [as_of.isoformat()])
             con.execute("INSERT INTO marts.user_scores_history BY NAME SELECT * FROM marts.user_scores")
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
-        finally:
-            con.unregister("scores_df")
         return con.execute("SELECT count(*) FROM marts.user_scores").fetchone()[0]

@@ -53,8 +53,8 @@ def snapshot_dates(settings: Settings, as_of: date) -> list[date]:
     return sorted(latest - timedelta(days=interval * i) for i in range(max(1, count)))
 
 
-def build_training_data(settings: Settings, as_of: date) -> pd.DataFrame:
-    dates = snapshot_dates(settings, as_of)
+def build_training_data(settings: Settings, as_of: date, dates: list[date]) -> pd.DataFrame:
+    """ml.churn_training_set over the snapshot `dates`, building any missing feature partition first."""
     for day in [as_of, *dates]:
         ensure_feature_partition(settings, day)
     run_dbt(settings, ["run", "--select", "churn_training_set"],
@@ -92,7 +92,7 @@ def train_models(settings: Settings, as_of: date) -> TrainingSummary:
     client = MlflowClient()
     seed = int(settings.get("clustering", "seed", default=42))
     snapshots = snapshot_dates(settings, as_of)
-    training = build_training_data(settings, as_of)
+    training = build_training_data(settings, as_of, snapshots)
     features = read_features(settings.warehouse_path, as_of)
     lineage = {"as_of": as_of.isoformat(), "git_commit": git_commit(), "horizon_days": settings.horizon_days}
     cluster_summary = train_clusterer(settings, mlflow, client, features, as_of, lineage, seed)

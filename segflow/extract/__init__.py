@@ -25,7 +25,7 @@ from segflow.extract.contracts import DATASETS
 from segflow.extract.errors import ExtractError
 from segflow.extract.loader import LoadContext, ensure_tables
 from segflow.extract.spec import SourceSpec, source_specs
-from segflow.warehouse import connect
+from segflow.warehouse import connect, transaction
 
 __all__ = ["ExtractError", "SourceResult", "run_extract", "source_specs", "DATASETS"]
 
@@ -87,27 +87,21 @@ def run_extract(settings: Settings, as_of: date, run_id: str, sources: tuple[str
     errors: list[str] = []
     with connect(settings.warehouse_path) as con:
         ensure_tables(con)
-        con.execute("BEGIN TRANSACTION")
-        con.execute("DELETE FROM raw.sources")
-        con.executemany("INSERT INTO raw.sources VALUES (?, ?, ?, ?, ?)",
-                        [[s.name, s.dataset.name, s.kind, _location(s), ctx.now] for s in specs])
-        con.execute("COMMIT")
+        with transaction(con):
+            con.execute("DELETE FROM raw.sources")
+            con.executemany("INSERT INTO raw.sources VALUES (?, ?, ?, ?, ?)",
+                            [[s.name, s.dataset.name, s.kind, _location(s), ctx.now] for s in specs])
         for spec in specs:
             if sources is not None and spec.name not in sources:
                 continue
             result = SourceResult(spec.name, spec.dataset.name, spec.kind)
-            con.execute("BEGIN TRANSACTION")
             try:
-                batches = _extract_source(con, spec, ctx, force)
-                con.execute("COMMIT")
-            except ExtractError as exc:
-                con.execute("ROLLBACK")
+                with transaction(con):
+                    batches = _extract_source(con, spec, ctx, force)
+            except ExtractError as exc:  # rolled back: this source loads nothing, the others go on
                 log.error("extract %s refused: %s", spec.name, exc)
                 errors.append(str(exc))
                 continue
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
             for b in batches:
                 result.files_loaded += 1
                 result.rows_in += b.rows_in
