@@ -16,7 +16,10 @@ DEMO_USERS ?= 10000
 DEMO_DAYS ?= 180
 DEMO_AS_OF ?= 2026-09-30
 
-.PHONY: help install demo generate run summary test test-fast docs clean
+# Debian packages the browser and compose tests need (no browser or compose download works here).
+SYSTEM_PACKAGES := chromium chromium-driver docker-compose
+
+.PHONY: help install system-deps demo generate run summary test test-fast docs ui ui-stop clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,9 +28,17 @@ $(CURDIR)/.tools/bin/uv:
 	$(PYTHON) -m venv $(CURDIR)/.tools
 	$(CURDIR)/.tools/bin/pip install --quiet uv
 
-install: $(UV)  ## create .venv from uv.lock, prepare Airflow's metadata DB, pool and the dbt manifest
+install: $(UV)  ## create .venv from uv.lock, prepare Airflow's metadata DB and pool
 	$(UV) sync --frozen
 	$(SEGFLOW) init
+
+system-deps:  ## install the Debian packages the browser and compose tests use, if missing
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  sudo=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$sudo apt-get install -y -qq $$missing >/dev/null || { $$sudo apt-get update -qq && $$sudo apt-get install -y -qq $$missing >/dev/null; }; \
+	fi
 
 demo: install  ## install, generate 10k users x 180 days, run the whole pipeline, print the summary
 	$(SEGFLOW) generate --users $(DEMO_USERS) --days $(DEMO_DAYS) --end-date $(DEMO_AS_OF) --out data/generated
@@ -42,16 +53,22 @@ run: install  ## run the pipeline for AS_OF (default: the demo date)
 summary:  ## print the summary of the last run
 	$(SEGFLOW) summary
 
-test: $(UV)  ## the test suite (unit, DAG integrity, end to end); what CI runs
+test: $(UV) system-deps  ## the test suite (unit, DAG integrity, end to end, operations, browser); what CI runs
 	$(UV) sync --frozen
 	$(UV) run --frozen pytest
 
-test-fast: $(UV)  ## unit tests only
+test-fast: $(UV) system-deps  ## unit tests only
 	$(UV) sync --frozen
 	$(UV) run --frozen pytest -m "not e2e"
 
 docs: install  ## build the dbt docs site into docs/site (open docs/site/index.html)
 	$(UV) run --frozen python -m segflow.docs
 
+ui: install  ## start the Airflow UI and services, the MLflow UI and the docs sites on localhost; prints URLs and login
+	$(SEGFLOW) ui start
+
+ui-stop:  ## stop exactly the processes `make ui` started
+	$(SEGFLOW) ui stop
+
 clean:  ## remove all local state (keeps .venv)
-	rm -rf data warehouse mlruns exports .airflow docs/site dbt_project/target dbt_project/logs
+	rm -rf data warehouse mlruns exports .airflow .ui gx docs/site dbt_project/target dbt_project/logs

@@ -1,28 +1,37 @@
 """Scoring, triggered by each new user_features build: score every user with the `@champion` models,
-gate the scores, publish marts.user_scores atomically, then write back to the CRM and the activation export and,
-alongside, check feature drift, the score distribution and persona sizes (ml.model_monitoring, MLflow)."""
+gate the scores, publish them (marts.user_scores_history; marts.user_scores when the date is the latest), then
+write back to the CRM and the activation export and, alongside, check feature drift, the score distribution and
+persona sizes (ml.model_monitoring, MLflow).
+
+A run scores every date its triggering asset events carry and every published date still without current
+scores, oldest first (a backfill publishes many days while a run is active); the write-back takes only the
+latest date, so a backfilled past never overwrites the CRM's current state.
+"""
 
 from airflow.sdk import chain, task
 
 from segflow import orchestration
 from segflow.assets import USER_FEATURES, USER_SCORES
 from segflow.dag_defaults import segflow_dag
-from segflow.dag_tasks import resolve_as_of
 from segflow.orchestration import DUCKDB_POOL
 
 with segflow_dag("segflow_score", schedule=[USER_FEATURES], doc_md=__doc__, tags=("ml",)):
 
+    @task(pool=DUCKDB_POOL)  # reads the warehouse: readers are refused while a writer works
+    def resolve_dates(**context) -> list[str]:
+        return [d.isoformat() for d in orchestration.score_dates_from_context(context)]
+
     @task(pool=DUCKDB_POOL)
-    def score_users(as_of: str, **context) -> dict:
-        return orchestration.score(as_of, context["run_id"])
+    def score_users(dates: list[str], **context) -> list[dict]:
+        return [orchestration.score(day, context["run_id"]) for day in dates]
 
     @task(pool=DUCKDB_POOL, outlets=[USER_SCORES])
-    def write_back(as_of: str) -> dict:
-        return orchestration.write_back(as_of)
+    def write_back(dates: list[str]) -> dict:
+        return orchestration.write_back(max(dates))
 
     @task(pool=DUCKDB_POOL)
-    def monitor_drift(as_of: str) -> dict:
-        return orchestration.monitor(as_of)
+    def monitor_drift(dates: list[str]) -> list[dict]:
+        return [orchestration.monitor(day) for day in dates]
 
-    as_of = resolve_as_of()
-    chain(as_of, score_users(as_of), [write_back(as_of), monitor_drift(as_of)])
+    dates = resolve_dates()
+    chain(dates, score_users(dates), [write_back(dates), monitor_drift(dates)])

@@ -75,24 +75,30 @@ def read_scores(settings: Settings, as_of: date) -> pd.DataFrame:
 
 
 def publish_scores(settings: Settings, scores: pd.DataFrame, as_of: date) -> int:
-    """Swap marts.user_scores and replace the as_of partition of the history in one transaction."""
+    """Replace the as_of partition of the score history and, when as_of is the latest date scored, swap
+    marts.user_scores to it, in one transaction. A backfilled earlier date leaves marts.user_scores as it is."""
     with connect(settings.warehouse_path) as con:
         con.execute(SCORES_DDL)
-        segments = con.execute("SELECT count(*) FROM marts.user_segments WHERE as_of = ?::DATE", [as_of.isoformat()]).fetchall()[0][0]
+        segments = con.execute("SELECT count(*) FROM marts.user_segment_history WHERE as_of = ?::DATE", [as_of.isoformat()]).fetchall()[0][0]
         if not segments:
-            raise LookupError(f"marts.user_segments holds no memberships as of {as_of}: run the build DAG for that date first")
+            raise LookupError(f"marts.user_segment_history holds no memberships as of {as_of}: run the build DAG for that date first")
         with transaction(con, scores_df=scores):
-            con.execute("DROP TABLE IF EXISTS marts.user_scores__staging")
+            con.execute("DELETE FROM marts.user_scores_history WHERE as_of = ?::DATE", [as_of.isoformat()])
             con.execute("""
-                CREATE TABLE marts.user_scores__staging AS
+                INSERT INTO marts.user_scores_history BY NAME
                 SELECT s.user_id, s.as_of, s.cluster_id, s.persona, s.churn_probability, s.churn_risk_band,
                        coalesce(seg.segment_name, 'General Audience') AS primary_segment,
-                       s.clusterer_version, s.churn_model_version, now()::TIMESTAMP AS scored_at
+                       s.clusterer_version, s.churn_model_version, (now() AT TIME ZONE 'UTC') AS scored_at
                 FROM scores_df s
-                LEFT JOIN marts.user_segments seg ON seg.user_id = s.user_id AND seg.is_primary AND seg.as_of = s.as_of
+                LEFT JOIN marts.user_segment_history seg ON seg.user_id = s.user_id AND seg.is_primary AND seg.as_of = s.as_of
             """)
-            con.execute("DROP TABLE IF EXISTS marts.user_scores")
-            con.execute("ALTER TABLE marts.user_scores__staging RENAME TO user_scores")
-            con.execute("DELETE FROM marts.user_scores_history WHERE as_of = ?::DATE", [as_of.isoformat()])
-            con.execute("INSERT INTO marts.user_scores_history BY NAME SELECT * FROM marts.user_scores")
-        return con.execute("SELECT count(*) FROM marts.user_scores").fetchone()[0]
+            latest = con.execute("SELECT max(as_of) FROM marts.user_scores_history").fetchone()[0]
+            if latest == as_of:
+                con.execute("DROP TABLE IF EXISTS marts.user_scores__staging")
+                con.execute("CREATE TABLE marts.user_scores__staging AS "
+                            "SELECT * FROM marts.user_scores_history WHERE as_of = ?::DATE", [as_of.isoformat()])
+                con.execute("DROP TABLE IF EXISTS marts.user_scores")
+                con.execute("ALTER TABLE marts.user_scores__staging RENAME TO user_scores")
+            else:
+                log.info("scores as of %s stored in the history; marts.user_scores stays as of %s (the latest)", as_of, latest)
+        return con.execute("SELECT count(*) FROM marts.user_scores_history WHERE as_of = ?::DATE", [as_of.isoformat()]).fetchone()[0]

@@ -15,7 +15,6 @@ from segflow.config import REPO_ROOT, Settings
 from segflow.dbt import DBT_PROJECT_DIR
 
 DAGS_FOLDER = REPO_ROOT / "dags"
-MANIFEST_PATH = DBT_PROJECT_DIR / "target" / "manifest.json"
 
 
 def airflow_home(settings: Settings) -> Path:
@@ -57,25 +56,6 @@ def apply_environ(settings: Settings) -> dict[str, str]:
     os.environ.update(env)
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     return env
-
-
-def _newest_mtime(folder: Path) -> float:
-    newest = 0.0
-    for path in folder.rglob("*"):
-        if path.is_file() and "target" not in path.parts and "logs" not in path.parts:
-            newest = max(newest, path.stat().st_mtime)
-    return newest
-
-
-def ensure_dbt_manifest(settings: Settings) -> Path:
-    """Cosmos renders the dbt graph from target/manifest.json (no `dbt ls` at DAG parse time).
-    Regenerate it with `dbt parse` whenever a project file is newer."""
-    if MANIFEST_PATH.exists() and MANIFEST_PATH.stat().st_mtime >= _newest_mtime(DBT_PROJECT_DIR):
-        return MANIFEST_PATH
-    env = {**os.environ, **airflow_environ(settings)}
-    subprocess.run([str(Path(sys.executable).with_name("dbt")), "parse", "--project-dir", str(DBT_PROJECT_DIR),
-                    "--profiles-dir", str(DBT_PROJECT_DIR), "--quiet"], check=True, env=env, cwd=DBT_PROJECT_DIR)
-    return MANIFEST_PATH
 
 
 def airflow_cli(*args: str, settings: Settings, check: bool = True) -> subprocess.CompletedProcess:

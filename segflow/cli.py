@@ -46,17 +46,16 @@ def cmd_generate(args) -> int:
 
 def _prepare_airflow(config: str | None):
     settings = load_settings(config)
-    from segflow.airflow_env import apply_environ, ensure_dbt_manifest, ensure_metadata_db
+    from segflow.airflow_env import apply_environ, ensure_metadata_db
 
     apply_environ(settings)
-    ensure_dbt_manifest(settings)
     ensure_metadata_db(settings)
     return settings
 
 
 def cmd_init(args) -> int:
     settings = _prepare_airflow(args.config)
-    print(f"Airflow metadata DB, pool and dbt manifest ready (AIRFLOW_HOME={os.environ['AIRFLOW_HOME']}, "
+    print(f"Airflow metadata DB and pool ready (AIRFLOW_HOME={os.environ['AIRFLOW_HOME']}, "
           f"warehouse={settings.warehouse_path})")
     return 0
 
@@ -112,7 +111,7 @@ def cmd_run(args) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     console = _console()
     started = time.time()
-    with console.status("preparing Airflow (metadata DB, pool, dbt manifest)"):
+    with console.status("preparing Airflow (metadata DB, pool)"):
         settings = _prepare_airflow(args.config)
     from segflow.orchestration import resolve_as_of
 
@@ -170,6 +169,45 @@ def cmd_env(args) -> int:
     return 0
 
 
+def cmd_ui(args) -> int:
+    from segflow import services
+
+    settings = load_settings(args.config)
+    if args.action == "stop":
+        stopped = services.stop(settings)
+        print(f"stopped: {', '.join(stopped)}" if stopped else "nothing started by `segflow ui` is running")
+        return 0
+    if args.action == "status":
+        records = [r for r in services.read_state(settings) if services._alive(r)]
+        for record in records:
+            print(f"{record['name']:22s} pid {record['pid']}")
+        return 0 if records else 1
+    site = Path(settings.get("ui", "docs_dir"))
+    if args.docs or not (site / "index.html").exists():
+        from segflow.docs import build_docs
+
+        print("building the dbt docs and GX Data Docs sites …")
+        build_docs(settings=settings)
+    else:
+        from segflow.docs import link_data_docs
+
+        link_data_docs(settings)
+    print("starting Airflow (api-server, scheduler, dag-processor, triggerer), MLflow and the docs server …")
+    try:
+        services.start(settings)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    links = services.urls(settings)
+    user, password = services.airflow_login(settings)
+    print(f"Airflow        {links['airflow']}   login: {user} / {password}")
+    print(f"MLflow         {links['mlflow']}")
+    print(f"dbt docs       {links['dbt_docs']}")
+    print(f"GX Data Docs   {links['gx_data_docs']}")
+    print(f"logs: {Path(settings.get('ui', 'state_dir')) / 'logs'}; stop with `make ui-stop` (segflow ui stop)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     config_help = "segflow.yml to use (default: $SEGFLOW_CONFIG, ./segflow.yml)"
     parser = argparse.ArgumentParser(prog="segflow", description="User segmentation pipeline (Airflow + dbt + GX + MLflow).")
@@ -199,7 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     sub.add_parser("summary", parents=[common], help="print segments, personas and churn-risk bands").set_defaults(func=cmd_summary)
-    sub.add_parser("init", parents=[common], help="prepare the Airflow metadata DB, pool and dbt manifest").set_defaults(func=cmd_init)
+    sub.add_parser("init", parents=[common], help="prepare the Airflow metadata DB and pool").set_defaults(func=cmd_init)
+    ui = sub.add_parser("ui", parents=[common], help="start/stop the local Airflow, MLflow and docs UIs (make ui / make ui-stop)")
+    ui.add_argument("action", choices=["start", "stop", "status"])
+    ui.add_argument("--docs", action="store_true", help="rebuild the dbt docs and GX Data Docs sites before starting")
+    ui.set_defaults(func=cmd_ui)
     sub.add_parser("env", parents=[common], help="print the environment (export lines) Airflow runs with").set_defaults(func=cmd_env)
     return parser
 

@@ -43,10 +43,15 @@ DEFAULTS: dict[str, Any] = {
     "churn": {"horizon_days": 90, "risk_bands": {"medium": 0.3, "high": 0.6}, "champion_tolerance": 0.0},
     "clustering": {"k_min": 3, "k_max": 8, "sample_size": 20000, "seed": 42},
     "quality": {"expectations_dir": "expectations", "gx_dir": "gx", "segment_size_ratio": {"min": 0.5, "max": 2.0}},
+    # `segflow ui` (make ui): local web UIs, their process ids and logs, and the static docs they serve.
+    "ui": {"host": "127.0.0.1", "airflow_port": 8080, "mlflow_port": 5000, "docs_port": 8081,
+           "log_server_port": 8793, "trigger_log_server_port": 8794, "state_dir": ".ui", "docs_dir": "docs/site"},
 }
 
 PATH_KEYS = [
     ("warehouse", "path"),
+    ("ui", "state_dir"),
+    ("ui", "docs_dir"),
     ("mlflow", "artifact_root"),
     ("writeback", "export_dir"),
     ("quality", "expectations_dir"),

@@ -31,16 +31,42 @@ def alert_payload(context) -> dict:
     }
 
 
-def on_failure_alert(context) -> None:
-    """Log the failure and, when SEGFLOW_ALERT_WEBHOOK is set, POST it as JSON (Slack/Teams-style hooks)."""
-    payload = alert_payload(context)
-    log.error("segflow task failed: %s", payload)
+ALERT_CONNECTION_ID = "segflow_alert_webhook"
+
+
+def alert_log_path() -> str:
+    return os.environ.get("SEGFLOW_ALERT_LOG") or os.path.join(os.environ.get("AIRFLOW_HOME", "."), "alerts.jsonl")
+
+
+def alert_webhook_url() -> str | None:
+    """SEGFLOW_ALERT_WEBHOOK, else the Airflow connection `segflow_alert_webhook` (its host: the full URL)."""
     url = os.environ.get("SEGFLOW_ALERT_WEBHOOK")
+    if url:
+        return url
+    try:
+        from airflow.sdk import BaseHook
+
+        return BaseHook.get_connection(ALERT_CONNECTION_ID).host or None
+    except Exception:  # no such connection (the usual case), or not inside a task
+        return None
+
+
+def on_failure_alert(context) -> None:
+    """Record the failure: the task log, one JSON line in the alert log (SEGFLOW_ALERT_LOG, default
+    $AIRFLOW_HOME/alerts.jsonl) and, when a webhook is configured, a JSON POST (Slack/Teams-style hooks)."""
+    payload = {**alert_payload(context), "at": datetime.now(timezone.utc).isoformat()}
+    log.error("segflow task failed: %s", payload)
+    try:
+        with open(alert_log_path(), "a") as handle:
+            handle.write(json.dumps(payload) + "\n")
+    except OSError as exc:  # an alert must never mask the original failure
+        log.warning("alert log not written: %s", exc)
+    url = alert_webhook_url()
     if url:
         request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
         try:
             urllib.request.urlopen(request, timeout=10).close()
-        except OSError as exc:  # an alert must never mask the original failure
+        except OSError as exc:
             log.warning("alert webhook failed: %s", exc)
 
 

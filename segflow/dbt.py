@@ -28,12 +28,19 @@ def dbt_env(settings: Settings) -> dict[str, str]:
     return {"SEGFLOW_WAREHOUSE_PATH": str(settings.warehouse_path), "DBT_PROFILES_DIR": str(DBT_PROJECT_DIR)}
 
 
-DBT_VAR_NAMES = ("as_of", "churn_horizon_days", "reporting_currency")  # what dbt_vars() sets from the settings
+DBT_VAR_NAMES = ("as_of", "churn_horizon_days", "reporting_currency", "audit_schema")  # what dbt_vars() sets
+
+
+def audit_schema(as_of: str) -> str:
+    """Where a build puts its candidates for `as_of` (write-audit-publish). One schema per date: runs of different
+    dates may interleave (a backfill beside the daily run) without one publishing the other's candidates."""
+    return "audit_" + str(as_of)[:10].replace("-", "")
 
 
 def dbt_vars(as_of: str, settings: Settings, **extra: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"as_of": as_of, "churn_horizon_days": settings.horizon_days,
-                           "reporting_currency": settings.get("features", "reporting_currency", default="EUR")}
+                           "reporting_currency": settings.get("features", "reporting_currency", default="EUR"),
+                           "audit_schema": audit_schema(as_of)}
     out.update(extra)
     return out
 

@@ -1,40 +1,50 @@
 """Build the static documentation sites, viewable from file:// without Airflow or a server:
-docs/site/index.html (dbt docs) and docs/site/gx/index.html (Great Expectations Data Docs)."""
+<ui.docs_dir>/index.html (dbt docs; default docs/site) and <ui.docs_dir>/gx/index.html (GX Data Docs)."""
 
 from __future__ import annotations
 
 import shutil
 import sys
 
-from segflow.config import REPO_ROOT, load_settings
+from pathlib import Path
+
+from segflow.config import load_settings
 from segflow.dbt import DBT_PROJECT_DIR, run_dbt
 
-SITE_DIR = REPO_ROOT / "docs" / "site"
+
+def site_dir(settings) -> Path:
+    return Path(settings.get("ui", "docs_dir"))
 
 
-def copy_data_docs(settings) -> str | None:
-    """Copy the GX Data Docs site (kept up to date by every validation run) next to the dbt docs."""
+def link_data_docs(settings) -> str | None:
+    """Put the GX Data Docs site next to the dbt docs as a link, so it shows every validation since, not a copy
+    of the day the docs were built (every validation run updates the site in place)."""
     from segflow.quality import data_docs_index
 
     index = data_docs_index(settings)
     if not index.exists():
         return None
-    shutil.rmtree(SITE_DIR / "gx", ignore_errors=True)
-    shutil.copytree(index.parent, SITE_DIR / "gx")
-    return str(SITE_DIR / "gx" / "index.html")
+    target = site_dir(settings) / "gx"
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.is_dir():
+        shutil.rmtree(target)
+    target.symlink_to(index.parent, target_is_directory=True)
+    return str(target / "index.html")
 
 
-def build_docs(config: str | None = None) -> tuple[str, str | None]:
-    settings = load_settings(config)
+def build_docs(config: str | None = None, settings=None) -> tuple[str, str | None]:
+    settings = settings or load_settings(config)
+    site = site_dir(settings)
     # --static inlines manifest and catalog into one HTML file that opens from file://
     run_dbt(settings, ["docs", "generate", "--static"], vars={"as_of": None})
-    SITE_DIR.mkdir(parents=True, exist_ok=True)
+    site.mkdir(parents=True, exist_ok=True)
     target = DBT_PROJECT_DIR / "target"
-    shutil.copyfile(target / "static_index.html", SITE_DIR / "index.html")
+    shutil.copyfile(target / "static_index.html", site / "index.html")
     for name in ("manifest.json", "catalog.json"):
         if (target / name).exists():
-            shutil.copyfile(target / name, SITE_DIR / name)
-    return str(SITE_DIR / "index.html"), copy_data_docs(settings)
+            shutil.copyfile(target / name, site / name)
+    return str(site / "index.html"), link_data_docs(settings)
 
 
 if __name__ == "__main__":

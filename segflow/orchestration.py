@@ -59,6 +59,50 @@ def _triggering_extras(context: Mapping[str, Any]) -> list[dict]:
     return extras
 
 
+def as_of_dates_from_context(context: Mapping[str, Any]) -> list[date]:
+    """The dates an asset-triggered scoring run was handed: every triggering event's as_of, oldest first (a
+    manual run with an explicit as_of: that date only)."""
+    params = context.get("params") or {}
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    if conf.get("as_of") or params.get("as_of"):
+        return [as_of_from_context(context)]
+    dates = sorted({parse_as_of(e["as_of"]) for e in _triggering_extras(context) if e.get("as_of")})
+    return dates or [as_of_from_context(context)]
+
+
+def score_dates_from_context(context: Mapping[str, Any]) -> list[date]:
+    params = context.get("params") or {}
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    return dates_to_score(as_of_dates_from_context(context), explicit=bool(conf.get("as_of") or params.get("as_of")))
+
+
+def dates_to_score(handed: list[date], explicit: bool = False) -> list[date]:
+    """What a scoring run scores: the dates it was handed plus every published date whose scores are missing or
+    older than its features' last quality gate. While a scoring run is active, Airflow folds new asset events
+    into a window it has already closed (a backfill publishes many days meanwhile); catching up here means no
+    published day is left unscored. An explicit date (manual run) is scored alone."""
+    from segflow.warehouse import connect
+
+    if explicit:
+        return sorted(set(handed))
+    with connect(settings().warehouse_path, read_only=True) as con:
+        tables = {f"{s}.{t}" for s, t in con.execute("SELECT table_schema, table_name FROM information_schema.tables").fetchall()}
+        if not {"marts.user_features_history", "marts.user_scores_history", "quality.validation_results"} <= tables:
+            return sorted(set(handed))
+        behind = [r[0] for r in con.execute("""
+            WITH gated AS (SELECT as_of, max(validated_at) AS gated_at FROM quality.validation_results
+                           WHERE suite = 'marts_user_features' GROUP BY 1),
+                 scored AS (SELECT as_of, max(scored_at) AS scored_at FROM marts.user_scores_history GROUP BY 1)
+            SELECT f.as_of
+            FROM (SELECT DISTINCT as_of FROM marts.user_features_history) AS f
+            LEFT JOIN scored AS s USING (as_of)
+            LEFT JOIN gated AS g USING (as_of)
+            WHERE s.as_of IS NULL OR g.gated_at > s.scored_at""").fetchall()]
+    if set(behind) - set(handed):
+        log.info("also scoring published dates without current scores: %s", ", ".join(map(str, sorted(set(behind) - set(handed)))))
+    return sorted(set(handed) | set(behind))
+
+
 def as_of_from_context(context: Mapping[str, Any]) -> date:
     params = context.get("params") or {}
     dag_run = context.get("dag_run")
@@ -102,6 +146,20 @@ def validate_marts(as_of: str, run_id: str) -> dict:
     return validate_mart_tables(settings(), parse_as_of(as_of), run_id)
 
 
+def discard_candidates(as_of: str) -> list[str]:
+    """Drop the audit schemas of `as_of` once its marts are published (a failed run keeps them for inspection)."""
+    from segflow.dbt import audit_schema
+    from segflow.warehouse import connect
+
+    schema = audit_schema(as_of)
+    with connect(settings().warehouse_path) as con:
+        present = [r[0] for r in con.execute("SELECT DISTINCT schema_name FROM information_schema.schemata "
+                                             "WHERE schema_name IN (?, ?)", [schema, f"{schema}_intermediate"]).fetchall()]
+        for name in present:
+            con.execute(f"DROP SCHEMA {name} CASCADE")
+    return present
+
+
 def train(as_of: str) -> dict:
     from ml.train import train_models
 
@@ -135,6 +193,15 @@ def monitor(as_of: str) -> dict:
 
 
 def write_back(as_of: str) -> dict:
+    """Push the scores of `as_of` to the CRM and the activation export - only if it is the latest date scored:
+    the CRM and activation hold the current state, which a backfilled past date must not overwrite."""
+    from segflow.warehouse import connect
     from segflow.writeback import write_back as run_write_back
 
-    return asdict(run_write_back(settings(), parse_as_of(as_of)))
+    cfg = settings()
+    with connect(cfg.warehouse_path, read_only=True) as con:
+        latest = con.execute("SELECT max(as_of) FROM marts.user_scores_history").fetchone()[0]
+    if latest is not None and parse_as_of(as_of) < latest:
+        log.info("no write-back for %s: the CRM and the export keep the latest scores (as of %s)", as_of, latest)
+        return {"as_of": as_of, "skipped": f"not the latest scored date ({latest})"}
+    return asdict(run_write_back(cfg, parse_as_of(as_of)))

@@ -117,10 +117,15 @@ def _batch_definition(context, asset_name: str):
         return asset.add_batch_definition_whole_dataframe("batch")
 
 
-def validate_frame(settings: Settings, suite_name: str, frame: pd.DataFrame, parameters: dict[str, Any] | None = None) -> list[ExpectationOutcome]:
-    """Validate `frame` with the suite as a GX Checkpoint (result stored, Data Docs updated)."""
+def validate_frame(settings: Settings, suite_name: str, frame: pd.DataFrame, parameters: dict[str, Any] | None = None,
+                   run_name: str | None = None) -> list[ExpectationOutcome]:
+    """Validate `frame` with the suite as a GX Checkpoint (result stored, Data Docs updated). `run_name` names
+    the result in the Data Docs (the pipeline passes the as-of date and the Airflow run id)."""
+    import re
+
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
+    from great_expectations.core.run_identifier import RunIdentifier
 
     suite, key = load_suite(settings, suite_name)
     context = gx_context(settings)
@@ -133,7 +138,8 @@ def validate_frame(settings: Settings, suite_name: str, frame: pd.DataFrame, par
     checkpoint = _replace(context.checkpoints, gx.Checkpoint(
         name=suite_name, validation_definitions=[definition], result_format=result_format,
         actions=[UpdateDataDocsAction(name="update_data_docs")]))
-    run = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters or {})
+    run_id = RunIdentifier(run_name=re.sub(r"[^A-Za-z0-9_.=-]+", "_", run_name)) if run_name else None
+    run = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters or {}, run_id=run_id)
     result = next(iter(run.run_results.values()))
     outcomes = []
     for r in result.results:
@@ -176,7 +182,7 @@ def enforce(outcomes: list[ExpectationOutcome]) -> dict[str, int]:
 def _run_suites(settings: Settings, batches: dict[str, tuple[pd.DataFrame, dict]], as_of: date, run_id: str) -> dict:
     outcomes: list[ExpectationOutcome] = []
     for suite, (frame, params) in batches.items():
-        outcomes.extend(validate_frame(settings, suite, frame, params))
+        outcomes.extend(validate_frame(settings, suite, frame, params, run_name=f"as_of={as_of}_{run_id}"))
     record(settings, outcomes, as_of, run_id)
     return enforce(outcomes)
 
@@ -214,17 +220,23 @@ def validate_raw_tables(settings: Settings, as_of: date, run_id: str) -> dict:
 def validate_mart_tables(settings: Settings, as_of: date, run_id: str) -> dict:
     """Validate the audit candidates of the marts (write-audit-publish: nothing is published yet), and the
     candidate's segment sizes against the published previous run."""
+    from segflow.dbt import audit_schema
+
     bounds = settings.get("quality", "segment_size_ratio", default={"min": 0.5, "max": 2.0})
+    schema = audit_schema(as_of.isoformat())
     with connect(settings.warehouse_path, read_only=True) as con:
-        features = con.execute("SELECT * FROM audit.audit_user_features").df()
-        segments = con.execute("SELECT * FROM audit.audit_user_segments").df()
+        features = con.execute(f"SELECT * FROM {schema}.audit_user_features").df()
+        segments = con.execute(f"SELECT * FROM {schema}.audit_user_segments").df()
         rules = [r[0] for r in con.execute("SELECT segment_name FROM reference.segment_rules").fetchall()]
         has_previous = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'marts' "
-                                   "AND table_name = 'user_segments'").fetchall()[0][0]
+                                   "AND table_name = 'user_segment_history'").fetchall()[0][0]
+        # Compared with the latest published date before this one (a backfill compares with its own past).
+        previous = (f"SELECT rule_name AS segment_name, count(*) AS previous_members FROM marts.user_segment_history "
+                    f"WHERE as_of = (SELECT max(as_of) FROM marts.user_segment_history WHERE as_of < DATE '{as_of.isoformat()}') "
+                    f"GROUP BY 1")
         sizes = con.execute(f"""
-            WITH cand AS (SELECT rule_name AS segment_name, count(*) AS members FROM audit.audit_user_segments GROUP BY 1),
-                 prev AS ({'SELECT rule_name AS segment_name, count(*) AS previous_members FROM marts.user_segments GROUP BY 1'
-                           if has_previous else 'SELECT NULL::VARCHAR AS segment_name, NULL::BIGINT AS previous_members WHERE false'})
+            WITH cand AS (SELECT rule_name AS segment_name, count(*) AS members FROM {schema}.audit_user_segments GROUP BY 1),
+                 prev AS ({previous if has_previous else 'SELECT NULL::VARCHAR AS segment_name, NULL::BIGINT AS previous_members WHERE false'})
             SELECT segment_name, coalesce(members, 0) AS members, previous_members,
                    coalesce(members, 0) / previous_members::DOUBLE AS size_ratio
             FROM prev LEFT JOIN cand USING (segment_name)""").df()

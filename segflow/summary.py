@@ -59,15 +59,16 @@ def print_summary(settings: Settings, console: Console | None = None) -> None:
             detail = f"PSI {value:.2f} > {limit}" if check == "feature_psi" else f"{ref:.2f} -> {value:.2f}"
             console.print(f"  {check:<16} {model:<24} {subject}: {detail}")
     wb = settings.raw["writeback"]
-    mlflow_uri = settings.mlflow_tracking_uri
+    from segflow.services import urls
+
+    links = urls(settings)
     console.print(
         "Where to look next:\n"
         f"  warehouse     duckdb {settings.warehouse_path}  (marts.user_features, user_segments, user_scores)\n"
         + (f"  CRM table     {wb.get('crm_table', 'crm_segments')} in {wb['crm_url']}\n" if wb.get("crm_url")
            else "  CRM table     (no write-back: writeback.crm_url is not set)\n") +
         f"  activation    {wb['export_dir']}/as_of={data['as_of']}/segments.csv|parquet\n"
-        f"  MLflow UI     .venv/bin/mlflow ui --backend-store-uri {mlflow_uri}   -> http://127.0.0.1:5000\n"
-        '  Airflow UI    eval "$(.venv/bin/segflow env)" && .venv/bin/airflow standalone   -> http://localhost:8080\n'
-        "  dbt docs      make docs, then open docs/site/index.html",
+        f"  UIs           make ui  -> Airflow {links['airflow']}, MLflow {links['mlflow']}, dbt docs {links['dbt_docs']},\n"
+        f"                GX Data Docs {links['gx_data_docs']}  (make ui-stop stops them)",
         soft_wrap=True,
     )

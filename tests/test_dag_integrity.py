@@ -14,7 +14,7 @@ EXPECTED_DAGS = {"segflow_build", "segflow_train", "segflow_score"}
 
 @pytest.fixture(scope="module")
 def dagbag(tmp_path_factory):
-    from segflow.airflow_env import airflow_environ, ensure_dbt_manifest
+    from segflow.airflow_env import airflow_environ
     from segflow.config import load_settings
 
     root = tmp_path_factory.mktemp("integrity")
@@ -24,7 +24,6 @@ def dagbag(tmp_path_factory):
     settings = load_settings()
     os.environ.update(airflow_environ(settings))
     os.environ.pop("SEGFLOW_TASK_RETRIES", None)
-    ensure_dbt_manifest(settings)
     from airflow.dag_processing.dagbag import DagBag
 
     yield DagBag(dag_folder=str(DAGS_FOLDER))
@@ -59,28 +58,28 @@ def test_no_cycles_and_retries_everywhere(dagbag, dag_id):
 
 
 def test_duckdb_writers_share_the_single_slot_pool(dagbag):
-    writers = {("segflow_build", "extract"), ("segflow_build", "validate_raw"), ("segflow_train", "train_models"),
-               ("segflow_score", "score_users"), ("segflow_score", "write_back")}
+    writers = {("segflow_build", "extract"), ("segflow_build", "validate_raw"), ("segflow_build", "dbt_build"),
+               ("segflow_build", "dbt_publish"), ("segflow_train", "train_models"), ("segflow_score", "score_users"),
+               ("segflow_score", "write_back"), ("segflow_score", "monitor_drift")}
     for dag_id, task_id in writers:
         assert dagbag.dags[dag_id].get_task(task_id).pool == "duckdb_writer"
-    # Ephemeral models render as EmptyOperator placeholders that touch nothing; every task running dbt is pooled.
-    dbt_tasks = [t for t in dagbag.dags["segflow_build"].tasks
-                 if t.task_id.startswith(("dbt_build.", "dbt_publish.")) and type(t).__name__ != "EmptyOperator"]
-    assert dbt_tasks and all(t.pool == "duckdb_writer" for t in dbt_tasks)
 
 
-def test_dbt_graph_rendered_from_manifest_with_write_audit_publish(dagbag):
+def test_write_audit_publish_order(dagbag):
     dag = dagbag.dags["segflow_build"]
-    task_ids = set(dag.task_ids)
-    for model in ("stg_crm__contacts", "stg_shop__transactions", "audit_user_features", "audit_user_segments"):
-        assert any(t.startswith(f"dbt_build.{model}") for t in task_ids), model
-    for model in ("user_features", "user_segments", "user_features_history"):
-        assert any(t.startswith(f"dbt_publish.{model}_") for t in task_ids), model
-    assert not any("churn_training_set" in t for t in task_ids), "training sets are built by the train DAG only"
-    # Nothing is published before the marts quality gate has passed.
-    gate = dag.get_task("validate_marts")
-    publish_tasks = [t for t in dag.tasks if t.task_id.startswith("dbt_publish.")]
-    assert all(gate.task_id in t.get_flat_relative_ids(upstream=True) for t in publish_tasks)
+    # Nothing is published before the marts quality gate has passed, which follows the audit build.
+    assert dag.get_task("dbt_build").exclude == "tag:training tag:publish"
+    assert dag.get_task("dbt_publish").select == "tag:publish"
+    assert "validate_marts" in dag.get_task("dbt_publish").get_flat_relative_ids(upstream=True)
+    assert "dbt_build" in dag.get_task("validate_marts").get_flat_relative_ids(upstream=True)
+
+
+def test_assets_chain_build_to_score_and_train_to_its_own_schedule(dagbag):
+    score, train, build = (dagbag.dags[d] for d in ("segflow_score", "segflow_train", "segflow_build"))
+    assert [a.name for a in build.get_task("publish_features").outlets] == ["segflow.marts.user_features"]
+    assert "segflow.marts.user_features" in str(score.timetable.asset_condition)
+    assert (build.schedule, train.schedule) == ("@daily", "@weekly")
+    assert set(build.params) == {"as_of", "full_refresh"} and set(train.params) == {"as_of"}
 
 
 def test_dag_files_are_thin():

@@ -176,8 +176,8 @@ def test_critical_quality_failure_blocks_publishing(pipeline, tmp_path):
     with _warehouse(pipeline) as con:
         assert con.execute("SELECT count(*), max(as_of) FROM marts.user_features").fetchall()[0] == features_before
         assert con.execute("SELECT count(*), max(as_of), max(scored_at) FROM marts.user_scores").fetchall()[0] == scores_before
-        # The candidate was built and judged, just not published.
-        assert con.execute("SELECT max(as_of) FROM audit.audit_user_features").fetchall()[0][0] == day_before
+        # The candidate was built and judged, just not published; it stays for inspection.
+        assert con.execute(f"SELECT max(as_of) FROM audit_{day_before:%Y%m%d}.audit_user_features").fetchall()[0][0] == day_before
         assert con.execute("SELECT count(*) FROM marts.user_features_history WHERE as_of = ?", [day_before]).fetchall()[0][0] == 0
 
 

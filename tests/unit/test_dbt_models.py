@@ -103,7 +103,8 @@ def test_segment_thresholds_change_by_editing_the_seed_only(tmp_path, small_data
     with duckdb.connect(str(settings.warehouse_path)) as con:
         before = con.execute("SELECT count(*) FROM marts.user_segments WHERE rule_name = 'High Intent Shoppers'").fetchall()[0][0]
         con.execute("UPDATE reference.segment_rules SET rule_sql = 'intent_score_30d > 1000' WHERE segment_name = 'High Intent Shoppers'")
-    run_dbt(settings, ["run", "--select", "audit_user_segments", "user_segments", "--quiet"], vars=dbt_vars(AS_OF.isoformat(), settings))
+    run_dbt(settings, ["run", "--select", "audit_user_segments", "user_segment_history", "user_segments", "--quiet"],
+            vars=dbt_vars(AS_OF.isoformat(), settings))
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         after = con.execute("SELECT count(*) FROM marts.user_segments WHERE rule_name = 'High Intent Shoppers'").fetchall()[0][0]
     assert before > 0 and after == 0
@@ -131,6 +132,31 @@ def test_segment_history_records_entries_exits_and_stability(tmp_path, small_dat
     assert entered_ok == 0, "an entered event always has the membership on that date"
     assert stability[0][1] == 0 and stability[0][3] is None
     assert stability[1][1] > 0 and 0 < stability[1][3] < 1
+
+    # Backfilling a date in the gap: the later date's events are recomputed against it, and the current
+    # tables stay on the latest date.
+    middle = AS_OF - timedelta(days=7)
+    build(settings, middle, "r4")
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        previous = con.execute("SELECT as_of, min(previous_as_of), max(previous_as_of) FROM marts.segment_membership_events "
+                               "GROUP BY 1 ORDER BY 1").fetchall()
+        wrong = con.execute("""
+            WITH h AS (SELECT * FROM marts.user_segment_history)
+            SELECT count(*) FROM marts.segment_membership_events e
+            WHERE e.as_of = ? AND (
+                (e.event = 'entered' AND (NOT EXISTS (SELECT 1 FROM h WHERE h.as_of = e.as_of AND h.user_id = e.user_id AND h.segment_name = e.segment_name)
+                                       OR EXISTS (SELECT 1 FROM h WHERE h.as_of = ? AND h.user_id = e.user_id AND h.segment_name = e.segment_name)))
+             OR (e.event = 'exited' AND (EXISTS (SELECT 1 FROM h WHERE h.as_of = e.as_of AND h.user_id = e.user_id AND h.segment_name = e.segment_name)
+                                      OR NOT EXISTS (SELECT 1 FROM h WHERE h.as_of = ? AND h.user_id = e.user_id AND h.segment_name = e.segment_name))))
+        """, [AS_OF, middle, middle]).fetchall()[0][0]
+        current = {r[0] for r in con.execute("SELECT DISTINCT as_of FROM marts.user_features UNION ALL "
+                                             "SELECT DISTINCT as_of FROM marts.user_segments").fetchall()}
+        leftover = con.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name LIKE 'audit_2%' "
+                             "AND schema_name NOT LIKE '%_intermediate'").fetchall()[0][0]
+    assert previous == [(first, None, None), (middle, first, first), (AS_OF, middle, middle)]
+    assert wrong == 0
+    assert current == {AS_OF}
+    assert leftover == 3, "dbt alone leaves each date's candidates (the build DAG drops them once published)"
 
 
 def test_unit_tests_cover_every_feature_formula_and_segment_rule(tmp_path, small_dataset, make_settings):

@@ -52,3 +52,76 @@ def test_full_refresh_flag_from_conf_or_params():
     assert full_refresh_from_context({"params": {"full_refresh": True}}) is True
     assert full_refresh_from_context({"dag_run": SimpleNamespace(conf={"full_refresh": "true"}), "params": {}}) is True
     assert full_refresh_from_context({}) is False
+
+
+def test_failure_callback_records_the_alert_and_posts_it_to_the_webhook(tmp_path, monkeypatch):
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from types import SimpleNamespace
+
+    from segflow.dag_defaults import DEFAULT_ARGS
+
+    received = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("SEGFLOW_ALERT_WEBHOOK", f"http://127.0.0.1:{server.server_port}/hook")
+    monkeypatch.setenv("SEGFLOW_ALERT_LOG", str(tmp_path / "alerts.jsonl"))
+    ti = SimpleNamespace(dag_id="segflow_build", task_id="validate_marts", try_number=3)
+    context = {"task_instance": ti, "run_id": "scheduled__2026-06-02", "exception": ValueError("suite marts_user_features failed")}
+    DEFAULT_ARGS["on_failure_callback"](context)
+    server.shutdown()
+    recorded = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    assert len(recorded) == 1 and received == recorded
+    assert recorded[0]["task_id"] == "validate_marts" and recorded[0]["try_number"] == 3
+    assert "marts_user_features" in recorded[0]["error"]
+    # A dead webhook never masks the task's own failure.
+    monkeypatch.setenv("SEGFLOW_ALERT_WEBHOOK", f"http://127.0.0.1:{server.server_port}/gone")
+    DEFAULT_ARGS["on_failure_callback"](context)
+    assert len((tmp_path / "alerts.jsonl").read_text().splitlines()) == 2
+
+
+def test_scoring_takes_every_date_its_asset_events_carry():
+    from types import SimpleNamespace
+
+    from segflow.orchestration import as_of_dates_from_context
+
+    events = {"segflow.marts.user_features": [SimpleNamespace(extra={"as_of": d}) for d in ("2026-09-12", "2026-09-10", "2026-09-11")]}
+    assert as_of_dates_from_context({"params": {"as_of": ""}, "triggering_asset_events": events}) == [
+        date(2026, 9, 10), date(2026, 9, 11), date(2026, 9, 12)]
+    # An explicit date (a manual run) wins over events.
+    assert as_of_dates_from_context({"params": {"as_of": "2026-01-05"}, "triggering_asset_events": events}) == [date(2026, 1, 5)]
+
+
+def test_scoring_catches_up_published_dates_without_current_scores(tmp_path, monkeypatch):
+    """Dates handed by events, plus published dates never scored or rebuilt since their scoring."""
+    import duckdb
+
+    from segflow.orchestration import dates_to_score
+
+    warehouse = tmp_path / "warehouse.duckdb"
+    monkeypatch.setenv("SEGFLOW__WAREHOUSE__PATH", str(warehouse))
+    d = [date(2026, 9, day) for day in (10, 11, 12, 13)]
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute("CREATE SCHEMA marts; CREATE SCHEMA quality")
+        con.execute("CREATE TABLE marts.user_features_history AS SELECT * FROM (VALUES ('u1', ?::DATE), ('u1', ?::DATE), "
+                    "('u1', ?::DATE), ('u1', ?::DATE)) t(user_id, as_of)", d)
+        con.execute("CREATE TABLE quality.validation_results (as_of DATE, suite VARCHAR, validated_at TIMESTAMP)")
+        con.execute("INSERT INTO quality.validation_results VALUES (?, 'marts_user_features', '2026-09-14 01:00'), "
+                    "(?, 'marts_user_features', '2026-09-14 01:00'), (?, 'marts_user_features', '2026-09-20 01:00'), "
+                    "(?, 'marts_user_features', '2026-09-14 01:00')", d)
+        # 10th and 12th scored after their build; the 12th was rebuilt on the 20th; the 11th and 13th never scored.
+        con.execute("CREATE TABLE marts.user_scores_history AS SELECT * FROM (VALUES (?::DATE, TIMESTAMP '2026-09-14 02:00'), "
+                    "(?::DATE, TIMESTAMP '2026-09-14 02:00')) t(as_of, scored_at)", [d[0], d[2]])
+    assert dates_to_score([d[3]]) == [d[1], d[2], d[3]]
+    assert dates_to_score([d[0]], explicit=True) == [d[0]]

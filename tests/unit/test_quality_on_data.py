@@ -3,6 +3,8 @@ matching expectation fail (as a warning: parseable rows are judged, not refused)
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import duckdb
 
 from segflow.dbt import dbt_vars, run_dbt
@@ -17,13 +19,13 @@ def _results(settings, run_id):
                            "WHERE run_id = ?", [run_id]).fetchall()
 
 
-def _pipeline_checks(settings):
+def _pipeline_checks(settings, as_of=AS_OF):
     """What segflow_build does: extract, raw gate, dbt audit build, marts gate, publish."""
-    run_extract(settings, AS_OF, "run-1")
-    validate_raw_tables(settings, AS_OF, "run-1")
-    variables = dbt_vars(AS_OF.isoformat(), settings)
+    run_extract(settings, as_of, "run-1")
+    validate_raw_tables(settings, as_of, "run-1")
+    variables = dbt_vars(as_of.isoformat(), settings)
     run_dbt(settings, ["build", "--exclude", "tag:training", "tag:publish", "--quiet"], vars=variables)
-    validate_mart_tables(settings, AS_OF, "run-1")
+    validate_mart_tables(settings, as_of, "run-1")
     run_dbt(settings, ["build", "--select", "tag:publish", "--quiet"], vars=variables)
     return _results(settings, "run-1")
 
@@ -56,11 +58,13 @@ def test_each_injected_defect_class_fails_its_expectation(tmp_path, dirty_datase
 
 
 def test_segment_sizes_are_compared_with_the_previous_run(tmp_path, small_dataset, make_settings):
+    """The candidate's segment sizes against the latest date published before it (the day before here)."""
     settings = make_settings(tmp_path, small_dataset)
-    _pipeline_checks(settings)  # publishes marts: the "previous run"
+    _pipeline_checks(settings, AS_OF - timedelta(days=1))  # publishes marts: the "previous run"
     with duckdb.connect(str(settings.warehouse_path)) as con:
         con.execute("UPDATE reference.segment_rules SET rule_sql = 'true' WHERE segment_name = 'Lapsed Users'")
-    run_dbt(settings, ["run", "--select", "audit_user_segments", "--quiet"], vars=dbt_vars(AS_OF.isoformat(), settings))
+    run_extract(settings, AS_OF, "run-2")
+    run_dbt(settings, ["run", "--exclude", "tag:training", "tag:publish", "--quiet"], vars=dbt_vars(AS_OF.isoformat(), settings))
     validate_mart_tables(settings, AS_OF, "run-2")
     sizes = [r for r in _results(settings, "run-2") if r[0] == "marts_segment_sizes"]
     assert ("marts_segment_sizes", "expect_column_values_to_be_between", "size_ratio", "warning", False) in sizes
