@@ -53,13 +53,16 @@ run: install  ## run the pipeline for AS_OF (default: the demo date)
 summary:  ## print the summary of the last run
 	$(SEGFLOW) summary
 
+# Two workers, one test file each at a time: the machines here have 2 cores.
+PYTEST_WORKERS ?= 2
+
 test: $(UV) system-deps  ## the test suite (unit, DAG integrity, end to end, operations, browser); what CI runs
 	$(UV) sync --frozen
-	$(UV) run --frozen pytest
+	$(UV) run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test-fast: $(UV) system-deps  ## unit tests only
 	$(UV) sync --frozen
-	$(UV) run --frozen pytest -m "not e2e"
+	$(UV) run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not e2e"
 
 docs: install  ## build the dbt docs site into docs/site (open docs/site/index.html)
 	$(UV) run --frozen python -m segflow.docs

@@ -27,7 +27,7 @@ with segflow_dag("segflow_score", schedule=[USER_FEATURES], doc_md=__doc__, tags
 
     @task(pool=DUCKDB_POOL, outlets=[USER_SCORES])
     def write_back(dates: list[str]) -> dict:
-        return orchestration.write_back(max(dates))
+        return orchestration.write_back_latest(dates)
 
     @task(pool=DUCKDB_POOL)
     def monitor_drift(dates: list[str]) -> list[dict]:

@@ -15,6 +15,7 @@ from segflow.config import REPO_ROOT, Settings
 from segflow.dbt import DBT_PROJECT_DIR
 
 DAGS_FOLDER = REPO_ROOT / "dags"
+LOCAL_SETTINGS_DIR = REPO_ROOT / "deploy" / "airflow"  # airflow_local_settings.py
 
 
 def airflow_home(settings: Settings) -> Path:
@@ -42,13 +43,33 @@ def airflow_environ(settings: Settings, environ: dict[str, str] | None = None) -
         "DO_NOT_TRACK": "true",
         "GX_ANALYTICS_ENABLED": "false",
         "MLFLOW_DISABLE_TELEMETRY": "true",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), environ.get("PYTHONPATH", "")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), str(LOCAL_SETTINGS_DIR), environ.get("PYTHONPATH", "")])),
         # Airflow's components spawn `airflow ...` by name: the project's environment comes first.
         "PATH": os.pathsep.join(filter(None, [str(Path(sys.executable).parent), environ.get("PATH", "")])),
     }
     if settings.config_file is not None:
         wanted["SEGFLOW_CONFIG"] = str(settings.config_file)
     return {k: v if k in ("PYTHONPATH", "PATH") else environ.get(k, v) for k, v in wanted.items()}
+
+
+PRELOADED = ("great_expectations", "dbt.cli.main", "dbt.adapters.duckdb", "mlflow.sklearn", "sklearn.ensemble",
+             "sklearn.cluster", "sklearn.mixture", "duckdb", "pandas", "segflow.quality", "segflow.extract")
+
+
+def preload_task_libraries() -> list[str]:
+    """Import what tasks import, in the scheduler, before the LocalExecutor forks its workers (see
+    deploy/airflow/airflow_local_settings.py). A library that fails to import is left to the task to report."""
+    import importlib
+    import logging
+
+    loaded = []
+    for name in PRELOADED:
+        try:
+            importlib.import_module(name)
+            loaded.append(name)
+        except Exception as exc:  # noqa: BLE001 - never keep the scheduler from starting
+            logging.getLogger(__name__).warning("preloading %s failed: %s", name, exc)
+    return loaded
 
 
 def apply_environ(settings: Settings) -> dict[str, str]:

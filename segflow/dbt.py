@@ -45,6 +45,12 @@ def dbt_vars(as_of: str, settings: Settings, **extra: Any) -> dict[str, Any]:
     return out
 
 
+def target_dir() -> Path:
+    """Where dbt writes manifest, compiled SQL and run results: DBT_TARGET_PATH (dbt's own variable; the test
+    suite gives each parallel worker its own), else dbt_project/target."""
+    return Path(os.environ.get("DBT_TARGET_PATH") or DBT_PROJECT_DIR / "target")
+
+
 class DbtError(RuntimeError):
     pass
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from segflow.config import load_settings
-from segflow.dbt import DBT_PROJECT_DIR, run_dbt
+from segflow.dbt import run_dbt, target_dir
 
 
 def site_dir(settings) -> Path:
@@ -39,7 +39,7 @@ def build_docs(config: str | None = None, settings=None) -> tuple[str, str | Non
     # --static inlines manifest and catalog into one HTML file that opens from file://
     run_dbt(settings, ["docs", "generate", "--static"], vars={"as_of": None})
     site.mkdir(parents=True, exist_ok=True)
-    target = DBT_PROJECT_DIR / "target"
+    target = target_dir()
     shutil.copyfile(target / "static_index.html", site / "index.html")
     for name in ("manifest.json", "catalog.json"):
         if (target / name).exists():

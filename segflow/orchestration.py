@@ -77,30 +77,33 @@ def score_dates_from_context(context: Mapping[str, Any]) -> list[date]:
 
 
 def dates_to_score(handed: list[date], explicit: bool = False) -> list[date]:
-    """What a scoring run scores: the dates it was handed plus every published date whose scores are missing or
-    older than its features' last quality gate. While a scoring run is active, Airflow folds new asset events
-    into a window it has already closed (a backfill publishes many days meanwhile); catching up here means no
-    published day is left unscored. An explicit date (manual run) is scored alone."""
+    """What a scoring run scores: every published date whose scores are missing or older than its features' last
+    quality gate - the dates its asset events carry are among them, and so are dates whose events Airflow folded
+    into a window an active run had already closed (a backfill publishes many days meanwhile). Dates already
+    scored since their last build are skipped. An explicit date (manual run) is scored alone, as asked."""
     from segflow.warehouse import connect
 
     if explicit:
         return sorted(set(handed))
     with connect(settings().warehouse_path, read_only=True) as con:
         tables = {f"{s}.{t}" for s, t in con.execute("SELECT table_schema, table_name FROM information_schema.tables").fetchall()}
-        if not {"marts.user_features_history", "marts.user_scores_history", "quality.validation_results"} <= tables:
-            return sorted(set(handed))
+        if not {"marts.user_segment_history", "marts.user_scores_history", "quality.validation_results"} <= tables:
+            return sorted(set(handed))  # nothing scored yet: the events are all there is to go by
         behind = [r[0] for r in con.execute("""
             WITH gated AS (SELECT as_of, max(validated_at) AS gated_at FROM quality.validation_results
                            WHERE suite = 'marts_user_features' GROUP BY 1),
                  scored AS (SELECT as_of, max(scored_at) AS scored_at FROM marts.user_scores_history GROUP BY 1)
+            -- Published by the build (training fills user_features_history for past feature dates, not segments).
             SELECT f.as_of
-            FROM (SELECT DISTINCT as_of FROM marts.user_features_history) AS f
+            FROM (SELECT DISTINCT as_of FROM marts.user_segment_history) AS f
             LEFT JOIN scored AS s USING (as_of)
             LEFT JOIN gated AS g USING (as_of)
             WHERE s.as_of IS NULL OR g.gated_at > s.scored_at""").fetchall()]
     if set(behind) - set(handed):
         log.info("also scoring published dates without current scores: %s", ", ".join(map(str, sorted(set(behind) - set(handed)))))
-    return sorted(set(handed) | set(behind))
+    if set(handed) - set(behind):
+        log.info("already scored since their last build: %s", ", ".join(map(str, sorted(set(handed) - set(behind)))))
+    return sorted(behind)
 
 
 def as_of_from_context(context: Mapping[str, Any]) -> date:
@@ -190,6 +193,11 @@ def monitor(as_of: str) -> dict:
     if report.warnings and str(cfg.get("monitoring", "on_drift", default="warn")).lower() == "fail":
         raise RuntimeError("monitoring warnings (monitoring.on_drift = fail): " + "; ".join(report.warnings))
     return report.summary()
+
+
+def write_back_latest(dates: list[str]) -> dict:
+    """The write-back of a scoring run: its latest date (nothing when it had nothing to score)."""
+    return write_back(max(dates)) if dates else {"skipped": "no date to score"}
 
 
 def write_back(as_of: str) -> dict:

@@ -59,6 +59,8 @@ def service_environ(settings: Settings, environ: dict[str, str] | None = None) -
     env.setdefault("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", str(ui["trigger_log_server_port"]))
     env.setdefault("AIRFLOW__CORE__HOSTNAME_CALLABLE", "segflow.services.ui_hostname")
     env.setdefault("SEGFLOW_UI_HOST", ui["host"])
+    # Tasks that write the warehouse run one at a time anyway (pool duckdb_writer): a few workers suffice.
+    env.setdefault("AIRFLOW__CORE__PARALLELISM", "4")
     env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", f"{AIRFLOW_USER}:admin")
     env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE",
                    str(airflow_home(settings) / "simple_auth_manager_passwords.json.generated"))

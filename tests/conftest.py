@@ -117,3 +117,6 @@ def _no_home_writes(monkeypatch, tmp_path):
 
 def pytest_configure(config):
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:  # parallel workers (make test: pytest -n 2) must not share dbt's target folder
+        os.environ["DBT_TARGET_PATH"] = str(REPO_ROOT / "dbt_project" / "target" / f"xdist-{worker}")

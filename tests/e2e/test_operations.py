@@ -38,6 +38,11 @@ COMPARED = {
 }
 
 
+def base_environ() -> dict:
+    """This process's environment without Airflow or segflow settings a caller may have exported."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "SEGFLOW"))}
+
+
 def run(cmd: list[str], env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
@@ -50,7 +55,7 @@ def side(root: Path, seed: Path, data: Path, **extra: str) -> dict:
     for name in ("warehouse.duckdb", "mlflow.db", "gx"):
         src = seed / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
-    return {**os.environ, **settings_env(root, root / "data"), "MPLCONFIGDIR": str(root / "mpl"),
+    return {**base_environ(), **settings_env(root, root / "data"), "MPLCONFIGDIR": str(root / "mpl"),
             "SEGFLOW__MLFLOW__ARTIFACT_ROOT": str(seed / "mlartifacts"), **extra}
 
 
@@ -77,7 +82,7 @@ def seed(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ops_seed")
     generate(root / "data", users=250, days=165, seed=23, end_date=date(2026, 9, 30))
-    env = {**os.environ, **settings_env(root, root / "data"), "MPLCONFIGDIR": str(root / "mpl")}
+    env = {**base_environ(), **settings_env(root, root / "data"), "MPLCONFIGDIR": str(root / "mpl")}
     run([str(BIN / "segflow"), "run", "--as-of", SEED_AS_OF.isoformat(), "--retrain", "always"], env)
     return root
 
@@ -110,9 +115,13 @@ def daily(seed, tmp_path_factory):
     callables of a daily run (no scheduler involved)."""
     root = tmp_path_factory.mktemp("ops_daily")
     env = side(root, seed, seed / "data")
-    log = open(root / "daily.log", "w")
-    return root, subprocess.Popen([sys.executable, "-c", DAY_BY_DAY, *map(str, WINDOW)], env=env, stdout=log,
-                                  stderr=subprocess.STDOUT, cwd=root)
+    with open(root / "daily.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-c", DAY_BY_DAY, *map(str, WINDOW)], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, cwd=root)
+    yield root, process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -328,5 +337,7 @@ def test_gx_data_docs_show_the_latest_validation(backfilled, browser):
     latest = browser.find_element(By.ID, "latest").text
     assert "run as_of=" in latest, latest  # named by the pipeline: as-of date and Airflow run id
     assert "validation results" in text
+    suite = latest.split(",")[0]
     browser.find_element(By.ID, "latest").click()
-    shows(browser, browser.current_url, ["Validation Results", "Expectation"], "gx_data_docs_latest.png")
+    shows(browser, browser.current_url, ["Expectation Validation Result", f"Expectation Suite: {suite}", "Status:"],
+          "gx_data_docs_latest.png")

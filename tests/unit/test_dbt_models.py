@@ -48,9 +48,9 @@ def undocumented_columns(settings) -> list[tuple[str, str]]:
     """Every column of every built model (and every model) has a description in the docs (manifest)."""
     import json
 
-    from segflow.dbt import DBT_PROJECT_DIR
+    from segflow.dbt import target_dir
 
-    manifest = json.loads((DBT_PROJECT_DIR / "target" / "manifest.json").read_text())
+    manifest = json.loads((target_dir() / "manifest.json").read_text())
     missing = []
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         for node in manifest["nodes"].values():

@@ -114,8 +114,10 @@ def test_scoring_catches_up_published_dates_without_current_scores(tmp_path, mon
     d = [date(2026, 9, day) for day in (10, 11, 12, 13)]
     with duckdb.connect(str(warehouse)) as con:
         con.execute("CREATE SCHEMA marts; CREATE SCHEMA quality")
-        con.execute("CREATE TABLE marts.user_features_history AS SELECT * FROM (VALUES ('u1', ?::DATE), ('u1', ?::DATE), "
+        con.execute("CREATE TABLE marts.user_segment_history AS SELECT * FROM (VALUES ('u1', ?::DATE), ('u1', ?::DATE), "
                     "('u1', ?::DATE), ('u1', ?::DATE)) t(user_id, as_of)", d)
+        # A training snapshot date: features only, never published by the build, so never scored.
+        con.execute("CREATE TABLE marts.user_features_history AS SELECT 'u1' AS user_id, DATE '2026-05-01' AS as_of")
         con.execute("CREATE TABLE quality.validation_results (as_of DATE, suite VARCHAR, validated_at TIMESTAMP)")
         con.execute("INSERT INTO quality.validation_results VALUES (?, 'marts_user_features', '2026-09-14 01:00'), "
                     "(?, 'marts_user_features', '2026-09-14 01:00'), (?, 'marts_user_features', '2026-09-20 01:00'), "
@@ -124,4 +126,5 @@ def test_scoring_catches_up_published_dates_without_current_scores(tmp_path, mon
         con.execute("CREATE TABLE marts.user_scores_history AS SELECT * FROM (VALUES (?::DATE, TIMESTAMP '2026-09-14 02:00'), "
                     "(?::DATE, TIMESTAMP '2026-09-14 02:00')) t(as_of, scored_at)", [d[0], d[2]])
     assert dates_to_score([d[3]]) == [d[1], d[2], d[3]]
+    assert dates_to_score([d[0]]) == [d[1], d[2], d[3]], "a handed date already scored since its build is skipped"
     assert dates_to_score([d[0]], explicit=True) == [d[0]]

@@ -68,3 +68,15 @@ def test_start_refuses_a_port_taken_by_another_program(ui_settings, monkeypatch)
         with pytest.raises(RuntimeError, match="taken by another program.*ui.mlflow_port"):
             services.start(ui_settings)
     assert not services.state_file(ui_settings).exists() or services.read_state(ui_settings) == []
+
+
+@pytest.mark.parametrize("command, preloaded", [("scheduler", True), ("dags", False)])
+def test_the_scheduler_preloads_task_libraries_for_its_forked_tasks(command, preloaded):
+    from segflow.airflow_env import LOCAL_SETTINGS_DIR
+
+    code = ("import sys; sys.argv = ['airflow', %r]; import airflow_local_settings; "
+            "print('great_expectations' in sys.modules and 'dbt.cli.main' in sys.modules)") % command
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(LOCAL_SETTINGS_DIR), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(preloaded)
