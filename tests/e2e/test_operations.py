@@ -284,7 +284,6 @@ def browser():
 
 def shows(driver, url: str, texts: list[str], screenshot: str, timeout: float = 60) -> str:
     """Open `url`, wait until the page shows every text, save a screenshot; returns the page text."""
-    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
