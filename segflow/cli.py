@@ -178,7 +178,7 @@ def cmd_ui(args) -> int:
         print(f"stopped: {', '.join(stopped)}" if stopped else "nothing started by `segflow ui` is running")
         return 0
     if args.action == "status":
-        records = [r for r in services.read_state(settings) if services._alive(r)]
+        records = services.running(settings)
         for record in records:
             print(f"{record['name']:22s} pid {record['pid']}")
         return 0 if records else 1

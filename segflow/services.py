@@ -3,7 +3,8 @@
 Started: Airflow's api-server (UI + execution API), scheduler, dag-processor and triggerer; the MLflow UI over
 the project's tracking store; a static server for the dbt docs (/) and GX Data Docs (/gx/). Each runs in its
 own process group; their ids go to `<ui.state_dir>/processes.json`, so `stop` ends exactly what `start`
-started (a recorded id whose command line no longer matches is left alone), and logs to `<ui.state_dir>/logs`.
+started (a recorded id now held by a process with another start time is someone else's and is left alone),
+and logs to `<ui.state_dir>/logs`.
 """
 
 from __future__ import annotations
@@ -137,6 +138,11 @@ def read_state(settings: Settings) -> list[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
+def running(settings: Settings) -> list[dict]:
+    """The recorded services still running."""
+    return [r for r in read_state(settings) if _alive(r)]
+
+
 def airflow_login(settings: Settings) -> tuple[str, str | None]:
     """The Airflow user and the password the api-server generated for it (None until it has started)."""
     from segflow.airflow_env import airflow_home
@@ -152,11 +158,11 @@ def start(settings: Settings, timeout: float = 180.0, environ: dict[str, str] | 
     """Start every service not already running; wait until each answers. Refuses a port taken by another program."""
     from segflow.airflow_env import ensure_metadata_db
 
-    running = {r["name"]: r for r in read_state(settings) if _alive(r)}
-    wanted = [s for s in services(settings) if s.name not in running]
+    already = {r["name"]: r for r in running(settings)}
+    wanted = [s for s in services(settings) if s.name not in already]
     ui = ui_settings(settings)
     for name, port in (("airflow-api-server", ui["airflow_port"]), ("mlflow", ui["mlflow_port"]), ("docs", ui["docs_port"])):
-        if name not in running and not _port_free(ui["host"], int(port)):
+        if name not in already and not _port_free(ui["host"], int(port)):
             raise RuntimeError(f"port {ui['host']}:{port} for {name} is taken by another program: "
                                f"free it or set ui.{'airflow_port' if name.startswith('airflow') else name + '_port'}")
     env = service_environ(settings, environ)
@@ -165,7 +171,7 @@ def start(settings: Settings, timeout: float = 180.0, environ: dict[str, str] | 
     Path(ui["docs_dir"]).mkdir(parents=True, exist_ok=True)
     logs = Path(ui["state_dir"]) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    records = list(running.values())
+    records = list(already.values())
     try:
         _launch(settings, wanted, records, env, logs, timeout)
     except BaseException:
