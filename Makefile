@@ -58,7 +58,7 @@ PYTEST_WORKERS ?= 2
 
 test: $(UV) system-deps  ## the test suite (unit, DAG integrity, end to end, operations, browser); what CI runs
 	$(UV) sync --frozen
-	$(UV) run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile
+	$(UV) run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15
 
 test-fast: $(UV) system-deps  ## unit tests only
 	$(UV) sync --frozen

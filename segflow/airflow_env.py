@@ -23,8 +23,9 @@ def airflow_home(settings: Settings) -> Path:
 
 
 def airflow_environ(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Variables to export before Airflow is imported. Values already set in `environ` win, so an
-    operator can point Airflow at PostgreSQL with AIRFLOW__DATABASE__SQL_ALCHEMY_CONN."""
+    """Variables to export before Airflow is imported. Airflow settings already set in `environ` win, so an
+    operator can point Airflow at PostgreSQL with AIRFLOW__DATABASE__SQL_ALCHEMY_CONN; what segflow.yml
+    determines (warehouse, MLflow store, config file) always comes from the settings."""
     environ = dict(os.environ if environ is None else environ)
     home = airflow_home(settings)
     wanted = {
@@ -49,7 +50,10 @@ def airflow_environ(settings: Settings, environ: dict[str, str] | None = None) -
     }
     if settings.config_file is not None:
         wanted["SEGFLOW_CONFIG"] = str(settings.config_file)
-    return {k: v if k in ("PYTHONPATH", "PATH") else environ.get(k, v) for k, v in wanted.items()}
+    # Derived from the settings (which already take SEGFLOW__ overrides): a value inherited from another run's
+    # environment must not point this run's dbt at another warehouse.
+    derived = ("PYTHONPATH", "PATH", "SEGFLOW_WAREHOUSE_PATH", "MLFLOW_TRACKING_URI", "SEGFLOW_CONFIG", "DBT_PROFILES_DIR")
+    return {k: v if k in derived else environ.get(k, v) for k, v in wanted.items()}
 
 
 PRELOADED = ("great_expectations", "dbt.cli.main", "dbt.adapters.duckdb", "mlflow.sklearn", "sklearn.ensemble",

@@ -61,8 +61,9 @@ def test_postgres_build_gives_the_same_marts_as_duckdb(tmp_path, small_dataset, 
         assert len(actual) == len(expected) > 0, table
         for column in expected.columns:
             e, a = expected[column], actual[column]
-            if (table, column) == ("user_segments", "evidence"):  # JSON text: the same object, spelled by each database its own way
-                assert [json.loads(v) if v else v for v in a] == [json.loads(v) if v else v for v in e], f"{table}.{column} differs"
+            if column == "evidence" and "segment" in table:  # JSON text: the same object, spelled by each database its own way
+                parse = lambda values: [json.loads(v) if isinstance(v, str) and v.strip() else None for v in values]  # noqa: E731
+                assert parse(a) == parse(e), f"{table}.{column} differs"
             elif pd.api.types.is_numeric_dtype(e) and not pd.api.types.is_bool_dtype(e):
                 pd.testing.assert_series_equal(a.astype("float64"), e.astype("float64"), check_names=False, atol=1e-9)
             else:
