@@ -59,21 +59,23 @@ def _triggering_extras(context: Mapping[str, Any]) -> list[dict]:
     return extras
 
 
+def _explicit_as_of(context: Mapping[str, Any]) -> Any:
+    """The as_of a run was given (run conf wins over params), or None."""
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    return conf.get("as_of") or (context.get("params") or {}).get("as_of") or None
+
+
 def as_of_dates_from_context(context: Mapping[str, Any]) -> list[date]:
     """The dates an asset-triggered scoring run was handed: every triggering event's as_of, oldest first (a
     manual run with an explicit as_of: that date only)."""
-    params = context.get("params") or {}
-    conf = getattr(context.get("dag_run"), "conf", None) or {}
-    if conf.get("as_of") or params.get("as_of"):
+    if _explicit_as_of(context):
         return [as_of_from_context(context)]
     dates = sorted({parse_as_of(e["as_of"]) for e in _triggering_extras(context) if e.get("as_of")})
     return dates or [as_of_from_context(context)]
 
 
 def score_dates_from_context(context: Mapping[str, Any]) -> list[date]:
-    params = context.get("params") or {}
-    conf = getattr(context.get("dag_run"), "conf", None) or {}
-    return dates_to_score(as_of_dates_from_context(context), explicit=bool(conf.get("as_of") or params.get("as_of")))
+    return dates_to_score(as_of_dates_from_context(context), explicit=bool(_explicit_as_of(context)))
 
 
 def dates_to_score(handed: list[date], explicit: bool = False) -> list[date]:
@@ -107,11 +109,9 @@ def dates_to_score(handed: list[date], explicit: bool = False) -> list[date]:
 
 
 def as_of_from_context(context: Mapping[str, Any]) -> date:
-    params = context.get("params") or {}
     dag_run = context.get("dag_run")
-    conf = getattr(dag_run, "conf", None) or {}
     return resolve_as_of(
-        conf.get("as_of") or params.get("as_of"),
+        _explicit_as_of(context),
         _triggering_extras(context),
         context.get("logical_date"),
         getattr(dag_run, "run_after", None),
