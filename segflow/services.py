@@ -44,9 +44,16 @@ def urls(settings: Settings) -> dict[str, str]:
             "dbt_docs": f"http://{host}:{ui['docs_port']}/", "gx_data_docs": f"http://{host}:{ui['docs_port']}/gx/"}
 
 
+def passwords_file(settings: Settings) -> Path:
+    """Where Airflow's simple auth manager keeps the password it generates for AIRFLOW_USER."""
+    from segflow.airflow_env import airflow_home
+
+    return airflow_home(settings) / "simple_auth_manager_passwords.json.generated"
+
+
 def service_environ(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, str]:
     """Airflow's environment plus what its components need to find each other and to log in."""
-    from segflow.airflow_env import airflow_environ, airflow_home
+    from segflow.airflow_env import airflow_environ
 
     ui = ui_settings(settings)
     base = dict(os.environ if environ is None else environ)
@@ -64,7 +71,7 @@ def service_environ(settings: Settings, environ: dict[str, str] | None = None) -
     env.setdefault("AIRFLOW__CORE__PARALLELISM", "4")
     env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", f"{AIRFLOW_USER}:admin")
     env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE",
-                   str(airflow_home(settings) / "simple_auth_manager_passwords.json.generated"))
+                   str(passwords_file(settings)))
     return env
 
 
@@ -145,9 +152,7 @@ def running(settings: Settings) -> list[dict]:
 
 def airflow_login(settings: Settings) -> tuple[str, str | None]:
     """The Airflow user and the password the api-server generated for it (None until it has started)."""
-    from segflow.airflow_env import airflow_home
-
-    path = airflow_home(settings) / "simple_auth_manager_passwords.json.generated"
+    path = passwords_file(settings)
     try:
         return AIRFLOW_USER, json.loads(path.read_text()).get(AIRFLOW_USER)
     except (OSError, ValueError):
