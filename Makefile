@@ -8,6 +8,9 @@ export UV_CACHE_DIR ?= $(CURDIR)/.cache/uv
 export UV_PYTHON_INSTALL_DIR ?= $(CURDIR)/.cache/uv-python
 export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 export XDG_CACHE_HOME ?= $(CURDIR)/.cache
+# Installed packages are compiled to bytecode once: where PYTHONDONTWRITEBYTECODE is set (as on CI), every task
+# process would otherwise recompile GX, MLflow and Airflow from source (~13 s per process, see BENCHMARKS.md).
+export UV_COMPILE_BYTECODE ?= 1
 # uv from PATH, else a project-local copy bootstrapped with pip.
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 SEGFLOW := $(CURDIR)/.venv/bin/segflow
@@ -19,7 +22,7 @@ DEMO_AS_OF ?= 2026-09-30
 # Debian packages the browser and compose tests need (no browser or compose download works here).
 SYSTEM_PACKAGES := chromium chromium-driver docker-compose
 
-.PHONY: help install system-deps demo generate run summary test test-fast docs ui ui-stop clean
+.PHONY: help install system-deps demo generate run summary test test-fast docs ui ui-stop bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -73,5 +76,11 @@ ui: install  ## start the Airflow UI and services, the MLflow UI and the docs si
 ui-stop:  ## stop exactly the processes `make ui` started
 	$(SEGFLOW) ui stop
 
+# Sizes in users; datasets are cached in bench/cache (1M users: ~30M events, 3M orders, ~8 GB, ~2.5 min to generate).
+BENCH_SIZES ?= 10000,100000,1000000
+
+bench: install  ## benchmark every stage at 10k, 100k and 1M users; writes bench/results/*.json and BENCHMARKS.md
+	$(SEGFLOW) bench --sizes $(BENCH_SIZES)
+
 clean:  ## remove all local state (keeps .venv)
-	rm -rf data warehouse mlruns exports .airflow .ui gx docs/site dbt_project/target dbt_project/logs
+	rm -rf data warehouse mlruns exports .airflow .ui gx docs/site dbt_project/target dbt_project/logs bench/work

@@ -35,7 +35,8 @@ def cmd_generate(args) -> int:
                   console=_console(), transient=True, disable=not sys.stdout.isatty()) as progress:
         bar = progress.add_task("days", total=args.days)
         optional = {"end_date": date.fromisoformat(args.end_date) if args.end_date else None,
-                    "horizon_days": args.horizon_days}  # unset: the generator's own defaults
+                    "horizon_days": args.horizon_days, "event_scale": args.event_scale,
+                    "purchase_scale": args.purchase_scale}  # unset: the generator's own defaults
         result = generate(out, users=args.users, days=args.days, seed=args.seed, dirty_rate=args.dirty_rate,
                           crm_url=args.crm_url, progress=lambda _s, done, _t: progress.update(bar, completed=done),
                           **{k: v for k, v in optional.items() if v is not None})
@@ -208,6 +209,27 @@ def cmd_ui(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from segflow.bench.harness import StageFailed, load_results, run_size, write_result
+    from segflow.bench.report import write_report
+
+    results_dir, report = Path(args.results_dir), Path(args.report)
+    sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
+    started = time.time()
+    for users in sizes:
+        print(f"benchmark: {users:,} users ({args.days} days of data)", flush=True)
+        try:
+            result = run_size(users, Path(args.cache_dir), Path(args.work_dir), days=args.days, airflow=not args.skip_airflow,
+                              progress=lambda line: print(line, flush=True))
+        except StageFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"  results: {write_result(result, results_dir)}", flush=True)
+    write_report(load_results(results_dir), report, Path(args.notes))
+    print(f"report: {report} ({time.time() - started:.0f}s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     config_help = "segflow.yml to use (default: $SEGFLOW_CONFIG, ./segflow.yml)"
     parser = argparse.ArgumentParser(prog="segflow", description="User segmentation pipeline (Airflow + dbt + GX + MLflow).")
@@ -225,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default=str(REPO_ROOT / "data" / "generated"))
     gen.add_argument("--end-date", default=None, help="last generated day (YYYY-MM-DD; default 2026-09-30)")
     gen.add_argument("--horizon-days", type=int, default=None, help="churn horizon of the ground truth (default 90)")
+    gen.add_argument("--event-scale", type=float, default=None, help="multiply browsing activity (default 1)")
+    gen.add_argument("--purchase-scale", type=float, default=None, help="scale the purchase hazard (default 1)")
     gen.add_argument("--crm-url", default=None, help="SQLAlchemy URL for the CRM (default: OUT/crm.sqlite)")
     gen.set_defaults(func=cmd_generate)
 
@@ -242,6 +266,16 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("action", choices=["start", "stop", "status"])
     ui.add_argument("--docs", action="store_true", help="rebuild the dbt docs and GX Data Docs sites before starting")
     ui.set_defaults(func=cmd_ui)
+    bench = sub.add_parser("bench", parents=[common], help="benchmark every stage at several sizes (make bench; BENCHMARKS.md)")
+    bench.add_argument("--sizes", default="10000,100000,1000000", help="users per dataset, comma-separated")
+    bench.add_argument("--days", type=int, default=366, help="days of data (the last one is the incremental run's)")
+    bench.add_argument("--cache-dir", default=str(REPO_ROOT / "bench" / "cache"), help="generated datasets, reused")
+    bench.add_argument("--work-dir", default=str(REPO_ROOT / "bench" / "work"), help="warehouses, logs (replaced per size)")
+    bench.add_argument("--results-dir", default=str(REPO_ROOT / "bench" / "results"))
+    bench.add_argument("--report", default=str(REPO_ROOT / "BENCHMARKS.md"))
+    bench.add_argument("--notes", default=str(REPO_ROOT / "bench" / "NOTES.md"), help="text appended to the report")
+    bench.add_argument("--skip-airflow", action="store_true", help="leave out the whole pipeline through Airflow")
+    bench.set_defaults(func=cmd_bench)
     sub.add_parser("env", parents=[common], help="print the environment (export lines) Airflow runs with").set_defaults(func=cmd_env)
     return parser
 

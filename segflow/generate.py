@@ -124,9 +124,15 @@ class GenerateResult:
 
 def generate(out: str | Path, users: int = 10_000, days: int = 180, seed: int = 42, dirty_rate: float = 0.0,
              end_date: date = DEFAULT_END_DATE, horizon_days: int = 90, crm_url: str | None = None,
-             progress: Callable[[str, int, int], None] | None = None) -> GenerateResult:
+             progress: Callable[[str, int, int], None] | None = None, event_scale: float = 1.0,
+             purchase_scale: float = 1.0) -> GenerateResult:
+    """`event_scale` multiplies every user's browsing rate; `purchase_scale` s makes the daily purchase
+    probability 1 - p ** (s / H), so P(no purchase in H days) is p ** s and the ground truth follows it (the
+    benchmark uses both to reach its data volumes per user)."""
     if users < 1 or days < 1:
         raise ValueError("users and days must be positive")
+    if event_scale <= 0 or purchase_scale <= 0:
+        raise ValueError("event_scale and purchase_scale must be positive")
     if not 0.0 <= dirty_rate <= 0.5:
         raise ValueError("dirty_rate must be within [0, 0.5]")
     rng = np.random.default_rng(seed)
@@ -140,7 +146,7 @@ def generate(out: str | Path, users: int = 10_000, days: int = 180, seed: int = 
     shares = np.array([p.share for p in PERSONAS])
     persona = rng.choice(len(PERSONAS), size=n, p=shares / shares.sum())
     base = np.array([p.churn_base for p in PERSONAS])[persona] + rng.normal(0, 0.3, n)
-    event_rate = np.array([p.event_rate for p in PERSONAS])[persona] * rng.lognormal(0, 0.3, n)
+    event_rate = np.array([p.event_rate for p in PERSONAS])[persona] * rng.lognormal(0, 0.3, n) * event_scale
     # Signup day relative to window start (negative: before the window).
     in_window = rng.random(n) < np.array([p.signup_in_window for p in PERSONAS])[persona]
     signup = np.where(in_window, rng.integers(0, days, n), -rng.integers(1, 3 * 365, n))
@@ -174,7 +180,7 @@ def generate(out: str | Path, users: int = 10_000, days: int = 180, seed: int = 
         engagement = ENGAGEMENT_FLOOR + (1 - ENGAGEMENT_FLOOR) * np.exp(-days_since_purchase / 45)
         counts = rng.poisson(event_rate * engagement * active)
         p_none = no_purchase_probability(base, days_since_purchase, recent_purchases, recent_clicks)
-        q = 1 - p_none ** (1 / horizon_days)
+        q = 1 - p_none ** (purchase_scale / horizon_days)
         buys = active & (rng.random(n) < q)
 
         # Orders of the day.
@@ -244,7 +250,7 @@ def generate(out: str | Path, users: int = 10_000, days: int = 180, seed: int = 
     writer.close()
 
     # Ground truth beyond the window: the same process, state frozen at the last day.
-    p_end = no_purchase_probability(base, days_since_purchase, recent_purchases, recent_clicks)
+    p_end = no_purchase_probability(base, days_since_purchase, recent_purchases, recent_clicks) ** purchase_scale
     churned = rng.random(n) < p_end
     pd.DataFrame({"contact_id": contact_ids, "persona": PERSONA_NAMES[persona], "churn_probability": p_end,
                   "churned": churned}).to_parquet(out / "ground_truth.parquet", index=False)
@@ -257,7 +263,8 @@ def generate(out: str | Path, users: int = 10_000, days: int = 180, seed: int = 
     (out / "manifest.json").write_text(json.dumps({
         "users": n, "days": days, "seed": seed, "dirty_rate": dirty_rate, "start_date": start_date.isoformat(),
         "end_date": end_date.isoformat(), "horizon_days": horizon_days, "crm_url": url if crm_url else "crm.sqlite",
-        "events": event_counter, "orders": order_counter, "personas": list(PERSONA_NAMES),
+        "event_scale": event_scale,
+        "purchase_scale": purchase_scale, "events": event_counter, "orders": order_counter, "personas": list(PERSONA_NAMES),
     }, indent=2))
     return GenerateResult(out, n, len(contacts), event_counter, order_counter, start_date, end_date)
 

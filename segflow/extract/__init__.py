@@ -16,6 +16,8 @@ timestamps) are judged later by the quality gates and flagged in dbt staging.
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -78,7 +80,7 @@ def run_extract(settings: Settings, as_of: date, run_id: str, sources: tuple[str
     """Load every configured source (or the named ones) as of `as_of`.
 
     force: reload every file dated up to as_of even if unchanged (a full refresh of the raw layer).
-    A source that fails structurally is rolled back; the others still load, then one ExtractError names
+    A batch (file, CRM window, API days) that fails structurally is rolled back; the other sources still load, then one ExtractError names
     every failure so the task fails visibly.
     """
     specs = source_specs(settings)
@@ -96,9 +98,10 @@ def run_extract(settings: Settings, as_of: date, run_id: str, sources: tuple[str
                 continue
             result = SourceResult(spec.name, spec.dataset.name, spec.kind)
             try:
-                with transaction(con):
+                # File sources commit file by file (see segflow.extract.files); the others as one batch.
+                with contextlib.nullcontext() if spec.kind == "files" else transaction(con):
                     batches = _extract_source(con, spec, ctx, force)
-            except ExtractError as exc:  # rolled back: this source loads nothing, the others go on
+            except ExtractError as exc:  # rolled back: the refused batch loads nothing, the other sources go on
                 log.error("extract %s refused: %s", spec.name, exc)
                 errors.append(str(exc))
                 continue

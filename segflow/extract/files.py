@@ -8,7 +8,10 @@ partition: `2026-03-01.csv`, `dt=2026-03-01/part-0.jsonl.gz`. A run for as-of D
   backfill or rerun of that date picks them up; files dated after D are not read (not known yet);
 - loads undated files (snapshot exports such as one Parquet file of all orders) when new or changed; their
   rows become known at their own timestamps in dbt.
-Re-loading a file replaces its rows: reruns never duplicate.
+Re-loading a file replaces its rows: reruns never duplicate. Each file loads in its own transaction (with its
+loaded_files record): a refused file loads nothing, files loaded before it stay loaded and are skipped by the
+rerun. One transaction for a whole source held every file's rows and temp tables in memory until the commit
+(13 GB and growing for a full refresh of 365 daily files at 1M users; see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from segflow.extract.loader import BatchResult, LoadContext, load_batch
 from segflow.extract.mapping import Mapping
 from segflow.extract.readers import read_file, read_records
 from segflow.extract.spec import SourceSpec
+from segflow.warehouse import transaction
 
 FILE_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})")
 DEFAULT_PATTERNS = {"events": ["*.jsonl", "*.jsonl.gz"], "transactions": ["*.csv", "*.csv.gz"],
@@ -63,9 +67,10 @@ def extract_files(con, spec: SourceSpec, ctx: LoadContext, force: bool = False) 
     # The run's own interval is replaced as a whole: a file of day D that was removed takes its rows along.
     for partition, (_, _, day) in known.items():
         if day == ctx.as_of and partition not in present:
-            con.execute(f"DELETE FROM raw.{spec.dataset.raw_table} WHERE _source = ? AND _source_file = ?", [spec.name, partition])
-            con.execute("DELETE FROM raw.quarantine WHERE source = ? AND source_file = ?", [spec.name, partition])
-            con.execute("DELETE FROM raw.loaded_files WHERE source = ? AND source_file = ?", [spec.name, partition])
+            with transaction(con):
+                con.execute(f"DELETE FROM raw.{spec.dataset.raw_table} WHERE _source = ? AND _source_file = ?", [spec.name, partition])
+                con.execute("DELETE FROM raw.quarantine WHERE source = ? AND source_file = ?", [spec.name, partition])
+                con.execute("DELETE FROM raw.loaded_files WHERE source = ? AND source_file = ?", [spec.name, partition])
             results.append(BatchResult(partition, 0, 0, 0, 0, ["file removed: its rows were deleted"]))
     for path, partition, day in files:
         if day is not None and day > ctx.as_of:
@@ -74,17 +79,18 @@ def extract_files(con, spec: SourceSpec, ctx: LoadContext, force: bool = False) 
         unchanged = known.get(partition, (None, None, None))[:2] == (stat.st_size, stat.st_mtime_ns)
         if unchanged and not force and day != ctx.as_of:
             continue
-        if stat.st_size == 0 and spec.get("allow_empty", False):
-            # An allowed empty file still replaces its partition (by nothing) and is audited with zero rows.
-            batch = read_records(con, [], str(path), empty_columns=spec.dataset.names)
-            batch.notes.append("empty file (allowed)")
-            plan = Mapping().plan(spec.dataset, batch.columns, str(path))
-        else:
-            batch = read_file(con, path, spec.get("format"), spec.get("encoding", "utf-8"), spec.get("delimiter"))
-            plan = spec.mapping.plan(spec.dataset, batch.columns, str(path))
-        result = load_batch(con, ctx, spec.name, spec.dataset, plan, batch, partition, day)
-        con.execute("DELETE FROM raw.loaded_files WHERE source = ? AND source_file = ?", [spec.name, partition])
-        con.execute("INSERT INTO raw.loaded_files VALUES (?, ?, ?, ?, ?, ?)",
-                    [spec.name, partition, day, stat.st_size, stat.st_mtime_ns, ctx.now])
+        with transaction(con):
+            if stat.st_size == 0 and spec.get("allow_empty", False):
+                # An allowed empty file still replaces its partition (by nothing) and is audited with zero rows.
+                batch = read_records(con, [], str(path), empty_columns=spec.dataset.names)
+                batch.notes.append("empty file (allowed)")
+                plan = Mapping().plan(spec.dataset, batch.columns, str(path))
+            else:
+                batch = read_file(con, path, spec.get("format"), spec.get("encoding", "utf-8"), spec.get("delimiter"))
+                plan = spec.mapping.plan(spec.dataset, batch.columns, str(path))
+            result = load_batch(con, ctx, spec.name, spec.dataset, plan, batch, partition, day)
+            con.execute("DELETE FROM raw.loaded_files WHERE source = ? AND source_file = ?", [spec.name, partition])
+            con.execute("INSERT INTO raw.loaded_files VALUES (?, ?, ?, ?, ?, ?)",
+                        [spec.name, partition, day, stat.st_size, stat.st_mtime_ns, ctx.now])
         results.append(result)
     return results

@@ -92,12 +92,15 @@ def load_batch(con, ctx: LoadContext, source: str, dataset: Dataset, plan: Mappi
     source_cols = [c for c in batch.columns]
     raw_obj = ", ".join(f"{quote_literal(c)}, {quote_ident(c)}" for c in source_cols)
     raw_expr = f"CAST(json_object({raw_obj}) AS VARCHAR)" if source_cols else "'{}'"
-    con.execute("CREATE OR REPLACE TEMP TABLE batch_canonical AS " + plan.select_sql("batch_source", raw_expr))
+    canonical = plan.select_sql("batch_source", raw_expr)
+    row_ref = ""
     if mode == "versions":
         key = " || '/' || ".join(f"{quote_literal(k + '=')} || coalesce({quote_ident(k)}, '<null>')" for k in dataset.key)
-        con.execute(f"UPDATE batch_canonical SET _row_ref = {key}")
+        row_ref = f" REPLACE ({key} AS _row_ref)"
     typed = ", ".join(f"{plan.typed_expr(c)} AS {quote_ident('t:' + c.name)}" for c in dataset.columns if c.sql_type != "VARCHAR")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE batch_checked AS SELECT *{', ' + typed if typed else ''} FROM batch_canonical")
+    # One pass: canonical columns and their typed values (a separate canonical table cost a second copy per batch).
+    con.execute(f"CREATE OR REPLACE TEMP TABLE batch_checked AS SELECT *{row_ref}{', ' + typed if typed else ''} "
+                f"FROM ({canonical}) AS canonical")
     checks = _checks(plan, dataset)
     failing = " OR ".join(f"({cond})" for cond, _, _ in checks) or "false"
 
@@ -134,7 +137,8 @@ def load_batch(con, ctx: LoadContext, source: str, dataset: Dataset, plan: Mappi
         con.executemany("INSERT INTO raw.quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         [[*params, r.row_ref, r.column, r.reason, r.raw, ctx.now] for r in batch.rejects])
     structurally_ok = con.execute("SELECT count(*) FROM batch_checked").fetchall()[0][0]
-    loaded = con.execute(f"SELECT count(*) FROM batch_checked WHERE NOT ({failing})").fetchall()[0][0]
+    # Replacing a partition inserts every good row; versions skip those already loaded, so count them.
+    loaded = new_rows if mode == "replace" else con.execute(f"SELECT count(*) FROM batch_checked WHERE NOT ({failing})").fetchall()[0][0]
     rows_in = structurally_ok + len(batch.rejects)
     notes = list(batch.notes)
     if plan.ignored:
@@ -143,6 +147,6 @@ def load_batch(con, ctx: LoadContext, source: str, dataset: Dataset, plan: Mappi
                 "loaded_at, dataset, notes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [ctx.run_id, ctx.as_of, source, partition, rows_in, loaded, rows_in - loaded, ctx.now, dataset.name,
                  "; ".join(notes) or None])
-    for table_name in ("batch_canonical", "batch_checked", "batch_source"):
+    for table_name in ("batch_checked", "batch_source"):
         con.execute(f"DROP TABLE IF EXISTS {table_name}")
     return BatchResult(partition, rows_in, loaded, rows_in - loaded, new_rows, notes)

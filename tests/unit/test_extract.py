@@ -94,7 +94,11 @@ def test_missing_required_column_refuses_the_batch_naming_the_file(tmp_path, sma
     settings = make_settings(tmp_path, data)
     with pytest.raises(ExtractError, match=rf"{bad.name}: missing required column\(s\) customer_ref"):
         run_extract(settings, AS_OF, "run-bad")
-    assert _query(settings, "SELECT count(*) FROM raw.transactions")[0][0] == 0, "nothing of the batch is loaded"
+    assert _query(settings, "SELECT count(*) FROM raw.transactions WHERE _source_file = ?", [bad.name])[0][0] == 0, \
+        "nothing of the refused file is loaded"
+    # Files are atomic one by one: those before it stay loaded and recorded, so a rerun resumes at the refused one.
+    loaded = {r[0] for r in _query(settings, "SELECT source_file FROM raw.loaded_files WHERE source = 'transactions'")}
+    assert loaded == {p.name for p in sorted((data / "transactions").glob("*.csv"))[:5]}
     assert _query(settings, "SELECT count(*) FROM raw.events")[0][0] > 0, "other sources still load"
 
 

@@ -117,7 +117,11 @@ def test_gzip_is_read_and_a_truncated_gzip_refuses_the_whole_batch(drop, tmp_pat
     with pytest.raises(ExtractError, match=rf"{path.name}: truncated or corrupt gzip"):
         run_extract(settings, DAY, "r2")
     orders = _orders(settings)
-    assert len(orders) == 2000 and "X1" not in set(orders["order_id"]), "the refused batch loaded nothing"
+    # Files are atomic one by one: the refused file keeps its last good load, the late file before it loaded.
+    assert len(orders) == 2001 and "X1" in set(orders["order_id"]), "the refused file replaced nothing"
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        audit = con.execute("SELECT source_file, rows_loaded FROM raw.load_audit WHERE run_id = 'r2'").fetchall()
+    assert audit == [("2026-03-01.csv", 1)], "only the file that loaded is audited for the failed run"
 
 
 def test_truncated_last_csv_line_refuses_the_file(drop):

@@ -1,0 +1,142 @@
+"""One benchmark stage, run in its own process so its CPU time and peak RSS are its own:
+
+    python -m segflow.bench.stages STAGE AS_OF RESULT_JSON [--full-refresh]
+
+Each stage calls what the corresponding Airflow task calls (segflow.orchestration) - the benchmark measures
+the pipeline's own code, not a copy. Settings come from the environment the harness sets (SEGFLOW__...).
+The stage's own facts (rows processed, outcome) are written to RESULT_JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any, Callable
+
+from segflow import orchestration
+from segflow.config import Settings
+
+
+def _count(settings: Settings, sql: str, params: list | None = None) -> int:
+    from segflow.warehouse import connect
+
+    with connect(settings.warehouse_path, read_only=True) as con:
+        return int(con.execute(sql, params or []).fetchone()[0])
+
+
+def _raw_rows(settings: Settings) -> int:
+    """Rows in the raw layer (every source's records): what the raw gate and the dbt build read."""
+    return _count(settings, "SELECT (SELECT count(*) FROM raw.events) + (SELECT count(*) FROM raw.transactions)"
+                            " + (SELECT count(*) FROM raw.crm_contacts)")
+
+
+def _users(settings: Settings, as_of: str) -> int:
+    return _count(settings, "SELECT count(*) FROM marts.user_features_history WHERE as_of = ?::DATE", [as_of])
+
+
+def extract(as_of: str, full_refresh: bool) -> dict[str, Any]:
+    results = orchestration.extract(as_of, f"bench_{as_of}", full_refresh=full_refresh)
+    rows_in = sum(r["rows_in"] for r in results.values())
+    return {"rows": rows_in, "rows_loaded": sum(r["rows_loaded"] for r in results.values()),
+            "rows_quarantined": sum(r["rows_quarantined"] for r in results.values()),
+            "files": sum(r["files_loaded"] for r in results.values())}
+
+
+def validate_raw(as_of: str, full_refresh: bool) -> dict[str, Any]:
+    orchestration.validate_raw(as_of, f"bench_{as_of}")
+    settings = orchestration.settings()
+    return {"rows": _raw_rows(settings)}
+
+
+def _dbt(as_of: str, args: list[str]) -> dict[str, Any]:
+    from segflow.dbt import dbt_vars, run_dbt
+
+    settings = orchestration.settings()
+    result = run_dbt(settings, args, vars=dbt_vars(as_of, settings))
+    timings = {r.node.name: round(float(r.execution_time), 3) for r in result.results}
+    return {"nodes": len(result.results), "node_seconds": dict(sorted(timings.items(), key=lambda kv: -kv[1])[:12])}
+
+
+def dbt_build(as_of: str, full_refresh: bool) -> dict[str, Any]:
+    # What the DAG's dbt_build task runs (see dags/segflow_build.py): candidates, segments and their tests.
+    out = _dbt(as_of, ["build", "--exclude", "tag:training", "tag:publish", *(["--full-refresh"] if full_refresh else [])])
+    settings = orchestration.settings()
+    return {"rows": _raw_rows(settings), **out}
+
+
+def validate_marts(as_of: str, full_refresh: bool) -> dict[str, Any]:
+    from segflow.dbt import audit_schema
+
+    orchestration.validate_marts(as_of, f"bench_{as_of}")
+    settings = orchestration.settings()
+    return {"rows": _count(settings, f"SELECT count(*) FROM {audit_schema(as_of)}.audit_user_features")}
+
+
+def dbt_publish(as_of: str, full_refresh: bool) -> dict[str, Any]:
+    out = _dbt(as_of, ["build", "--select", "tag:publish"])
+    orchestration.discard_candidates(as_of)
+    return {"rows": _users(orchestration.settings(), as_of), **out}
+
+
+def train(as_of: str, full_refresh: bool) -> dict[str, Any]:
+    summary = orchestration.train(as_of)
+    settings = orchestration.settings()
+    rows = _count(settings, "SELECT count(*) FROM ml.churn_training_set")
+    return {"rows": rows, "clusterer": {k: summary["clusterer"].get(k) for k in ("algorithm", "version", "alias")},
+            "churn": {k: summary["churn"].get(k) for k in ("algorithm", "version", "alias")}}
+
+
+def score(as_of: str, full_refresh: bool) -> dict[str, Any]:
+    result = orchestration.score(as_of, f"bench_{as_of}")
+    return {"rows": int(result["users"])}
+
+
+def monitor(as_of: str, full_refresh: bool) -> dict[str, Any]:
+    summary = orchestration.monitor(as_of)
+    return {"rows": _users(orchestration.settings(), as_of), "warnings": len(summary.get("warnings", []))}
+
+
+def write_back(as_of: str, full_refresh: bool) -> dict[str, Any]:
+    result = orchestration.write_back(as_of)
+    return {"rows": _users(orchestration.settings(), as_of), **{k: v for k, v in result.items() if isinstance(v, int)}}
+
+
+def baseline_inputs(as_of: str, full_refresh: bool) -> dict[str, Any]:
+    from segflow.bench.baseline import export_inputs
+
+    settings = orchestration.settings()
+    return export_inputs(settings, as_of, Path(settings.warehouse_path).parent / "baseline_inputs")
+
+
+def pandas_baseline(as_of: str, full_refresh: bool) -> dict[str, Any]:
+    from segflow.bench.baseline import compare_with_dbt, user_features_pandas, read_inputs
+
+    settings = orchestration.settings()
+    started = time.perf_counter()
+    inputs = read_inputs(Path(settings.warehouse_path).parent / "baseline_inputs")
+    features = user_features_pandas(inputs, date.fromisoformat(as_of))
+    seconds = time.perf_counter() - started
+    comparison = compare_with_dbt(settings, features, as_of)
+    rows = sum(len(frame) for frame in inputs.values() if hasattr(frame, "__len__"))
+    return {"rows": rows, "compute_seconds": round(seconds, 3), "users": len(features), **comparison}
+
+
+STAGES: dict[str, Callable[[str, bool], dict[str, Any]]] = {
+    f.__name__: f for f in (extract, validate_raw, dbt_build, validate_marts, dbt_publish, train, score, monitor,
+                            write_back, baseline_inputs, pandas_baseline)
+}
+
+
+def main(argv: list[str]) -> int:
+    stage, as_of, result_file = argv[:3]
+    full_refresh = "--full-refresh" in argv[3:]
+    out = STAGES[stage](as_of, full_refresh)
+    Path(result_file).write_text(json.dumps(out, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
