@@ -145,7 +145,7 @@ def render(results: list[dict[str, Any]], notes: str = "") -> str:
         "",
         f"**Machine:** {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB memory, {m['os']}, Python {m['python']}.  ",
         "**Versions:** " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v) + ".  ",
-        f"**Measured:** " + ", ".join(f"{r['users']:,} users at {r['measured_at']}" for r in results) + ".",
+        "**Measured:** " + ", ".join(f"{r['users']:,} users at {r['measured_at']}" for r in results) + ".",
         "",
         "## Targets at the largest size" + f" ({largest['users']:,} users)",
         "",

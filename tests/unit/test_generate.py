@@ -27,6 +27,21 @@ def test_same_seed_same_data_different_seed_different_data(tmp_path):
     pd.testing.assert_frame_equal(gt_a, gt_b)
 
 
+def test_activity_scales_thin_out_events_and_orders(tmp_path):
+    base = generate(tmp_path / "base", users=3000, days=60, seed=3, end_date=AS_OF)
+    thin = generate(tmp_path / "thin", users=3000, days=60, seed=3, end_date=AS_OF, event_scale=0.3, purchase_scale=0.5)
+    assert 0.2 < thin.events / base.events < 0.4, (thin.events, base.events)
+    assert 0.3 < thin.orders / base.orders < 0.8, (thin.orders, base.orders)
+    manifest = json.loads((tmp_path / "thin" / "manifest.json").read_text())
+    assert (manifest["event_scale"], manifest["purchase_scale"]) == (0.3, 0.5)
+    # The ground truth follows the scaled hazard: P(no purchase in H days) = p ** purchase_scale, higher for s < 1.
+    p_base = pd.read_parquet(tmp_path / "base/ground_truth.parquet")["churn_probability"].mean()
+    p_thin = pd.read_parquet(tmp_path / "thin/ground_truth.parquet")["churn_probability"].mean()
+    assert p_thin > p_base
+    with pytest.raises(ValueError, match="event_scale and purchase_scale must be positive"):
+        generate(tmp_path / "bad", users=10, days=2, event_scale=0)
+
+
 def test_layout_ground_truth_and_crm(small_dataset):
     manifest = json.loads((small_dataset / "manifest.json").read_text())
     assert manifest["end_date"] == AS_OF.isoformat()
