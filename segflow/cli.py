@@ -214,7 +214,7 @@ def cmd_bench(args) -> int:
     from segflow.bench.report import write_report
 
     results_dir, report = Path(args.results_dir), Path(args.report)
-    sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
+    sizes = [] if args.report_only else [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
     started = time.time()
     for users in sizes:
         print(f"benchmark: {users:,} users ({args.days} days of data)", flush=True)
@@ -275,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--report", default=str(REPO_ROOT / "BENCHMARKS.md"))
     bench.add_argument("--notes", default=str(REPO_ROOT / "bench" / "NOTES.md"), help="text appended to the report")
     bench.add_argument("--skip-airflow", action="store_true", help="leave out the whole pipeline through Airflow")
+    bench.add_argument("--report-only", action="store_true", help="only re-render the report from the results files")
     bench.set_defaults(func=cmd_bench)
     sub.add_parser("env", parents=[common], help="print the environment (export lines) Airflow runs with").set_defaults(func=cmd_env)
     return parser

@@ -48,6 +48,16 @@ def baseline_ratio(result: dict[str, Any]) -> float | None:
     return round(pandas_stage["details"]["compute_seconds"] / dbt, 2)
 
 
+def feature_model_ratio(result: dict[str, Any]) -> float | None:
+    """pandas time / the dbt feature model's own execution time (audit_user_features: identity resolution,
+    attribution and features in one statement - still more work than the baseline, which starts from them)."""
+    pandas_stage, build = stage(result, "baseline", "pandas_baseline"), stage(result, "full", "dbt_build")
+    node = (build or {}).get("details", {}).get("node_seconds", {}).get("audit_user_features")
+    if not pandas_stage or not node or pandas_stage["details"].get("failed"):
+        return None
+    return round(pandas_stage["details"]["compute_seconds"] / node, 2)
+
+
 def scoring_rate(result: dict[str, Any]) -> float | None:
     s = stage(result, "full", "score")
     return s["rows_per_s"] if s and not s["details"].get("failed") else None
@@ -102,8 +112,13 @@ def targets(result: dict[str, Any], all_results: list[dict[str, Any]]) -> list[T
     rows = [
         check("dbt feature build", "≤ 60 s", dbt, lambda v: v <= 60, " s"),
         check("pandas baseline / dbt feature build", "≥ 5×", baseline_ratio(result), lambda v: v >= 5, "×"),
+        check("pandas baseline / dbt feature model (audit_user_features alone)", "≥ 5×", feature_model_ratio(result),
+              lambda v: v >= 5, "×"),
         Target("pandas baseline equals dbt output", "equal", None, equal),
-        check("scoring", "≥ 100,000 users/s", scoring_rate(result), lambda v: v >= 100_000, " users/s"),
+        check("scoring (the whole stage: process start, models, predict, GX gate, publish)", "≥ 100,000 users/s",
+              scoring_rate(result), lambda v: v >= 100_000, " users/s"),
+        check("scoring (read features, load champions, predict)", "≥ 100,000 users/s",
+              (stage(result, "full", "score") or {}).get("details", {}).get("compute_users_per_s"), lambda v: v >= 100_000, " users/s"),
         check("training", "≤ 180 s", wall(result, "full", "train"), lambda v: v <= 180, " s"),
         check("whole pipeline incl. orchestration (a day with retraining, through Airflow)", "≤ 600 s",
               wall(result, "airflow", "segflow run"), lambda v: v <= 600, " s"),
@@ -181,7 +196,8 @@ def render(results: list[dict[str, Any]], notes: str = "") -> str:
         if baseline and not baseline["details"].get("failed"):
             det = baseline["details"]
             lines.append(f"- pandas baseline: {_fmt(det['compute_seconds'])} s to read the inputs and compute {det['users']:,} users' "
-                         f"features vs dbt's feature build {_fmt(wall(r, 'full', 'dbt_build'))} s (ratio {_fmt(baseline_ratio(r), 2)}); "
+                         f"features vs dbt's feature build {_fmt(wall(r, 'full', 'dbt_build'))} s (ratio {_fmt(baseline_ratio(r), 2)}; "
+                         f"vs the feature model alone: {_fmt(feature_model_ratio(r), 2)}); "
                          f"equal to dbt's output: {'yes' if det['equal'] else 'NO - ' + ', '.join(det['mismatches'])} "
                          f"({det['columns_compared']} columns).")
         airflow = stage(r, "airflow", "segflow run")

@@ -90,8 +90,21 @@ def train(as_of: str, full_refresh: bool) -> dict[str, Any]:
 
 
 def score(as_of: str, full_refresh: bool) -> dict[str, Any]:
-    result = orchestration.score(as_of, f"bench_{as_of}")
-    return {"rows": int(result["users"])}
+    """orchestration.score's steps, each timed: read features + load champions + predict, the GX gate, publish."""
+    from ml.scoring import compute_scores, publish_scores
+    from segflow.quality import validate_scores
+
+    settings = orchestration.settings()
+    day = date.fromisoformat(as_of)
+    t0 = time.perf_counter()
+    scores, _, _ = compute_scores(settings, day)
+    t1 = time.perf_counter()
+    validate_scores(settings, scores, day, f"bench_{as_of}")
+    t2 = time.perf_counter()
+    users = publish_scores(settings, scores, day)
+    t3 = time.perf_counter()
+    return {"rows": int(users), "compute_seconds": round(t1 - t0, 3), "validate_seconds": round(t2 - t1, 3),
+            "publish_seconds": round(t3 - t2, 3), "compute_users_per_s": round(users / (t1 - t0), 1)}
 
 
 def monitor(as_of: str, full_refresh: bool) -> dict[str, Any]:
