@@ -57,10 +57,14 @@ def crm_rows(scored: pd.DataFrame) -> pd.DataFrame:
 
 
 def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
-    out = frame[CRM_COLUMNS].copy().astype(object)
-    out = out.where(pd.notna(out), None)
-    out["marketing_allowed"] = out["marketing_allowed"].map(lambda v: None if v is None else bool(v))
-    out["churn_probability"] = out["churn_probability"].map(lambda v: None if v is None else round(float(v), 6))
+    """Both sides of the comparison in one representation: Python values or None (vectorised: 1M rows)."""
+    out = frame[CRM_COLUMNS].copy()
+    allowed = out["marketing_allowed"]
+    probability = pd.to_numeric(out["churn_probability"], errors="coerce").astype("float64").round(6)
+    out = out.astype(object).where(pd.notna(out), None)
+    out["marketing_allowed"] = pd.Series(allowed.astype(object), index=out.index).where(allowed.notna(), None).map(
+        {True: True, False: False, 1: True, 0: False, None: None})
+    out["churn_probability"] = probability.astype(object).where(probability.notna(), None)
     return out.set_index("contact_id")
 
 
@@ -89,13 +93,15 @@ def sync_crm(desired: pd.DataFrame, url: str, table: str = "crm_segments") -> tu
             upserts = want.loc[new_ids.union(changed_ids)].reset_index()
             now = datetime.now(timezone.utc).replace(tzinfo=None)
             if len(upserts):
-                records = [{**r, "synced_at": now} for r in upserts.to_dict("records")]
+                upserts["synced_at"] = now
                 dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-                for start in range(0, len(records), 5000):
-                    stmt = dialect.insert(tbl).values(records[start:start + 5000])
-                    stmt = stmt.on_conflict_do_update(index_elements=["contact_id"],
-                                                      set_={c: stmt.excluded[c] for c in CRM_COLUMNS[1:] + ["synced_at"]})
-                    conn.execute(stmt)
+                stmt = dialect.insert(tbl)
+                stmt = stmt.on_conflict_do_update(index_elements=["contact_id"],
+                                                  set_={c: stmt.excluded[c] for c in CRM_COLUMNS[1:] + ["synced_at"]})
+                # One statement executed for many rows (the driver's executemany / SQLAlchemy's insertmanyvalues):
+                # compiling a multi-row VALUES statement per 5,000 rows took most of a 1M-user write-back.
+                for start in range(0, len(upserts), 50_000):
+                    conn.execute(stmt, upserts.iloc[start:start + 50_000].to_dict("records"))
             for start in range(0, len(gone_ids), 5000):
                 conn.execute(delete(tbl).where(tbl.c.contact_id.in_(list(gone_ids[start:start + 5000]))))
     finally:

@@ -6,8 +6,8 @@ Rules that hold for every source (details per kind in files.py, sql.py, http.py;
   reason; `raw.load_audit` records rows_in = rows_loaded + rows_quarantined per batch and run;
 - each run loads its data interval; re-running it replaces it, so reruns never duplicate;
 - structural problems (missing required column, unreadable, empty, truncated or wrongly encoded file,
-  unreachable system) fail with the file or system named and load nothing of that source's batch
-  (one transaction per source);
+  unreachable system) fail with the file or system named and load nothing of that batch (one transaction
+  per file; per CRM window or API run);
 - `raw.sources` lists the configured sources, so dbt knows which datasets exist (a transactions-only setup
   has no engagement features rather than invented zeros).
 Quarantine covers rows that cannot be parsed; business rules (negative amounts, unknown currencies, future

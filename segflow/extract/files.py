@@ -16,7 +16,9 @@ rerun. One transaction for a whole source held every file's rows and temp tables
 
 from __future__ import annotations
 
+import queue
 import re
+import threading
 from datetime import date
 from pathlib import Path
 
@@ -58,7 +60,7 @@ def list_files(spec: SourceSpec) -> tuple[Path, list[tuple[Path, str, date | Non
     return path, files
 
 
-def extract_files(con, spec: SourceSpec, ctx: LoadContext, force: bool = False) -> list[BatchResult]:
+def extract_files(con, spec: SourceSpec, ctx: LoadContext, force: bool = False, workers: int | None = None) -> list[BatchResult]:
     _, files = list_files(spec)
     known = {r[0]: (r[1], r[2], r[3]) for r in con.execute(
         "SELECT source_file, size_bytes, mtime_ns, file_date FROM raw.loaded_files WHERE source = ?", [spec.name]).fetchall()}
@@ -72,6 +74,7 @@ def extract_files(con, spec: SourceSpec, ctx: LoadContext, force: bool = False) 
                 con.execute("DELETE FROM raw.quarantine WHERE source = ? AND source_file = ?", [spec.name, partition])
                 con.execute("DELETE FROM raw.loaded_files WHERE source = ? AND source_file = ?", [spec.name, partition])
             results.append(BatchResult(partition, 0, 0, 0, 0, ["file removed: its rows were deleted"]))
+    todo = []
     for path, partition, day in files:
         if day is not None and day > ctx.as_of:
             continue
@@ -79,18 +82,63 @@ def extract_files(con, spec: SourceSpec, ctx: LoadContext, force: bool = False) 
         unchanged = known.get(partition, (None, None, None))[:2] == (stat.st_size, stat.st_mtime_ns)
         if unchanged and not force and day != ctx.as_of:
             continue
-        with transaction(con):
-            if stat.st_size == 0 and spec.get("allow_empty", False):
-                # An allowed empty file still replaces its partition (by nothing) and is audited with zero rows.
-                batch = read_records(con, [], str(path), empty_columns=spec.dataset.names)
-                batch.notes.append("empty file (allowed)")
-                plan = Mapping().plan(spec.dataset, batch.columns, str(path))
-            else:
-                batch = read_file(con, path, spec.get("format"), spec.get("encoding", "utf-8"), spec.get("delimiter"))
-                plan = spec.mapping.plan(spec.dataset, batch.columns, str(path))
-            result = load_batch(con, ctx, spec.name, spec.dataset, plan, batch, partition, day)
-            con.execute("DELETE FROM raw.loaded_files WHERE source = ? AND source_file = ?", [spec.name, partition])
-            con.execute("INSERT INTO raw.loaded_files VALUES (?, ?, ?, ?, ?, ?)",
-                        [spec.name, partition, day, stat.st_size, stat.st_mtime_ns, ctx.now])
-        results.append(result)
-    return results
+        todo.append((path, partition, day, stat))
+    workers = max(1, min(workers or LOAD_WORKERS, len(todo)))
+    if workers == 1:
+        return results + [_load_file(con, spec, ctx, *item) for item in todo]
+    # Many files (a first load, a full refresh): one connection per worker, files handed out in order. A file's
+    # statements run on one core (a day's file is less than a DuckDB row group), so two files at once use both.
+    # The first refused file (in file order) is raised once every started file has finished.
+    cursors = [con.cursor() for _ in range(workers)]
+    for cursor in cursors:
+        cursor.execute("SET TimeZone = 'UTC'")
+    pending = queue.SimpleQueue()
+    for index, item in enumerate(todo):
+        pending.put((index, item))
+    loaded: dict[int, BatchResult] = {}
+    errors: dict[int, ExtractError] = {}
+
+    def work(cursor) -> None:
+        while not errors:
+            try:
+                index, item = pending.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                loaded[index] = _load_file(cursor, spec, ctx, *item)
+            except ExtractError as exc:
+                errors[index] = exc
+
+    try:
+        threads = [threading.Thread(target=work, args=(cursor,), name=f"extract-{spec.name}-{i}") for i, cursor in enumerate(cursors)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for cursor in cursors:
+            cursor.close()
+    if errors:
+        raise errors[min(errors)]
+    return results + [loaded[i] for i in sorted(loaded)]
+
+
+LOAD_WORKERS = 2  # files loaded at once (the machines here have 2 cores)
+
+
+def _load_file(con, spec: SourceSpec, ctx: LoadContext, path: Path, partition: str, day: date | None, stat) -> BatchResult:
+    """Load one file in its own transaction, with its loaded_files record."""
+    with transaction(con):
+        if stat.st_size == 0 and spec.get("allow_empty", False):
+            # An allowed empty file still replaces its partition (by nothing) and is audited with zero rows.
+            batch = read_records(con, [], str(path), empty_columns=spec.dataset.names)
+            batch.notes.append("empty file (allowed)")
+            plan = Mapping().plan(spec.dataset, batch.columns, str(path))
+        else:
+            batch = read_file(con, path, spec.get("format"), spec.get("encoding", "utf-8"), spec.get("delimiter"))
+            plan = spec.mapping.plan(spec.dataset, batch.columns, str(path))
+        result = load_batch(con, ctx, spec.name, spec.dataset, plan, batch, partition, day)
+        con.execute("DELETE FROM raw.loaded_files WHERE source = ? AND source_file = ?", [spec.name, partition])
+        con.execute("INSERT INTO raw.loaded_files VALUES (?, ?, ?, ?, ?, ?)",
+                    [spec.name, partition, day, stat.st_size, stat.st_mtime_ns, ctx.now])
+    return result
