@@ -138,6 +138,15 @@ def train_clusterer(settings: Settings, mlflow, client, features: pd.DataFrame, 
             **result.metrics, "personas": personas}
 
 
+def cap_rows(training: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
+    """A seeded random sample of `limit` rows when there are more (0: no limit). Every snapshot keeps its share,
+    so the time-based holdout still holds the latest one."""
+    if not limit or len(training) <= limit:
+        return training
+    log.info("churn training: a random sample of %d of %d rows (churn.max_training_rows)", limit, len(training))
+    return training.sample(n=limit, random_state=seed).sort_index()
+
+
 def train_churn_model(settings: Settings, mlflow, client, training: pd.DataFrame, snapshots: list[date], as_of: date,
                       lineage: dict, seed: int) -> dict:
     cfg = settings.raw.get("churn", {})
@@ -145,10 +154,13 @@ def train_churn_model(settings: Settings, mlflow, client, training: pd.DataFrame
     candidates = tuple(cfg.get("candidates") or CANDIDATES)
     tags = {**lineage, "model": CHURN_MODEL, "data_window_start": snapshots[0].isoformat(), "data_window_end": as_of.isoformat(),
             "feature_snapshots": ",".join(d.isoformat() for d in snapshots)}
+    available = len(training)
+    training = cap_rows(training, int(cfg.get("max_training_rows") or 0), seed)
     with mlflow.start_run(run_name=f"churn {as_of}", tags=tags):
         churn = train_churn(training, seed=seed, candidates=candidates, refit_on_all=bool(cfg.get("refit_on_all", True)))
         mlflow.log_params({"selected": churn.kind, "candidates": ",".join(candidates), "holdout": churn.split,
-                           "calibration": "isotonic", "training_rows": len(training), **churn.extra,
+                           "calibration": "isotonic", "training_rows": len(training), "training_rows_available": available,
+                           **churn.extra,
                            "features": ",".join(MODEL_FEATURES)})
         mlflow.log_metrics({f"holdout_{k}": v for k, v in churn.metrics.items()})
         for kind, metrics in {**churn.candidates, **{f"baseline_{k}": v for k, v in churn.baselines.items()}}.items():

@@ -169,10 +169,10 @@ def read_jsonl(con, path: Path, text: str) -> Batch:
     con.register("batch_lines", pa.table({"line_no": pa.array(range(1, len(lines) + 1), pa.int64()),
                                           "line": pa.array(lines, pa.string())}))
     try:
+        # One JSON parse per line tells valid and object apart (try() turns a parse error into NULL).
         con.execute("""CREATE OR REPLACE TEMP TABLE batch_json AS
-                       SELECT line_no, line, json_valid(line) AND json_type(CASE WHEN json_valid(line) THEN line END) = 'OBJECT' AS is_object,
-                              json_valid(line) AS is_json
-                       FROM batch_lines WHERE trim(line) <> ''""")
+                       SELECT line_no, line, coalesce(json_kind = 'OBJECT', false) AS is_object, json_kind IS NOT NULL AS is_json
+                       FROM (SELECT line_no, line, try(json_type(line)) AS json_kind FROM batch_lines WHERE trim(line) <> '')""")
     finally:
         con.unregister("batch_lines")
     bad = con.execute("SELECT line_no, line, is_json FROM batch_json WHERE NOT is_object ORDER BY line_no").fetchall()

@@ -182,3 +182,14 @@ def test_psi_is_zero_for_the_same_distribution_and_flags_a_shift():
     assert stable["recency_days"] < 0.02 and stable["country"] < 0.01
     assert moved["recency_days"] > 0.2 and moved["country"] > 0.2
     assert psi([0.5, 0.5], [0.5, 0.5]) == 0.0
+
+
+def test_training_rows_are_capped_by_a_seeded_sample_that_keeps_every_snapshot():
+    from ml.train import cap_rows
+
+    training = pd.DataFrame({"as_of": np.repeat(["2026-05-01", "2026-05-22", "2026-06-12"], 1000), "x": np.arange(3000)})
+    capped = cap_rows(training, 600, seed=7)
+    assert len(capped) == 600 and capped.index.is_monotonic_increasing
+    assert set(capped["as_of"]) == set(training["as_of"]) and capped["as_of"].value_counts().min() > 120
+    assert capped.equals(cap_rows(training, 600, seed=7)), "the same seed, the same sample"
+    assert cap_rows(training, 0, seed=7) is training and cap_rows(training, 5000, seed=7) is training
