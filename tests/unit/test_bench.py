@@ -88,5 +88,6 @@ def test_targets_and_report_from_results():
     scoring = by_name["scoring (the whole stage: process start, models, predict, GX gate, publish)"]
     assert scoring.measured == 10_000.0 and scoring.met is False
     text = render(results, "## Notes\n\nprofiled.")
-    assert "| dbt feature build | ≤ 60 s | 10.0 s | yes |" in text
+    assert "| dbt feature build (full refresh: a year of events de-duplicated again) | ≤ 60 s | 10.0 s | yes |" in text
+    assert "| dbt feature build (daily, incremental) | ≤ 60 s | 0.5 s | yes |" in text
     assert "## 100,000 users" in text and "## 10,000 users" in text and text.rstrip().endswith("profiled.")
