@@ -3,8 +3,7 @@
 Training rows come from ml.churn_training_set: features as of several past snapshot dates, each labelled
 over the H days that followed it (all ending by the as-of date). The holdout is time-based: the latest
 snapshot; the model learns from the earlier ones. Candidates: a logistic-regression baseline and gradient
-boosting, both calibrated (isotonic, on cross-validated predictions; one model predicts); the best holdout
-ROC-AUC wins. Reported next to two simple baselines
+boosting, both calibrated (isotonic); the best holdout ROC-AUC wins. Reported next to two simple baselines
 (recency alone, an RFM logistic regression): ROC-AUC, PR-AUC, Brier score and lift in the top decile.
 """
 
@@ -44,9 +43,9 @@ def _candidate(kind: str, seed: int, X: pd.DataFrame) -> Pipeline:
                                              min_samples_leaf=40, random_state=seed)
     else:
         raise ValueError(f"unknown churn candidate {kind!r}; choose from {', '.join(CANDIDATES)}")
-    # ensemble=False: the 3 folds only produce the calibration data; one model refitted on all rows predicts. The
-    # default ensemble of 3 boosted models made scoring 3x slower (1M users: 29 s, nearly all in tree traversal).
-    return Pipeline([("prep", prep), ("model", CalibratedClassifierCV(clf, method="isotonic", cv=3, ensemble=False))])
+    # The 3 folds' calibrated models are averaged (ensemble): one refitted model (ensemble=False) scored 3x faster
+    # but ranked worse - expected AUC 0.031 below the Bayes optimum instead of within 0.03 (tests/e2e/test_model_quality.py).
+    return Pipeline([("prep", prep), ("model", CalibratedClassifierCV(clf, method="isotonic", cv=3))])
 
 
 def lift_top_decile(y: np.ndarray, p: np.ndarray) -> float:
