@@ -63,7 +63,7 @@ def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
     probability = pd.to_numeric(out["churn_probability"], errors="coerce").astype("float64").round(6)
     out = out.astype(object).where(pd.notna(out), None)
     out["marketing_allowed"] = pd.Series(allowed.astype(object), index=out.index).where(allowed.notna(), None).map(
-        {True: True, False: False, 1: True, 0: False, None: None})
+        {True: True, False: False, None: None}  # 1 and 0 hash as True and False)
     out["churn_probability"] = probability.astype(object).where(probability.notna(), None)
     return out.set_index("contact_id")
 
