@@ -62,8 +62,9 @@ def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
     allowed = out["marketing_allowed"]
     probability = pd.to_numeric(out["churn_probability"], errors="coerce").astype("float64").round(6)
     out = out.astype(object).where(pd.notna(out), None)
+    # 1 and 0 (an integer column) hash as True and False, so this map also covers them.
     out["marketing_allowed"] = pd.Series(allowed.astype(object), index=out.index).where(allowed.notna(), None).map(
-        {True: True, False: False, None: None}  # 1 and 0 hash as True and False)
+        {True: True, False: False, None: None})
     out["churn_probability"] = probability.astype(object).where(probability.notna(), None)
     return out.set_index("contact_id")
 
