@@ -6,6 +6,5 @@ RUN pip install --no-cache-dir uv
 WORKDIR /opt/segflow
 COPY pyproject.toml uv.lock README.md ./
 COPY segflow segflow
-COPY ml ml
 RUN uv sync --frozen --no-dev --extra production
 COPY . .

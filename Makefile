@@ -68,7 +68,7 @@ test-fast: $(UV) system-deps  ## unit tests only
 	$(UV) run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not e2e"
 
 docs: install  ## build the dbt docs site into docs/site (open docs/site/index.html)
-	$(UV) run --frozen python -m segflow.docs
+	$(UV) run --frozen python -m segflow.local.docs
 
 ui: install  ## start the Airflow UI and services, the MLflow UI and the docs sites on localhost; prints URLs and login
 	$(SEGFLOW) ui start

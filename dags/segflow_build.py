@@ -15,12 +15,12 @@ from cosmos import ProfileConfig
 from cosmos.constants import InvocationMode
 from cosmos.operators.local import DbtBuildLocalOperator
 
-from segflow import orchestration
-from segflow.airflow_env import DBT_PROJECT_DIR
-from segflow.assets import USER_FEATURES
-from segflow.dag_defaults import segflow_dag
-from segflow.dag_tasks import dbt_vars, resolve_as_of, templated_dbt_vars
-from segflow.orchestration import DUCKDB_POOL
+from segflow.airflow import callables
+from segflow.airflow.environment import DBT_PROJECT_DIR
+from segflow.airflow.assets import USER_FEATURES
+from segflow.airflow.dag_defaults import segflow_dag
+from segflow.airflow.shared_tasks import dbt_vars, resolve_as_of, templated_dbt_vars
+from segflow.airflow.callables import DUCKDB_POOL
 
 profile_config = ProfileConfig(profile_name="segflow", target_name="duckdb", profiles_yml_filepath=DBT_PROJECT_DIR / "profiles.yml")
 # One `dbt build` per stage (models and their tests in dependency order), not one task per model: a dbt
@@ -45,19 +45,19 @@ with segflow_dag("segflow_build", schedule="@daily", doc_md=__doc__, tags=(),
 
     @task(pool=DUCKDB_POOL)
     def extract(as_of: str, **context) -> dict:
-        return orchestration.extract(as_of, context["run_id"], full_refresh=orchestration.full_refresh_from_context(context))
+        return callables.extract(as_of, context["run_id"], full_refresh=callables.full_refresh_from_context(context))
 
     @task(pool=DUCKDB_POOL)
     def validate_raw(as_of: str, **context) -> dict:
-        return orchestration.validate_raw(as_of, context["run_id"])
+        return callables.validate_raw(as_of, context["run_id"])
 
     @task(pool=DUCKDB_POOL)
     def validate_marts(as_of: str, **context) -> dict:
-        return orchestration.validate_marts(as_of, context["run_id"])
+        return callables.validate_marts(as_of, context["run_id"])
 
     @task(pool=DUCKDB_POOL, outlets=[USER_FEATURES])
     def publish_features(as_of: str, *, outlet_events) -> str:
-        orchestration.discard_candidates(as_of)
+        callables.discard_candidates(as_of)
         outlet_events[USER_FEATURES].extra = {"as_of": as_of}
         return as_of
 

@@ -10,28 +10,28 @@ latest date, so a backfilled past never overwrites the CRM's current state.
 
 from airflow.sdk import chain, task
 
-from segflow import orchestration
-from segflow.assets import USER_FEATURES, USER_SCORES
-from segflow.dag_defaults import segflow_dag
-from segflow.orchestration import DUCKDB_POOL
+from segflow.airflow import callables
+from segflow.airflow.assets import USER_FEATURES, USER_SCORES
+from segflow.airflow.dag_defaults import segflow_dag
+from segflow.airflow.callables import DUCKDB_POOL
 
 with segflow_dag("segflow_score", schedule=[USER_FEATURES], doc_md=__doc__, tags=("ml",)):
 
     @task(pool=DUCKDB_POOL)  # reads the warehouse: readers are refused while a writer works
     def resolve_dates(**context) -> list[str]:
-        return [d.isoformat() for d in orchestration.score_dates_from_context(context)]
+        return [d.isoformat() for d in callables.score_dates_from_context(context)]
 
     @task(pool=DUCKDB_POOL)
     def score_users(dates: list[str], **context) -> list[dict]:
-        return [orchestration.score(day, context["run_id"]) for day in dates]
+        return [callables.score(day, context["run_id"]) for day in dates]
 
     @task(pool=DUCKDB_POOL, outlets=[USER_SCORES])
     def write_back(dates: list[str]) -> dict:
-        return orchestration.write_back_latest(dates)
+        return callables.write_back_latest(dates)
 
     @task(pool=DUCKDB_POOL)
     def monitor_drift(dates: list[str]) -> list[dict]:
-        return [orchestration.monitor(day) for day in dates]
+        return [callables.monitor(day) for day in dates]
 
     dates = resolve_dates()
     chain(dates, score_users(dates), [write_back(dates), monitor_drift(dates)])

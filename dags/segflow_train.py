@@ -6,17 +6,17 @@ otherwise it is `@challenger`. Daily scoring keeps using the champion.
 
 from airflow.sdk import chain, task
 
-from segflow import orchestration
-from segflow.assets import CHAMPION_MODELS
-from segflow.dag_defaults import segflow_dag
-from segflow.dag_tasks import resolve_as_of
-from segflow.orchestration import DUCKDB_POOL
+from segflow.airflow import callables
+from segflow.airflow.assets import CHAMPION_MODELS
+from segflow.airflow.dag_defaults import segflow_dag
+from segflow.airflow.shared_tasks import resolve_as_of
+from segflow.airflow.callables import DUCKDB_POOL
 
 with segflow_dag("segflow_train", schedule="@weekly", doc_md=__doc__, tags=("ml",)):
 
     @task(pool=DUCKDB_POOL, outlets=[CHAMPION_MODELS])
     def train_models(as_of: str) -> dict:
-        return orchestration.train(as_of)
+        return callables.train(as_of)
 
     as_of = resolve_as_of()
     chain(as_of, train_models(as_of))

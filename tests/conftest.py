@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from segflow.config import REPO_ROOT, load_settings
+from segflow.core.config import REPO_ROOT, load_settings
 
 AS_OF = date(2026, 9, 30)
 
@@ -71,7 +71,7 @@ def audit_balances(settings) -> list[tuple]:
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory) -> Path:
     """A small clean dataset shared (read-only) by tests: 400 users over 120 days."""
-    from segflow.generate import generate
+    from segflow.synthetic.generator import generate
 
     out = tmp_path_factory.mktemp("small_dataset")
     generate(out, users=400, days=120, seed=7, end_date=AS_OF)
@@ -80,7 +80,7 @@ def small_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def dirty_dataset(tmp_path_factory) -> Path:
-    from segflow.generate import generate
+    from segflow.synthetic.generator import generate
 
     out = tmp_path_factory.mktemp("dirty_dataset")
     generate(out, users=400, days=60, seed=11, dirty_rate=0.1, end_date=AS_OF)

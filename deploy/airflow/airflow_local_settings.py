@@ -1,4 +1,4 @@
-"""Airflow local settings for segflow (on PYTHONPATH through segflow.airflow_env.airflow_environ).
+"""Airflow local settings for segflow (on PYTHONPATH through segflow.airflow.environment.airflow_environ).
 
 The scheduler preloads the heavy libraries the tasks use. The LocalExecutor forks every task from the
 scheduler, so a task starts with them already in memory instead of importing them again: Great Expectations
@@ -13,6 +13,6 @@ import sys
 __all__: list[str] = []  # no cluster policies here
 
 if os.environ.get("SEGFLOW_PRELOAD", "1") != "0" and sys.argv[1:2] == ["scheduler"]:
-    from segflow.airflow_env import preload_task_libraries
+    from segflow.airflow.environment import preload_task_libraries
 
     preload_task_libraries()

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from segflow.config import Settings
-from segflow.dbt import DBT_PROJECT_DIR
+from segflow.core.config import Settings
+from segflow.core.dbt import DBT_PROJECT_DIR
 
 # ephemeral model -> file name of its export
 INPUT_MODELS = {
@@ -33,8 +33,8 @@ ENGAGEMENT_TYPES = ("product_view", "add_to_cart", "purchase", "wishlist_add")
 
 def export_inputs(settings: Settings, as_of: str, out_dir: Path) -> dict[str, Any]:
     """Write the feature model's inputs as of `as_of` to Parquet, from the SQL dbt compiles for them."""
-    from segflow.dbt import dbt_vars, run_dbt
-    from segflow.warehouse import connect
+    from segflow.core.dbt import dbt_vars, run_dbt
+    from segflow.core.warehouse import connect
 
     out_dir.mkdir(parents=True, exist_ok=True)
     result = run_dbt(settings, ["compile", "--select", *INPUT_MODELS], vars=dbt_vars(as_of, settings))
@@ -233,7 +233,7 @@ def user_features_pandas(inputs: dict[str, Any], as_of: date) -> pd.DataFrame:
 def compare_with_dbt(settings: Settings, features: pd.DataFrame, as_of: str, tolerance: float = 1e-9) -> dict[str, Any]:
     """Compare the baseline with dbt's published user_features of `as_of`: same users, every column equal
     (numbers within `tolerance`). Returns the mismatching columns with a few examples each."""
-    from segflow.warehouse import connect
+    from segflow.core.warehouse import connect
 
     with connect(settings.warehouse_path, read_only=True) as con:
         dbt = con.execute("SELECT * FROM marts.user_features_history WHERE as_of = ?::DATE", [as_of]).df()

@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from segflow.config import REPO_ROOT
+from segflow.core.config import REPO_ROOT
 
 END_DATE = date(2026, 9, 30)
 DAYS = 366  # 365 days for the full build, then one more for the incremental run
@@ -120,7 +120,7 @@ def ensure_dataset(cache_dir: Path, params: dict[str, Any], env: dict[str, str],
         return path, None
     path = cache_dir / f"users-{params['users']}-days-{params['days']}"
     shutil.rmtree(path, ignore_errors=True)
-    cmd = [sys.executable, "-m", "segflow.cli", "generate", "--out", str(path), "--users", str(params["users"]),
+    cmd = [sys.executable, "-m", "segflow.local.cli", "generate", "--out", str(path), "--users", str(params["users"]),
            "--days", str(params["days"]), "--seed", str(params["seed"]), "--end-date", params["end_date"],
            "--event-scale", str(params["event_scale"]), "--purchase-scale", str(params["purchase_scale"])]
     code, wall, cpu, rss = measure(cmd, env, log_file)
@@ -136,8 +136,8 @@ def ensure_dataset(cache_dir: Path, params: dict[str, Any], env: dict[str, str],
 def workspace_env(root: Path, data: Path) -> dict[str, str]:
     """Environment of a stage: every store under `root`, sources read from the cached dataset `data` (the CRM is
     copied, since the write-back adds a table to it)."""
-    from segflow.airflow_env import airflow_environ
-    from segflow.config import load_settings
+    from segflow.airflow.environment import airflow_environ
+    from segflow.core.config import load_settings
 
     crm = root / "crm.sqlite"
     if not crm.exists():
@@ -208,7 +208,7 @@ class SizeRun:
         warehouse the earlier phases left (a year of history), for the incremental run's date again."""
         root = self.root / "pipeline"
         env = workspace_env(root, self.data)
-        cmd = [sys.executable, "-m", "segflow.cli", "run", "--as-of", as_of.isoformat(), "--retrain", "always"]
+        cmd = [sys.executable, "-m", "segflow.local.cli", "run", "--as-of", as_of.isoformat(), "--retrain", "always"]
         console = root / "segflow-run.out"
         code, wall, cpu, rss = measure(cmd, env, console)
         details: dict[str, Any] = {"dags": dag_seconds(console.read_text())}

@@ -2,7 +2,7 @@
 
     python -m segflow.bench.stages STAGE AS_OF RESULT_JSON [--full-refresh]
 
-Each stage calls what the corresponding Airflow task calls (segflow.orchestration) - the benchmark measures
+Each stage calls what the corresponding Airflow task calls (segflow.airflow.callables) - the benchmark measures
 the pipeline's own code, not a copy. Settings come from the environment the harness sets (SEGFLOW__...).
 The stage's own facts (rows processed, outcome) are written to RESULT_JSON.
 """
@@ -16,12 +16,12 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Callable
 
-from segflow import orchestration
-from segflow.config import Settings
+from segflow.airflow import callables
+from segflow.core.config import Settings
 
 
 def _count(settings: Settings, sql: str, params: list | None = None) -> int:
-    from segflow.warehouse import connect
+    from segflow.core.warehouse import connect
 
     with connect(settings.warehouse_path, read_only=True) as con:
         return int(con.execute(sql, params or []).fetchone()[0])
@@ -38,7 +38,7 @@ def _users(settings: Settings, as_of: str) -> int:
 
 
 def extract(as_of: str, full_refresh: bool) -> dict[str, Any]:
-    results = orchestration.extract(as_of, f"bench_{as_of}", full_refresh=full_refresh)
+    results = callables.extract(as_of, f"bench_{as_of}", full_refresh=full_refresh)
     rows_in = sum(r["rows_in"] for r in results.values())
     return {"rows": rows_in, "rows_loaded": sum(r["rows_loaded"] for r in results.values()),
             "rows_quarantined": sum(r["rows_quarantined"] for r in results.values()),
@@ -46,15 +46,15 @@ def extract(as_of: str, full_refresh: bool) -> dict[str, Any]:
 
 
 def validate_raw(as_of: str, full_refresh: bool) -> dict[str, Any]:
-    orchestration.validate_raw(as_of, f"bench_{as_of}")
-    settings = orchestration.settings()
+    callables.validate_raw(as_of, f"bench_{as_of}")
+    settings = callables.settings()
     return {"rows": _raw_rows(settings)}
 
 
 def _dbt(as_of: str, args: list[str]) -> dict[str, Any]:
-    from segflow.dbt import dbt_vars, run_dbt
+    from segflow.core.dbt import dbt_vars, run_dbt
 
-    settings = orchestration.settings()
+    settings = callables.settings()
     result = run_dbt(settings, args, vars=dbt_vars(as_of, settings))
     timings = {r.node.name: round(float(r.execution_time), 3) for r in result.results}
     return {"nodes": len(result.results), "node_seconds": dict(sorted(timings.items(), key=lambda kv: -kv[1])[:12])}
@@ -63,38 +63,38 @@ def _dbt(as_of: str, args: list[str]) -> dict[str, Any]:
 def dbt_build(as_of: str, full_refresh: bool) -> dict[str, Any]:
     # What the DAG's dbt_build task runs (see dags/segflow_build.py): candidates, segments and their tests.
     out = _dbt(as_of, ["build", "--exclude", "tag:training", "tag:publish", *(["--full-refresh"] if full_refresh else [])])
-    settings = orchestration.settings()
+    settings = callables.settings()
     return {"rows": _raw_rows(settings), **out}
 
 
 def validate_marts(as_of: str, full_refresh: bool) -> dict[str, Any]:
-    from segflow.dbt import audit_schema
+    from segflow.core.dbt import audit_schema
 
-    orchestration.validate_marts(as_of, f"bench_{as_of}")
-    settings = orchestration.settings()
+    callables.validate_marts(as_of, f"bench_{as_of}")
+    settings = callables.settings()
     return {"rows": _count(settings, f"SELECT count(*) FROM {audit_schema(as_of)}.audit_user_features")}
 
 
 def dbt_publish(as_of: str, full_refresh: bool) -> dict[str, Any]:
     out = _dbt(as_of, ["build", "--select", "tag:publish"])
-    orchestration.discard_candidates(as_of)
-    return {"rows": _users(orchestration.settings(), as_of), **out}
+    callables.discard_candidates(as_of)
+    return {"rows": _users(callables.settings(), as_of), **out}
 
 
 def train(as_of: str, full_refresh: bool) -> dict[str, Any]:
-    summary = orchestration.train(as_of)
-    settings = orchestration.settings()
+    summary = callables.train(as_of)
+    settings = callables.settings()
     rows = _count(settings, "SELECT count(*) FROM ml.churn_training_set")
     return {"rows": rows, "clusterer": {k: summary["clusterer"].get(k) for k in ("algorithm", "version", "alias")},
             "churn": {k: summary["churn"].get(k) for k in ("algorithm", "version", "alias")}}
 
 
 def score(as_of: str, full_refresh: bool) -> dict[str, Any]:
-    """orchestration.score's steps, each timed: read features + load champions + predict, the GX gate, publish."""
-    from ml.scoring import compute_scores, publish_scores
-    from segflow.quality import validate_scores
+    """callables.score's steps, each timed: read features + load champions + predict, the GX gate, publish."""
+    from segflow.ml.scoring import compute_scores, publish_scores
+    from segflow.quality.gates import validate_scores
 
-    settings = orchestration.settings()
+    settings = callables.settings()
     day = date.fromisoformat(as_of)
     t0 = time.perf_counter()
     scores, _, _ = compute_scores(settings, day)
@@ -108,26 +108,26 @@ def score(as_of: str, full_refresh: bool) -> dict[str, Any]:
 
 
 def monitor(as_of: str, full_refresh: bool) -> dict[str, Any]:
-    summary = orchestration.monitor(as_of)
-    return {"rows": _users(orchestration.settings(), as_of), "warnings": len(summary.get("warnings", []))}
+    summary = callables.monitor(as_of)
+    return {"rows": _users(callables.settings(), as_of), "warnings": len(summary.get("warnings", []))}
 
 
 def write_back(as_of: str, full_refresh: bool) -> dict[str, Any]:
-    result = orchestration.write_back(as_of)
-    return {"rows": _users(orchestration.settings(), as_of), **{k: v for k, v in result.items() if isinstance(v, int)}}
+    result = callables.write_back(as_of)
+    return {"rows": _users(callables.settings(), as_of), **{k: v for k, v in result.items() if isinstance(v, int)}}
 
 
 def baseline_inputs(as_of: str, full_refresh: bool) -> dict[str, Any]:
     from segflow.bench.baseline import export_inputs
 
-    settings = orchestration.settings()
+    settings = callables.settings()
     return export_inputs(settings, as_of, Path(settings.warehouse_path).parent / "baseline_inputs")
 
 
 def pandas_baseline(as_of: str, full_refresh: bool) -> dict[str, Any]:
     from segflow.bench.baseline import compare_with_dbt, user_features_pandas, read_inputs
 
-    settings = orchestration.settings()
+    settings = callables.settings()
     started = time.perf_counter()
     inputs = read_inputs(Path(settings.warehouse_path).parent / "baseline_inputs")
     features = user_features_pandas(inputs, date.fromisoformat(as_of))

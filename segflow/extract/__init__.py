@@ -22,12 +22,12 @@ import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
-from segflow.config import Settings
+from segflow.core.config import Settings
 from segflow.extract.contracts import DATASETS
 from segflow.extract.errors import ExtractError
 from segflow.extract.loader import LoadContext, ensure_tables
 from segflow.extract.spec import SourceSpec, source_specs
-from segflow.warehouse import connect, transaction
+from segflow.core.warehouse import connect, transaction
 
 __all__ = ["ExtractError", "SourceResult", "run_extract", "source_specs", "DATASETS"]
 

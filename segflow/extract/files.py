@@ -27,7 +27,7 @@ from segflow.extract.loader import BatchResult, LoadContext, load_batch
 from segflow.extract.mapping import Mapping
 from segflow.extract.readers import read_file, read_records
 from segflow.extract.spec import SourceSpec
-from segflow.warehouse import transaction
+from segflow.core.warehouse import transaction
 
 FILE_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})")
 DEFAULT_PATTERNS = {"events": ["*.jsonl", "*.jsonl.gz"], "transactions": ["*.csv", "*.csv.gz"],

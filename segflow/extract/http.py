@@ -77,7 +77,7 @@ class ApiClient:
         token = None
         base = None
         if spec.get("conn_id"):
-            from segflow.connections import get_connection
+            from segflow.core.connections import get_connection
 
             conn = get_connection(spec.options["conn_id"])
             token = conn.password

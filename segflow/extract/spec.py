@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from segflow.config import Settings
+from segflow.core.config import Settings
 from segflow.extract.contracts import DATASETS, Dataset
 from segflow.extract.mapping import Mapping
 

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 import pyarrow as pa
 
-from segflow.connections import sqlalchemy_url
+from segflow.core.connections import sqlalchemy_url
 from segflow.extract.errors import ExtractError
 from segflow.extract.loader import BatchResult, LoadContext, load_batch
 from segflow.extract.readers import Batch, _register

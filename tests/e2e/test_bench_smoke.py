@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 def test_bench_harness_measures_every_stage_and_checks_the_baseline(tmp_path):
     report = tmp_path / "BENCHMARKS.md"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SEGFLOW", "AIRFLOW__", "DBT_"))}
-    cmd = [sys.executable, "-m", "segflow.cli", "bench", "--sizes", "1200", "--days", "140",
+    cmd = [sys.executable, "-m", "segflow.local.cli", "bench", "--sizes", "1200", "--days", "140",
            "--cache-dir", str(tmp_path / "cache"), "--work-dir", str(tmp_path / "work"),
            "--results-dir", str(tmp_path / "results"), "--report", str(report), "--notes", str(tmp_path / "none.md"),
            "--skip-airflow"]

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score, roc_auc_score
 
-from ml.churn import expected_auc
-from segflow.config import REPO_ROOT
-from segflow.generate import generate
+from segflow.ml.churn import expected_auc
+from segflow.core.config import REPO_ROOT
+from segflow.synthetic.generator import generate
 from tests.conftest import AS_OF, settings_env
 
 pytestmark = pytest.mark.e2e
@@ -26,7 +26,7 @@ def scored(tmp_path_factory):
     data = root / "data"
     generate(data, users=10_000, days=180, seed=42, end_date=AS_OF)
     env = {**os.environ, **settings_env(root, data), "SEGFLOW_TASK_RETRIES": "0", "MPLCONFIGDIR": str(root / "mpl")}
-    run = subprocess.run([sys.executable, "-m", "segflow.cli", "run", "--as-of", AS_OF.isoformat()], env=env, cwd=REPO_ROOT,
+    run = subprocess.run([sys.executable, "-m", "segflow.local.cli", "run", "--as-of", AS_OF.isoformat()], env=env, cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, f"segflow run failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
     with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:

@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from segflow.config import REPO_ROOT, load_settings
+from segflow.core.config import REPO_ROOT, load_settings
 from tests.e2e.test_pipeline import run_cli
 
 pytestmark = pytest.mark.e2e

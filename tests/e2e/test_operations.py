@@ -78,7 +78,7 @@ def assert_same(actual: dict, expected: dict) -> None:
 @pytest.fixture(scope="module")
 def seed(tmp_path_factory):
     """Generated sources and a state with champions trained as of SEED_AS_OF (one `segflow run`)."""
-    from segflow.generate import generate
+    from segflow.synthetic.generator import generate
 
     root = tmp_path_factory.mktemp("ops_seed")
     generate(root / "data", users=250, days=165, seed=23, end_date=date(2026, 9, 30))
@@ -89,23 +89,23 @@ def seed(tmp_path_factory):
 
 DAY_BY_DAY = """
 import sys
-from segflow import orchestration
-from segflow.dbt import dbt_vars, run_dbt
+from segflow.airflow import callables
+from segflow.core.dbt import dbt_vars, run_dbt
 
 # What each daily run executes, task after task (dags/segflow_build.py, dags/segflow_score.py), one day at a time.
 for day in sys.argv[1:]:
     run_id = f"daily__{day}"
-    cfg = orchestration.settings()
+    cfg = callables.settings()
     variables = dbt_vars(day, cfg)
-    orchestration.extract(day, run_id)
-    orchestration.validate_raw(day, run_id)
+    callables.extract(day, run_id)
+    callables.validate_raw(day, run_id)
     run_dbt(cfg, ["build", "--exclude", "tag:training", "tag:publish", "--quiet"], vars=variables)
-    orchestration.validate_marts(day, run_id)
+    callables.validate_marts(day, run_id)
     run_dbt(cfg, ["build", "--select", "tag:publish", "--quiet"], vars=variables)
-    orchestration.discard_candidates(day)
-    orchestration.score(day, run_id)
-    orchestration.write_back(day)
-    orchestration.monitor(day)
+    callables.discard_candidates(day)
+    callables.score(day, run_id)
+    callables.write_back(day)
+    callables.monitor(day)
 """
 
 
@@ -154,8 +154,8 @@ def stack(seed, daily, tmp_path_factory, request):
 
 
 def airflow(env: dict, *args: str) -> str:
-    from segflow.config import load_settings
-    from segflow.services import service_environ
+    from segflow.core.config import load_settings
+    from segflow.local.services import service_environ
 
     full = service_environ(load_settings(environ=env), env)
     return run([str(BIN / "airflow"), *args], full, timeout=300).stdout
@@ -299,8 +299,8 @@ def test_airflow_ui_lists_the_dags_and_shows_a_runs_graph(backfilled, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from segflow.config import load_settings
-    from segflow.services import airflow_login
+    from segflow.core.config import load_settings
+    from segflow.local.services import airflow_login
 
     user, password = airflow_login(load_settings(environ=backfilled["env"]))
     browser.get("http://127.0.0.1:28080/")

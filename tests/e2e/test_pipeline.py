@@ -11,15 +11,15 @@ import duckdb
 import pandas as pd
 import pytest
 
-from segflow.config import REPO_ROOT
-from segflow.generate import generate
+from segflow.core.config import REPO_ROOT
+from segflow.synthetic.generator import generate
 from tests.conftest import AS_OF, settings_env
 
 pytestmark = pytest.mark.e2e
 
 
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "segflow.cli", *args], env=env, cwd=REPO_ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "segflow.local.cli", *args], env=env, cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=900)
 
 
@@ -187,7 +187,7 @@ def test_a_retrained_model_that_is_no_better_stays_challenger(pipeline):
     import mlflow
     from mlflow import MlflowClient
 
-    code = f"from segflow import orchestration; print(orchestration.train('{AS_OF}'))"
+    code = f"from segflow.airflow import callables; print(callables.train('{AS_OF}'))"
     result = subprocess.run([sys.executable, "-c", code], env=pipeline["env"], cwd=REPO_ROOT, capture_output=True,
                             text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

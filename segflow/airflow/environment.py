@@ -1,0 +1,100 @@
+"""The Airflow environment segflow runs in: everything under the project directory, nothing in $HOME.
+
+`airflow_environ()` is the single place that maps segflow settings to Airflow/dbt/MLflow environment
+variables; the CLI, the Makefile (via `segflow env`) and the tests all use it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from segflow.core.config import REPO_ROOT, Settings
+from segflow.core.dbt import DBT_PROJECT_DIR
+
+DAGS_FOLDER = REPO_ROOT / "dags"
+LOCAL_SETTINGS_DIR = REPO_ROOT / "deploy" / "airflow"  # airflow_local_settings.py
+
+
+def airflow_home(settings: Settings) -> Path:
+    return Path(settings.get("airflow", "home", default=str(settings.root / ".airflow")))
+
+
+def airflow_environ(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Variables to export before Airflow is imported. Airflow settings already set in `environ` win, so an
+    operator can point Airflow at PostgreSQL with AIRFLOW__DATABASE__SQL_ALCHEMY_CONN; what segflow.yml
+    determines (warehouse, MLflow store, config file) always comes from the settings."""
+    environ = dict(os.environ if environ is None else environ)
+    home = airflow_home(settings)
+    wanted = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        "AIRFLOW__USAGE_DATA_COLLECTION__ENABLED": "False",
+        "AIRFLOW__COSMOS__CACHE_DIR": str(home / "cosmos_cache"),
+        "SEGFLOW_WAREHOUSE_PATH": str(settings.warehouse_path),
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "DBT_PROFILES_DIR": str(DBT_PROJECT_DIR),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
+        "DO_NOT_TRACK": "true",
+        "GX_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), str(LOCAL_SETTINGS_DIR), environ.get("PYTHONPATH", "")])),
+        # Airflow's components spawn `airflow ...` by name: the project's environment comes first.
+        "PATH": os.pathsep.join(filter(None, [str(Path(sys.executable).parent), environ.get("PATH", "")])),
+    }
+    if settings.config_file is not None:
+        wanted["SEGFLOW_CONFIG"] = str(settings.config_file)
+    # Derived from the settings (which already take SEGFLOW__ overrides): a value inherited from another run's
+    # environment must not point this run's dbt at another warehouse.
+    derived = ("PYTHONPATH", "PATH", "SEGFLOW_WAREHOUSE_PATH", "MLFLOW_TRACKING_URI", "SEGFLOW_CONFIG", "DBT_PROFILES_DIR")
+    return {k: v if k in derived else environ.get(k, v) for k, v in wanted.items()}
+
+
+PRELOADED = ("great_expectations", "dbt.cli.main", "dbt.adapters.duckdb", "mlflow.sklearn", "sklearn.ensemble",
+             "sklearn.cluster", "sklearn.mixture", "duckdb", "pandas", "segflow.quality.gates", "segflow.extract")
+
+
+def preload_task_libraries() -> list[str]:
+    """Import what tasks import, in the scheduler, before the LocalExecutor forks its workers (see
+    deploy/airflow/airflow_local_settings.py). A library that fails to import is left to the task to report."""
+    import importlib
+    import logging
+
+    loaded = []
+    for name in PRELOADED:
+        try:
+            importlib.import_module(name)
+            loaded.append(name)
+        except Exception as exc:  # noqa: BLE001 - never keep the scheduler from starting
+            logging.getLogger(__name__).warning("preloading %s failed: %s", name, exc)
+    return loaded
+
+
+def apply_environ(settings: Settings) -> dict[str, str]:
+    env = airflow_environ(settings)
+    os.environ.update(env)
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def airflow_cli(*args: str, settings: Settings, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, **airflow_environ(settings)}
+    return subprocess.run([str(Path(sys.executable).with_name("airflow")), *args], env=env, check=check,
+                          capture_output=True, text=True)
+
+
+def ensure_metadata_db(settings: Settings) -> None:
+    """Create/upgrade the Airflow metadata DB and the DuckDB writer pool (idempotent)."""
+    result = airflow_cli("db", "migrate", settings=settings, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"airflow db migrate failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    result = airflow_cli("pools", "set", "duckdb_writer", "1", "DuckDB allows one writer process per file",
+                         settings=settings, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"airflow pools set failed:\n{result.stderr[-4000:]}")

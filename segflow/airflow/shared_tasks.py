@@ -1,0 +1,26 @@
+"""TaskFlow tasks shared by several DAGs (defined once, instantiated inside each DAG)."""
+
+from airflow.sdk import task
+
+from segflow.airflow import callables
+
+
+@task
+def resolve_as_of(**context) -> str:
+    """The run's as-of date (see segflow.airflow.callables.resolve_as_of for the rules)."""
+    return callables.as_of_from_context(context).isoformat()
+
+
+@task
+def dbt_vars(as_of: str) -> dict:
+    """The dbt vars of this run (as_of plus settings from segflow.yml), read when the run executes."""
+    from segflow.core.dbt import dbt_vars as compute
+
+    return compute(as_of, callables.settings())
+
+
+def templated_dbt_vars(task_id: str = "dbt_vars") -> dict:
+    """Cosmos operator vars pulled from the `dbt_vars` task at run time (DAG files stay free of config I/O)."""
+    from segflow.core.dbt import DBT_VAR_NAMES
+
+    return {name: "{{ ti.xcom_pull(task_ids='%s')['%s'] }}" % (task_id, name) for name in DBT_VAR_NAMES}

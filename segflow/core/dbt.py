@@ -1,0 +1,75 @@
+"""Run dbt programmatically for tasks that need a specific selection (training sets, docs).
+
+The daily build itself runs through Cosmos in the DAG; both use the same project, profile and env.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from segflow.core.config import REPO_ROOT, Settings
+
+DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
+
+
+def currency_rates() -> dict[str, float]:
+    """Units of each known currency per reporting-currency unit, from the dbt seed (the single source)."""
+    import csv
+
+    with open(DBT_PROJECT_DIR / "seeds" / "currency_rates.csv", newline="") as handle:
+        return {row["currency"]: float(row["units_per_eur"]) for row in csv.DictReader(handle)}
+
+
+def dbt_env(settings: Settings) -> dict[str, str]:
+    """Environment dbt needs: the warehouse path from segflow.yml (profiles.yml reads it)."""
+    return {"SEGFLOW_WAREHOUSE_PATH": str(settings.warehouse_path), "DBT_PROFILES_DIR": str(DBT_PROJECT_DIR)}
+
+
+DBT_VAR_NAMES = ("as_of", "churn_horizon_days", "reporting_currency", "audit_schema")  # what dbt_vars() sets
+
+
+def audit_schema(as_of: str) -> str:
+    """Where a build puts its candidates for `as_of` (write-audit-publish). One schema per date: runs of different
+    dates may interleave (a backfill beside the daily run) without one publishing the other's candidates."""
+    return "audit_" + str(as_of)[:10].replace("-", "")
+
+
+def dbt_vars(as_of: str, settings: Settings, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"as_of": as_of, "churn_horizon_days": settings.horizon_days,
+                           "reporting_currency": settings.get("features", "reporting_currency", default="EUR"),
+                           "audit_schema": audit_schema(as_of)}
+    out.update(extra)
+    return out
+
+
+def target_dir() -> Path:
+    """Where dbt writes manifest, compiled SQL and run results: DBT_TARGET_PATH (dbt's own variable; the test
+    suite gives each parallel worker its own), else dbt_project/target."""
+    return Path(os.environ.get("DBT_TARGET_PATH") or DBT_PROJECT_DIR / "target")
+
+
+class DbtError(RuntimeError):
+    pass
+
+
+def run_dbt(settings: Settings, args: list[str], vars: dict[str, Any] | None = None) -> Any:
+    """Invoke dbt in-process; raise DbtError with the failing nodes when the command fails."""
+    from dbt.cli.main import dbtRunner
+
+    os.environ.update(dbt_env(settings))
+    Path(settings.warehouse_path).parent.mkdir(parents=True, exist_ok=True)
+    cli = [*args, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
+    if vars:
+        cli += ["--vars", json.dumps(vars)]
+    result = dbtRunner().invoke(cli)
+    if not result.success:
+        failures = []
+        for node in getattr(result.result, "results", None) or []:
+            if str(getattr(node, "status", "")).lower() in {"error", "fail", "runtimeerror"}:
+                failures.append(f"{node.node.name}: {node.message}")
+        detail = "; ".join(failures) or str(result.exception)
+        raise DbtError(f"dbt {' '.join(args)} failed: {detail}")
+    return result.result

@@ -1,0 +1,290 @@
+"""segflow command line: generate data, run the pipeline through Airflow, print the summary.
+
+Airflow's configuration must be in the environment before Airflow is imported, so every command that
+touches Airflow calls `apply_environ()` first and imports Airflow lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import re
+import sys
+import time
+from datetime import date, datetime, time as dtime, timedelta, timezone
+from pathlib import Path
+
+from segflow.core.config import REPO_ROOT, load_settings
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def cmd_generate(args) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from segflow.synthetic.generator import generate
+
+    out = Path(args.out)
+    started = time.time()
+    with Progress(TextColumn("generating"), BarColumn(), TextColumn("{task.completed}/{task.total} days"), TimeElapsedColumn(),
+                  console=_console(), transient=True, disable=not sys.stdout.isatty()) as progress:
+        bar = progress.add_task("days", total=args.days)
+        optional = {"end_date": date.fromisoformat(args.end_date) if args.end_date else None,
+                    "horizon_days": args.horizon_days, "event_scale": args.event_scale,
+                    "purchase_scale": args.purchase_scale}  # unset: the generator's own defaults
+        result = generate(out, users=args.users, days=args.days, seed=args.seed, dirty_rate=args.dirty_rate,
+                          crm_url=args.crm_url, progress=lambda _s, done, _t: progress.update(bar, completed=done),
+                          **{k: v for k, v in optional.items() if v is not None})
+    print(f"generated {result.users:,} users ({result.contacts_rows:,} CRM rows), {result.events:,} events, "
+          f"{result.orders:,} orders, {result.start_date} .. {result.end_date} into {out} in {time.time() - started:.1f}s")
+    return 0
+
+
+def _prepare_airflow(config: str | None):
+    settings = load_settings(config)
+    from segflow.airflow.environment import apply_environ, ensure_metadata_db
+
+    apply_environ(settings)
+    ensure_metadata_db(settings)
+    return settings
+
+
+def cmd_init(args) -> int:
+    settings = _prepare_airflow(args.config)
+    print(f"Airflow metadata DB and pool ready (AIRFLOW_HOME={os.environ['AIRFLOW_HOME']}, "
+          f"warehouse={settings.warehouse_path})")
+    return 0
+
+
+def _has_champions(settings) -> bool:
+    from segflow.ml.registry import CHURN_MODEL, CLUSTER_MODEL, configure_mlflow, current_champion
+
+    configure_mlflow(settings)
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    return all(current_champion(client, name) is not None for name in (CLUSTER_MODEL, CHURN_MODEL))
+
+
+@contextlib.contextmanager
+def redirect_output(log_file: Path):
+    """Send everything Airflow, dbt and the tasks print (at the file-descriptor level, so structlog and
+    subprocesses too) to `log_file`; the console keeps only segflow's own progress lines."""
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_file, "a") as sink:
+        os.dup2(sink.fileno(), 1), os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            os.close(saved[0]), os.close(saved[1])
+
+
+def run_dag(dag_id: str, as_of: date, log_file: Path, full_refresh: bool = False) -> tuple[str, list[str]]:
+    """Run one DAG for `as_of` with Airflow's DAG test runner (same task code as a scheduled run).
+    Returns the run state and the failed task ids; Airflow's own log goes to `log_file`."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from segflow.airflow.environment import DAGS_FOLDER
+
+    logical_date = datetime.combine(as_of + timedelta(days=1), dtime(), tzinfo=timezone.utc)
+    with redirect_output(log_file):
+        bag = DagBag(dag_folder=str(DAGS_FOLDER / f"{dag_id}.py"))
+        if bag.import_errors:
+            raise RuntimeError(f"DAG import errors: {bag.import_errors}")
+        conf = {"as_of": as_of.isoformat(), **({"full_refresh": True} if full_refresh else {})}
+        run = bag.get_dag(dag_id).test(logical_date=logical_date, run_conf=conf)
+    failed = [ti.task_id for ti in run.get_task_instances() if ti.state in ("failed", "upstream_failed")]
+    return str(run.state), failed
+
+
+def cmd_run(args) -> int:
+    os.environ.setdefault("SEGFLOW_TASK_RETRIES", "0")
+    # Library chatter belongs in the Airflow log file, not on the console.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    console = _console()
+    started = time.time()
+    with console.status("preparing Airflow (metadata DB, pool)"):
+        settings = _prepare_airflow(args.config)
+    from segflow.airflow.callables import resolve_as_of
+
+    as_of = resolve_as_of(args.as_of)  # the same rule the DAGs use (explicit date, else yesterday in UTC)
+    log_file = Path(os.environ["AIRFLOW_HOME"]) / "logs" / f"segflow-run-{as_of}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    console.print(f"segflow run as of [bold]{as_of}[/bold] (config: {settings.config_file or 'defaults'}; Airflow log: {log_file})")
+    plan = ["segflow_build"]
+    if args.retrain == "always" or (args.retrain == "auto" and not _has_champions(settings)):
+        plan.append("segflow_train")
+    plan.append("segflow_score")
+    for dag_id in plan:
+        step = time.time()
+        console.print(f"→ {dag_id} …")
+        state, failed = run_dag(dag_id, as_of, log_file, full_refresh=args.full_refresh and dag_id == "segflow_build")
+        if state != "success":
+            console.print(f"[red]✗ {dag_id} {state}[/red] after {time.time() - step:.0f}s; failed tasks: {', '.join(failed) or '-'}")
+            _print_failure(log_file, console)
+            return 1
+        console.print(f"[green]✓[/green] {dag_id} ({time.time() - step:.0f}s)")
+    from segflow.local.summary import print_summary
+
+    print_summary(settings, console)
+    console.print(f"done in {time.time() - started:.0f}s")
+    return 0
+
+
+def _print_failure(log_file: Path, console) -> None:
+    """Show the exception that failed the run (its message names file/suite/expectation), not the whole log."""
+    lines = log_file.read_text(errors="replace").splitlines() if log_file.exists() else []
+    pattern = re.compile(r"^([\w.]+(Error|Exception)): ")
+    hits = [i for i, line in enumerate(lines) if pattern.match(line)]
+    if hits:
+        message = [lines[hits[-1]]]
+        for line in lines[hits[-1] + 1:hits[-1] + 30]:
+            if re.match(r"^\d{4}-\d{2}-\d{2}", line):  # the next log record: the message has ended
+                break
+            message.append(line)
+        console.print("\n".join(message), markup=False, highlight=False)
+    console.print(f"full log: {log_file}")
+
+
+def cmd_summary(args) -> int:
+    from segflow.local.summary import print_summary
+
+    print_summary(load_settings(args.config), _console())
+    return 0
+
+
+def cmd_env(args) -> int:
+    from segflow.airflow.environment import airflow_environ
+
+    for key, value in airflow_environ(load_settings(args.config)).items():
+        print(f"export {key}='{value}'")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from segflow.local import services
+
+    settings = load_settings(args.config)
+    if args.action == "stop":
+        stopped = services.stop(settings)
+        print(f"stopped: {', '.join(stopped)}" if stopped else "nothing started by `segflow ui` is running")
+        return 0
+    if args.action == "status":
+        records = services.running(settings)
+        for record in records:
+            print(f"{record['name']:22s} pid {record['pid']}")
+        return 0 if records else 1
+    site = Path(settings.get("ui", "docs_dir"))
+    if args.docs or not (site / "index.html").exists():
+        from segflow.local.docs import build_docs
+
+        print("building the dbt docs and GX Data Docs sites …")
+        build_docs(settings=settings)
+    else:
+        from segflow.local.docs import link_data_docs
+
+        link_data_docs(settings)
+    print("starting Airflow (api-server, scheduler, dag-processor, triggerer), MLflow and the docs server …")
+    try:
+        services.start(settings)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    links = services.urls(settings)
+    user, password = services.airflow_login(settings)
+    print(f"Airflow        {links['airflow']}   login: {user} / {password}")
+    print(f"MLflow         {links['mlflow']}")
+    print(f"dbt docs       {links['dbt_docs']}")
+    print(f"GX Data Docs   {links['gx_data_docs']}")
+    print(f"logs: {Path(settings.get('ui', 'state_dir')) / 'logs'}; stop with `make ui-stop` (segflow ui stop)")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from segflow.bench.harness import StageFailed, load_results, run_size, write_result
+    from segflow.bench.report import write_report
+
+    results_dir, report = Path(args.results_dir), Path(args.report)
+    sizes = [] if args.report_only else [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
+    started = time.time()
+    for users in sizes:
+        print(f"benchmark: {users:,} users ({args.days} days of data)", flush=True)
+        try:
+            result = run_size(users, Path(args.cache_dir), Path(args.work_dir), days=args.days, airflow=not args.skip_airflow,
+                              progress=lambda line: print(line, flush=True))
+        except StageFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"  results: {write_result(result, results_dir)}", flush=True)
+    write_report(load_results(results_dir), report, Path(args.notes))
+    print(f"report: {report} ({time.time() - started:.0f}s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    config_help = "segflow.yml to use (default: $SEGFLOW_CONFIG, ./segflow.yml)"
+    parser = argparse.ArgumentParser(prog="segflow", description="User segmentation pipeline (Airflow + dbt + GX + MLflow).")
+    parser.add_argument("--config", default=None, help=config_help)
+    # --config is accepted after the subcommand too (`segflow run --config F`); SUPPRESS keeps the global value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", parents=[common], help="generate synthetic CRM, analytics and transaction extracts")
+    gen.add_argument("--users", type=int, default=10_000)
+    gen.add_argument("--days", type=int, default=180)
+    gen.add_argument("--seed", type=int, default=42)
+    gen.add_argument("--dirty-rate", type=float, default=0.0, help="share of rows with injected defects (0-0.5)")
+    gen.add_argument("--out", default=str(REPO_ROOT / "data" / "generated"))
+    gen.add_argument("--end-date", default=None, help="last generated day (YYYY-MM-DD; default 2026-09-30)")
+    gen.add_argument("--horizon-days", type=int, default=None, help="churn horizon of the ground truth (default 90)")
+    gen.add_argument("--event-scale", type=float, default=None, help="multiply browsing activity (default 1)")
+    gen.add_argument("--purchase-scale", type=float, default=None, help="scale the purchase hazard (default 1)")
+    gen.add_argument("--crm-url", default=None, help="SQLAlchemy URL for the CRM (default: OUT/crm.sqlite)")
+    gen.set_defaults(func=cmd_generate)
+
+    run = sub.add_parser("run", parents=[common], help="run the pipeline DAGs for one date through Airflow")
+    run.add_argument("--as-of", default=None, help="date to compute everything as of (default: yesterday)")
+    run.add_argument("--full-refresh", action="store_true",
+                     help="reload every source file up to the date and rebuild dbt's incremental event models")
+    run.add_argument("--retrain", choices=["auto", "always", "never"], default="auto",
+                     help="auto: train only when no champion model exists yet")
+    run.set_defaults(func=cmd_run)
+
+    sub.add_parser("summary", parents=[common], help="print segments, personas and churn-risk bands").set_defaults(func=cmd_summary)
+    sub.add_parser("init", parents=[common], help="prepare the Airflow metadata DB and pool").set_defaults(func=cmd_init)
+    ui = sub.add_parser("ui", parents=[common], help="start/stop the local Airflow, MLflow and docs UIs (make ui / make ui-stop)")
+    ui.add_argument("action", choices=["start", "stop", "status"])
+    ui.add_argument("--docs", action="store_true", help="rebuild the dbt docs and GX Data Docs sites before starting")
+    ui.set_defaults(func=cmd_ui)
+    bench = sub.add_parser("bench", parents=[common], help="benchmark every stage at several sizes (make bench; BENCHMARKS.md)")
+    bench.add_argument("--sizes", default="10000,100000,1000000", help="users per dataset, comma-separated")
+    bench.add_argument("--days", type=int, default=366, help="days of data (the last one is the incremental run's)")
+    bench.add_argument("--cache-dir", default=str(REPO_ROOT / "bench" / "cache"), help="generated datasets, reused")
+    bench.add_argument("--work-dir", default=str(REPO_ROOT / "bench" / "work"), help="warehouses, logs (replaced per size)")
+    bench.add_argument("--results-dir", default=str(REPO_ROOT / "bench" / "results"))
+    bench.add_argument("--report", default=str(REPO_ROOT / "BENCHMARKS.md"))
+    bench.add_argument("--notes", default=str(REPO_ROOT / "bench" / "NOTES.md"), help="text appended to the report")
+    bench.add_argument("--skip-airflow", action="store_true", help="leave out the whole pipeline through Airflow")
+    bench.add_argument("--report-only", action="store_true", help="only re-render the report from the results files")
+    bench.set_defaults(func=cmd_bench)
+    sub.add_parser("env", parents=[common], help="print the environment (export lines) Airflow runs with").set_defaults(func=cmd_env)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The end-of-run summary: rule segments, personas, churn-risk bands, and where to look next."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from segflow.core.config import Settings
+from segflow.core.warehouse import connect
+
+
+def summary_data(settings: Settings) -> dict:
+    with connect(settings.warehouse_path, read_only=True) as con:
+        def rows(sql):
+            return con.execute(sql).fetchall()
+
+        return {
+            "as_of": rows("SELECT max(as_of) FROM marts.user_scores")[0][0],
+            "users": rows("SELECT count(*) FROM marts.user_features")[0][0],
+            "segments": rows("""SELECT segment_name, count(*) AS members, count(*) FILTER (WHERE is_primary) AS primary_members
+                                FROM marts.user_segments GROUP BY 1 ORDER BY min(priority), 1"""),
+            "personas": rows("""SELECT cluster_id, persona, count(*) AS users, avg(churn_probability) AS churn
+                                FROM marts.user_scores GROUP BY 1, 2 ORDER BY 1"""),
+            "risk": rows("""SELECT churn_risk_band, count(*) FROM marts.user_scores GROUP BY 1
+                            ORDER BY array_position(['high', 'medium', 'low', 'prospect'], churn_risk_band)"""),
+            "versions": rows("SELECT any_value(clusterer_version), any_value(churn_model_version) FROM marts.user_scores")[0],
+            "monitoring": rows("""SELECT "check", model_name, subject, value, reference_value, threshold FROM ml.model_monitoring
+                                  WHERE status = 'warning' AND as_of = (SELECT max(as_of) FROM marts.user_scores)
+                                  ORDER BY 1, value DESC""") if rows("""SELECT count(*) FROM information_schema.tables
+                                  WHERE table_schema = 'ml' AND table_name = 'model_monitoring'""")[0][0] else [],
+        }
+
+
+def print_summary(settings: Settings, console: Console | None = None) -> None:
+    console = console or Console()
+    data = summary_data(settings)
+    total = max(data["users"], 1)
+    console.rule(f"segflow — {data['users']:,} users scored as of {data['as_of']}")
+    seg = Table(title="Rule segments (marts.user_segments)")
+    for col in ("segment", "members", "primary"):
+        seg.add_column(col, justify="right" if col != "segment" else "left")
+    for name, members, primary in data["segments"]:
+        seg.add_row(name, f"{members:,}", f"{primary:,}")
+    console.print(seg)
+    per = Table(title=f"Personas (clusterer v{data['versions'][0]} @champion)")
+    for col in ("cluster", "persona", "users", "share", "avg churn p"):
+        per.add_column(col, justify="left" if col == "persona" else "right")
+    for cid, persona, users, churn in data["personas"]:
+        per.add_row(str(cid), persona, f"{users:,}", f"{users / total:.0%}", "-" if churn is None else f"{churn:.2f}")
+    console.print(per)
+    risk = Table(title=f"Churn risk (churn model v{data['versions'][1]} @champion)")
+    risk.add_column("band"), risk.add_column("users", justify="right"), risk.add_column("share", justify="right")
+    for band, users in data["risk"]:
+        risk.add_row(band, f"{users:,}", f"{users / total:.0%}")
+    console.print(risk)
+    if data["monitoring"]:
+        console.print(f"[yellow]Monitoring warnings ({len(data['monitoring'])}, ml.model_monitoring):[/yellow]")
+        for check, model, subject, value, ref, limit in data["monitoring"][:8]:
+            detail = f"PSI {value:.2f} > {limit}" if check == "feature_psi" else f"{ref:.2f} -> {value:.2f}"
+            console.print(f"  {check:<16} {model:<24} {subject}: {detail}")
+    wb = settings.raw["writeback"]
+    from segflow.local.services import urls
+
+    links = urls(settings)
+    console.print(
+        "Where to look next:\n"
+        f"  warehouse     duckdb {settings.warehouse_path}  (marts.user_features, user_segments, user_scores)\n"
+        + (f"  CRM table     {wb.get('crm_table', 'crm_segments')} in {wb['crm_url']}\n" if wb.get("crm_url")
+           else "  CRM table     (no write-back: writeback.crm_url is not set)\n") +
+        f"  activation    {wb['export_dir']}/as_of={data['as_of']}/segments.csv|parquet\n"
+        f"  UIs           make ui  -> Airflow {links['airflow']}, MLflow {links['mlflow']}, dbt docs {links['dbt_docs']},\n"
+        f"                GX Data Docs {links['gx_data_docs']}  (make ui-stop stops them)",
+        soft_wrap=True,
+    )

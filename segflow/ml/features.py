@@ -1,0 +1,99 @@
+"""Feature access and the column sets the models use."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from segflow.core.warehouse import connect
+
+# Heavy-tailed counts and amounts are log-scaled before standardising.
+COUNT_FEATURES = [
+    "frequency_365d", "monetary_365d", "lifetime_orders", "lifetime_spend", "orders_30d", "orders_90d",
+    "active_days_30d", "sessions_30d", "email_opens_30d", "email_clicks_30d", "intent_score_30d", "tenure_days",
+]
+# Linear as they are: churn hazard grows steadily with days since the last purchase.
+SCORE_FEATURES = ["recency_days", "engagement_score", "top_category_share", "age"]
+CATEGORICAL_FEATURES = ["income_band", "preferred_device", "age_band", "country"]
+BOOLEAN_FEATURES = ["cart_abandoned_30d", "has_email_consent"]
+MODEL_FEATURES = COUNT_FEATURES + SCORE_FEATURES + CATEGORICAL_FEATURES + BOOLEAN_FEATURES
+
+# Personas: life stage (age, tenure), activity and value - lasting traits, not consent or geography. Recency
+# is left to the churn model: it says where a user is in their lifecycle, not who they are.
+CLUSTER_LOG_FEATURES = ["tenure_days", "active_days_30d", "frequency_365d", "monetary_365d"]
+CLUSTER_PLAIN_FEATURES = ["age"]
+# What a persona's profile reports (means against the population).
+PROFILE_FEATURES = CLUSTER_LOG_FEATURES + CLUSTER_PLAIN_FEATURES + [
+    "recency_days", "sessions_30d", "engagement_score", "email_clicks_30d", "orders_90d",
+]
+
+
+def read_features(warehouse: str | Path, as_of: date | str | None = None) -> pd.DataFrame:
+    """marts.user_features, or one partition of marts.user_features_history when `as_of` is given."""
+    with connect(warehouse, read_only=True) as con:
+        if as_of is None:
+            return con.execute("SELECT * FROM marts.user_features ORDER BY user_id").df()
+        return con.execute(
+            "SELECT * FROM marts.user_features_history WHERE as_of = ?::DATE ORDER BY user_id", [str(as_of)]
+        ).df()
+
+
+def read_training_set(warehouse: str | Path) -> pd.DataFrame:
+    with connect(warehouse, read_only=True) as con:
+        return con.execute("SELECT * FROM ml.churn_training_set ORDER BY as_of, user_id").df()
+
+
+def prepare(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Select model columns with stable dtypes (nullable ints -> float, booleans -> float, text -> object)."""
+    out = pd.DataFrame(index=frame.index)
+    for col in columns:
+        series = frame[col] if col in frame else pd.Series(np.nan, index=frame.index)
+        if col in CATEGORICAL_FEATURES:
+            out[col] = series.astype("object").where(series.notna(), "Unknown").astype(str)
+        else:
+            out[col] = pd.to_numeric(series.astype("float64"), errors="coerce")
+    return out
+
+
+def observed(columns: list[str], frame: pd.DataFrame) -> list[str]:
+    """The columns with at least one value: features of an absent source (e.g. engagement without analytics
+    events) are left out of the model rather than imputed from nothing."""
+    return [c for c in columns if c in frame and frame[c].notna().any()]
+
+
+def preprocessor(numeric_log: list[str], numeric_plain: list[str], categorical: list[str]) -> ColumnTransformer:
+    parts = []
+    if numeric_log:
+        parts.append(("log", Pipeline([
+            ("impute", SimpleImputer(strategy="median")),
+            ("log1p", FunctionTransformer(np.log1p, feature_names_out="one-to-one")),
+            ("scale", StandardScaler()),
+        ]), numeric_log))
+    if numeric_plain:
+        parts.append(("num", Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]), numeric_plain))
+    if categorical:
+        parts.append(("cat", OneHotEncoder(handle_unknown="ignore", min_frequency=0.01, sparse_output=False), categorical))
+    return ColumnTransformer(parts, verbose_feature_names_out=False)
+
+
+def synthetic_example(X: pd.DataFrame, rows: int = 5) -> pd.DataFrame:
+    """An input example for the model registry that belongs to nobody: numeric columns at population quantiles,
+    categorical columns at their most frequent value. No user's row leaves the warehouse this way."""
+    quantiles = np.linspace(0.1, 0.9, rows)
+    out = {}
+    for col in X.columns:
+        series = X[col]
+        if series.dtype == object or col in CATEGORICAL_FEATURES:
+            mode = series.mode()
+            out[col] = [mode.iloc[0] if len(mode) else "Unknown"] * rows
+        else:
+            values = series.dropna()
+            out[col] = values.quantile(quantiles).to_numpy() if len(values) else np.full(rows, np.nan)
+    return pd.DataFrame(out)[list(X.columns)]

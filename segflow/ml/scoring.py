@@ -1,0 +1,104 @@
+"""Score every user with the champion models and publish marts.user_scores atomically.
+
+The scoring task (segflow.airflow.callables.score) gates the scores with GX between compute and publish."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import date
+
+import numpy as np
+import pandas as pd
+
+from segflow.ml.churn import risk_band
+from segflow.ml.clustering import CLUSTER_COLUMNS
+from segflow.ml.features import MODEL_FEATURES, prepare, read_features
+from segflow.ml.registry import CHURN_MODEL, CLUSTER_MODEL, load_champion
+from segflow.core.config import Settings
+from segflow.core.warehouse import connect, transaction
+
+log = logging.getLogger(__name__)
+
+SCORES_DDL = """
+CREATE SCHEMA IF NOT EXISTS marts;
+CREATE TABLE IF NOT EXISTS marts.user_scores_history (
+    user_id VARCHAR, as_of DATE, cluster_id INTEGER, persona VARCHAR, churn_probability DOUBLE,
+    churn_risk_band VARCHAR, primary_segment VARCHAR, clusterer_version VARCHAR, churn_model_version VARCHAR,
+    scored_at TIMESTAMP);
+"""
+
+
+def features_as_of(settings: Settings, as_of: date) -> pd.DataFrame:
+    features = read_features(settings.warehouse_path)
+    if len(features) and str(features["as_of"].iloc[0])[:10] == as_of.isoformat():
+        return features
+    history = read_features(settings.warehouse_path, as_of)
+    if history.empty:
+        raise LookupError(f"no user features as of {as_of}: run the build DAG (segflow_build) for that date first")
+    return history
+
+
+def compute_scores(settings: Settings, as_of: date) -> tuple[pd.DataFrame, str, str]:
+    features = features_as_of(settings, as_of)
+    clusterer, cluster_version = load_champion(settings, CLUSTER_MODEL)
+    churn_model, churn_version = load_champion(settings, CHURN_MODEL)
+    personas = json.loads(cluster_version.tags.get("personas", "{}"))
+    cluster_id = clusterer.predict(prepare(features, CLUSTER_COLUMNS)).astype(int)
+    proba = churn_model.predict_proba(prepare(features, MODEL_FEATURES))[:, 1]
+    # Churn is defined among buyers: users without a purchase get no probability and band 'prospect'.
+    buyer = features["lifetime_orders"].to_numpy() > 0
+    proba = np.where(buyer, np.clip(proba, 0.0, 1.0), np.nan)
+    bands = settings.raw["churn"]["risk_bands"]
+    band = np.where(buyer, risk_band(np.nan_to_num(proba), float(bands["medium"]), float(bands["high"])), "prospect")
+    scores = pd.DataFrame({
+        "user_id": features["user_id"].astype(str),
+        "as_of": pd.to_datetime(features["as_of"]).dt.date,
+        "cluster_id": cluster_id,
+        "persona": [personas.get(str(c), f"Cluster {c}") for c in cluster_id],
+        "churn_probability": proba,
+        "churn_risk_band": band,
+        "clusterer_version": str(cluster_version.version),
+        "churn_model_version": str(churn_version.version),
+    })
+    return scores, str(cluster_version.version), str(churn_version.version)
+
+
+def read_scores(settings: Settings, as_of: date) -> pd.DataFrame:
+    """The published scores of `as_of` (from the history, so a past date can be monitored too)."""
+    with connect(settings.warehouse_path, read_only=True) as con:
+        scores = con.execute("SELECT * FROM marts.user_scores_history WHERE as_of = ?::DATE ORDER BY user_id",
+                             [as_of.isoformat()]).df()
+    if scores.empty:
+        raise LookupError(f"no scores as of {as_of}: run the scoring DAG (segflow_score) for that date first")
+    return scores
+
+
+def publish_scores(settings: Settings, scores: pd.DataFrame, as_of: date) -> int:
+    """Replace the as_of partition of the score history and, when as_of is the latest date scored, swap
+    marts.user_scores to it, in one transaction. A backfilled earlier date leaves marts.user_scores as it is."""
+    with connect(settings.warehouse_path) as con:
+        con.execute(SCORES_DDL)
+        segments = con.execute("SELECT count(*) FROM marts.user_segment_history WHERE as_of = ?::DATE", [as_of.isoformat()]).fetchall()[0][0]
+        if not segments:
+            raise LookupError(f"marts.user_segment_history holds no memberships as of {as_of}: run the build DAG for that date first")
+        with transaction(con, scores_df=scores):
+            con.execute("DELETE FROM marts.user_scores_history WHERE as_of = ?::DATE", [as_of.isoformat()])
+            con.execute("""
+                INSERT INTO marts.user_scores_history BY NAME
+                SELECT s.user_id, s.as_of, s.cluster_id, s.persona, s.churn_probability, s.churn_risk_band,
+                       coalesce(seg.segment_name, 'General Audience') AS primary_segment,
+                       s.clusterer_version, s.churn_model_version, (now() AT TIME ZONE 'UTC') AS scored_at
+                FROM scores_df s
+                LEFT JOIN marts.user_segment_history seg ON seg.user_id = s.user_id AND seg.is_primary AND seg.as_of = s.as_of
+            """)
+            latest = con.execute("SELECT max(as_of) FROM marts.user_scores_history").fetchone()[0]
+            if latest == as_of:
+                con.execute("DROP TABLE IF EXISTS marts.user_scores__staging")
+                con.execute("CREATE TABLE marts.user_scores__staging AS "
+                            "SELECT * FROM marts.user_scores_history WHERE as_of = ?::DATE", [as_of.isoformat()])
+                con.execute("DROP TABLE IF EXISTS marts.user_scores")
+                con.execute("ALTER TABLE marts.user_scores__staging RENAME TO user_scores")
+            else:
+                log.info("scores as of %s stored in the history; marts.user_scores stays as of %s (the latest)", as_of, latest)
+        return con.execute("SELECT count(*) FROM marts.user_scores_history WHERE as_of = ?::DATE", [as_of.isoformat()]).fetchone()[0]

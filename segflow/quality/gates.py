@@ -1,0 +1,279 @@
+"""Quality gates with Great Expectations Core 1.x.
+
+Suites live as JSON under expectations/ (versioned with the code) and are synced into a project-local
+GX file context (`quality.gx_dir`) on every run; each validation runs as a Checkpoint that stores its result
+and updates the static Data Docs site. Each expectation carries
+`meta.severity`: `critical` stops the pipeline before anything downstream is published; `warning` is
+recorded and logged but does not block. Every result goes to the warehouse table
+`quality.validation_results`.
+
+Validation path: the batch is read from DuckDB into a pandas DataFrame and validated with GX's pandas
+datasource. GX's SQL datasource on DuckDB is unreliable (see DEVELOPERS notes), while pandas evaluation
+is exact; batches are bounded (the rows one run loaded, or one mart), so memory stays predictable.
+Row-level parsing problems never reach GX: the extract quarantines them (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from segflow.core.config import Settings
+from segflow.core.dbt import currency_rates
+from segflow.core.warehouse import connect
+
+log = logging.getLogger(__name__)
+
+RESULTS_DDL = """
+CREATE SCHEMA IF NOT EXISTS quality;
+CREATE TABLE IF NOT EXISTS quality.validation_results (
+    run_id VARCHAR, as_of DATE, suite VARCHAR, expectation VARCHAR, column_name VARCHAR, severity VARCHAR,
+    success BOOLEAN, observed_value VARCHAR, unexpected_count BIGINT, element_count BIGINT,
+    unexpected_sample VARCHAR, validated_at TIMESTAMP);
+"""
+
+
+class QualityGateError(RuntimeError):
+    """A critical expectation failed: nothing downstream may be published."""
+
+
+@dataclass
+class ExpectationOutcome:
+    suite: str
+    expectation: str
+    column: str | None
+    severity: str
+    success: bool
+    observed: str
+    unexpected_count: int | None
+    element_count: int | None
+    sample_keys: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        where = f" on column {self.column}" if self.column else ""
+        sample = f"; sample keys: {', '.join(self.sample_keys)}" if self.sample_keys else ""
+        return f"[{self.suite}] {self.expectation}{where} failed ({self.severity}): observed {self.observed}{sample}"
+
+
+def expectations_dir(settings: Settings) -> Path:
+    return Path(settings.get("quality", "expectations_dir"))
+
+
+def load_suite(settings: Settings, name: str):
+    import great_expectations as gx
+
+    doc = json.loads((expectations_dir(settings) / f"{name}.json").read_text())
+    suite = gx.ExpectationSuite(name=doc["name"], expectations=doc["expectations"], meta=doc.get("meta"))
+    # GX logs and skips invalid expectations; a typo in a suite must fail loudly instead.
+    if len(suite.expectations) != len(doc["expectations"]):
+        raise ValueError(f"expectations/{name}.json: {len(doc['expectations']) - len(suite.expectations)} invalid expectation(s)")
+    return suite, doc.get("meta", {}).get("key_column")
+
+
+def gx_context(settings: Settings):
+    """The project's GX file context (results store + Data Docs), created on first use."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+
+    root = Path(settings.get("quality", "gx_dir"))
+    root.mkdir(parents=True, exist_ok=True)
+    context = gx.get_context(mode="file", project_root_dir=str(root))
+    context.variables.progress_bars = {"globally": False, "metric_calculations": False}
+    return context
+
+
+def data_docs_index(settings: Settings) -> Path:
+    return Path(settings.get("quality", "gx_dir")) / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+
+
+def _replace(collection, obj):
+    """Store `obj` under its name, replacing a stored one (keeps GX's store in sync with expectations/)."""
+    try:
+        collection.delete(obj.name)
+    except Exception:  # noqa: BLE001 - GX raises different types for "not found" across stores
+        pass
+    return collection.add(obj)
+
+
+def _batch_definition(context, asset_name: str):
+    try:
+        source = context.data_sources.get("segflow")
+    except (KeyError, ValueError):
+        source = context.data_sources.add_pandas("segflow")
+    try:
+        asset = source.get_asset(asset_name)
+    except LookupError:
+        asset = source.add_dataframe_asset(asset_name)
+    try:
+        return asset.get_batch_definition("batch")
+    except KeyError:
+        return asset.add_batch_definition_whole_dataframe("batch")
+
+
+def validate_frame(settings: Settings, suite_name: str, frame: pd.DataFrame, parameters: dict[str, Any] | None = None,
+                   run_name: str | None = None) -> list[ExpectationOutcome]:
+    """Validate `frame` with the suite as a GX Checkpoint (result stored, Data Docs updated). `run_name` names
+    the result in the Data Docs (the pipeline passes the as-of date and the Airflow run id)."""
+    import re
+
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    suite, key = load_suite(settings, suite_name)
+    context = gx_context(settings)
+    suite = _replace(context.suites, suite)
+    definition = _replace(context.validation_definitions,
+                          gx.ValidationDefinition(name=suite_name, data=_batch_definition(context, suite_name), suite=suite))
+    result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
+    if key and key in frame.columns:
+        result_format["unexpected_index_column_names"] = [key]
+    checkpoint = _replace(context.checkpoints, gx.Checkpoint(
+        name=suite_name, validation_definitions=[definition], result_format=result_format,
+        actions=[UpdateDataDocsAction(name="update_data_docs")]))
+    run_id = RunIdentifier(run_name=re.sub(r"[^A-Za-z0-9_.=-]+", "_", run_name)) if run_name else None
+    run = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters or {}, run_id=run_id)
+    result = next(iter(run.run_results.values()))
+    outcomes = []
+    for r in result.results:
+        cfg = r.expectation_config
+        res = r.result or {}
+        observed = res.get("observed_value")
+        if observed is None and res.get("unexpected_count") is not None:
+            observed = f"{res['unexpected_count']} unexpected of {res.get('element_count')} ({res.get('unexpected_percent') or 0:.2f}%)" \
+                       f"; e.g. {res.get('partial_unexpected_list', [])[:3]}"
+        info = r.exception_info or {}
+        errors = [info] if info.get("raised_exception") else [v for v in info.values() if isinstance(v, dict) and v.get("exception_message")]
+        if errors:  # GX reports metric errors as a failed expectation: say so instead of "observed None"
+            observed = f"error: {errors[0].get('exception_message')}"
+        sample = [str(i.get(key)) for i in res.get("partial_unexpected_index_list") or [] if isinstance(i, dict) and key in i]
+        outcomes.append(ExpectationOutcome(suite_name, cfg.type, cfg.kwargs.get("column"), (cfg.meta or {}).get("severity", "critical"),
+                                           bool(r.success), str(observed), res.get("unexpected_count"), res.get("element_count"), sample[:5]))
+    return outcomes
+
+
+def record(settings: Settings, outcomes: list[ExpectationOutcome], as_of: date, run_id: str) -> None:
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    rows = [(run_id, as_of, o.suite, o.expectation, o.column, o.severity, o.success, o.observed, o.unexpected_count,
+             o.element_count, json.dumps(o.sample_keys), now) for o in outcomes]
+    with connect(settings.warehouse_path) as con:
+        con.execute(RESULTS_DDL)
+        if rows:
+            con.executemany("INSERT INTO quality.validation_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def enforce(outcomes: list[ExpectationOutcome]) -> dict[str, int]:
+    for o in outcomes:
+        if not o.success and o.severity != "critical":
+            log.warning("quality warning: %s", o.describe())
+    critical = [o for o in outcomes if not o.success and o.severity == "critical"]
+    if critical:
+        raise QualityGateError("critical quality check(s) failed, nothing was published:\n" + "\n".join(o.describe() for o in critical))
+    return {"checked": len(outcomes), "warnings": sum(not o.success for o in outcomes)}
+
+
+def _run_suites(settings: Settings, batches: dict[str, tuple[pd.DataFrame, dict]], as_of: date, run_id: str) -> dict:
+    outcomes: list[ExpectationOutcome] = []
+    for suite, (frame, params) in batches.items():
+        outcomes.extend(validate_frame(settings, suite, frame, params, run_name=f"as_of={as_of}_{run_id}"))
+    record(settings, outcomes, as_of, run_id)
+    return enforce(outcomes)
+
+
+# Validation frames: the rows this run loaded plus columns the suites need that a single row cannot tell
+# (is the customer known to the CRM? does the normalised email repeat?).
+RAW_BATCHES = {
+    "raw_transactions": """
+        SELECT t.*, t.order_id || '|' || coalesce(t.line_id, '') AS order_line_key, (NOT EXISTS (SELECT 1 FROM raw.crm_contacts)
+                     OR t.customer_ref IN (SELECT contact_id FROM raw.crm_contacts)
+                     OR lower(trim(t.customer_ref)) IN (SELECT lower(trim(email)) FROM raw.crm_contacts)) AS customer_known
+        FROM raw.transactions t WHERE t._run_id = ?""",
+    "raw_events": "SELECT * FROM raw.events WHERE _run_id = ?",
+    "raw_crm_contacts": """SELECT *, lower(trim(email)) AS email_normalised FROM raw.crm_contacts WHERE _run_id = ?""",
+}
+
+
+def validate_raw_tables(settings: Settings, as_of: date, run_id: str) -> dict:
+    """Validate the rows this run loaded (the run's batch) for each raw source that received any."""
+    max_ts = pd.Timestamp(as_of + timedelta(days=2))
+    params = {"raw_transactions": {"max_ts": max_ts, "currencies": sorted(currency_rates())},
+              "raw_events": {"max_ts": max_ts},
+              "raw_crm_contacts": {"min_birth_date": pd.Timestamp("1900-01-01"), "as_of": pd.Timestamp(as_of)}}
+    outcomes: list[ExpectationOutcome] = []
+    with connect(settings.warehouse_path, read_only=True) as con:
+        for suite, sql in RAW_BATCHES.items():
+            for files in raw_chunks(con, sql, run_id):
+                frame = con.execute(f"SELECT * FROM ({sql}) WHERE _source_file IN (SELECT unnest(?::VARCHAR[]))",
+                                    [run_id, files]).df()
+                if "birth_date" in frame:
+                    frame["birth_date"] = pd.to_datetime(frame["birth_date"])
+                if len(frame):
+                    outcomes.extend(validate_frame(settings, suite, frame, params[suite], run_name=f"as_of={as_of}_{run_id}"))
+    record(settings, outcomes, as_of, run_id)
+    return enforce(outcomes)
+
+
+RAW_CHUNK_ROWS = 1_000_000
+
+
+def raw_chunks(con, sql: str, run_id: str, max_rows: int = RAW_CHUNK_ROWS) -> list[list[str]]:
+    """The run's loaded files in groups of at most `max_rows` rows (a file is never split). A daily run is one
+    group; a full refresh of a year of 1M users' events (30M rows) would need >24 GB as one pandas frame in GX.
+    Expectations hold per group, so uniqueness is checked within a group of files (dbt deduplicates across)."""
+    counts = con.execute(f"SELECT _source_file, count(*) FROM ({sql}) GROUP BY 1 ORDER BY 1", [run_id]).fetchall()
+    groups: list[list[str]] = []
+    rows = 0
+    for name, n in counts:
+        if not groups or rows + n > max_rows:
+            groups.append([])
+            rows = 0
+        groups[-1].append(name)
+        rows += n
+    return groups
+
+
+def validate_mart_tables(settings: Settings, as_of: date, run_id: str) -> dict:
+    """Validate the audit candidates of the marts (write-audit-publish: nothing is published yet), and the
+    candidate's segment sizes against the published previous run."""
+    from segflow.core.dbt import audit_schema
+
+    bounds = settings.get("quality", "segment_size_ratio", default={"min": 0.5, "max": 2.0})
+    schema = audit_schema(as_of.isoformat())
+    with connect(settings.warehouse_path, read_only=True) as con:
+        features = con.execute(f"SELECT * FROM {schema}.audit_user_features").df()
+        segments = con.execute(f"SELECT * FROM {schema}.audit_user_segments").df()
+        rules = [r[0] for r in con.execute("SELECT segment_name FROM reference.segment_rules").fetchall()]
+        has_previous = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'marts' "
+                                   "AND table_name = 'user_segment_history'").fetchall()[0][0]
+        # Compared with the latest published date before this one (a backfill compares with its own past).
+        previous = (f"SELECT rule_name AS segment_name, count(*) AS previous_members FROM marts.user_segment_history "
+                    f"WHERE as_of = (SELECT max(as_of) FROM marts.user_segment_history WHERE as_of < DATE '{as_of.isoformat()}') "
+                    f"GROUP BY 1")
+        sizes = con.execute(f"""
+            WITH cand AS (SELECT rule_name AS segment_name, count(*) AS members FROM {schema}.audit_user_segments GROUP BY 1),
+                 prev AS ({previous if has_previous else 'SELECT NULL::VARCHAR AS segment_name, NULL::BIGINT AS previous_members WHERE false'})
+            SELECT segment_name, coalesce(members, 0) AS members, previous_members,
+                   coalesce(members, 0) / previous_members::DOUBLE AS size_ratio
+            FROM prev LEFT JOIN cand USING (segment_name)""").df()
+    batches = {"marts_user_features": (features, {}), "marts_user_segments": (segments, {"segment_rules": rules})}
+    if len(sizes):
+        batches["marts_segment_sizes"] = (sizes, {"min_ratio": float(bounds["min"]), "max_ratio": float(bounds["max"])})
+    return _run_suites(settings, batches, as_of, run_id)
+
+
+def validate_scores(settings: Settings, scores: pd.DataFrame, as_of: date, run_id: str) -> dict:
+    """Validate scores in memory, before they are published."""
+    with connect(settings.warehouse_path, read_only=True) as con:
+        # The features scored: the published table for its date, else that date's history partition.
+        feature_rows = con.execute("""
+            SELECT coalesce(nullif((SELECT count(*) FROM marts.user_features WHERE as_of = ?::DATE), 0),
+                            (SELECT count(*) FROM marts.user_features_history WHERE as_of = ?::DATE))""",
+                                   [as_of.isoformat(), as_of.isoformat()]).fetchall()[0][0]
+    return _run_suites(settings, {"marts_user_scores": (scores, {"feature_rows": feature_rows})}, as_of, run_id)
