@@ -19,10 +19,10 @@ DEMO_USERS ?= 10000
 DEMO_DAYS ?= 180
 DEMO_AS_OF ?= 2026-09-30
 
-# Debian packages the browser and compose tests need (no browser or compose download works here).
+# Debian packages of the browser and compose tests (they skip, with the reason, when these are missing).
 SYSTEM_PACKAGES := chromium chromium-driver docker-compose
 
-.PHONY: help install system-deps demo generate run summary test test-fast docs ui ui-stop bench clean
+.PHONY: help install system-deps demo generate run summary test test-fast lint format docs ui ui-stop bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,7 +35,7 @@ install: $(UV)  ## create .venv from uv.lock, prepare Airflow's metadata DB and 
 	$(UV) sync --frozen
 	$(SEGFLOW) init
 
-system-deps:  ## install the Debian packages the browser and compose tests use, if missing
+system-deps:  ## optional: Debian packages for the browser and compose tests (apt, needs root or sudo)
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:" $$missing; \
@@ -59,13 +59,29 @@ summary:  ## print the summary of the last run
 # Two workers, one test file each at a time: the machines here have 2 cores.
 PYTEST_WORKERS ?= 2
 
-test: $(UV) system-deps  ## the test suite (unit, DAG integrity, end to end, operations, browser); what CI runs
+test: $(UV)  ## the test suite (unit, DAG integrity, end to end, operations, browser); skips say what they need
 	$(UV) sync --frozen
 	$(UV) run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15
 
-test-fast: $(UV) system-deps  ## unit tests only
+test-fast: $(UV)  ## unit tests only
 	$(UV) sync --frozen
 	$(UV) run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not e2e"
+
+# sqlfluff's dbt templater compiles the project: it needs a warehouse path (an empty scratch file will do).
+LINT_ENV := SEGFLOW_WAREHOUSE_PATH=$(CURDIR)/.cache/lint/warehouse.duckdb DBT_TARGET_PATH=$(CURDIR)/.cache/lint/dbt-target \
+	DBT_LOG_PATH=$(CURDIR)/.cache/lint/dbt-logs
+
+lint: $(UV)  ## ruff (lint + format check), mypy on the core packages, sqlfluff over the dbt project
+	$(UV) sync --frozen
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+	$(UV) run --frozen mypy
+	mkdir -p .cache/lint && $(LINT_ENV) $(UV) run --frozen sqlfluff lint dbt_project
+
+format: $(UV)  ## apply ruff's fixes and formatting, and sqlfluff's fixes
+	$(UV) run --frozen ruff check --fix .
+	$(UV) run --frozen ruff format .
+	mkdir -p .cache/lint && $(LINT_ENV) $(UV) run --frozen sqlfluff fix dbt_project
 
 docs: install  ## build the dbt docs site into docs/site (open docs/site/index.html)
 	$(UV) run --frozen python -m segflow.local.docs

@@ -16,13 +16,17 @@ from cosmos.constants import InvocationMode
 from cosmos.operators.local import DbtBuildLocalOperator
 
 from segflow.airflow import callables
-from segflow.airflow.environment import DBT_PROJECT_DIR
+from segflow.core.dbt import dbt_target
+from segflow.core.resources import DBT_PROJECT_DIR
 from segflow.airflow.assets import USER_FEATURES
 from segflow.airflow.dag_defaults import segflow_dag
 from segflow.airflow.shared_tasks import dbt_vars, resolve_as_of, templated_dbt_vars
 from segflow.airflow.callables import DUCKDB_POOL
 
-profile_config = ProfileConfig(profile_name="segflow", target_name="duckdb", profiles_yml_filepath=DBT_PROJECT_DIR / "profiles.yml")
+# The target comes from the environment Airflow runs with (SEGFLOW_DBT_TARGET, set from segflow.yml by segflow's
+# Airflow environment): the same function the CLI and the training builds use.
+profile_config = ProfileConfig(profile_name="segflow", target_name=dbt_target(),
+                               profiles_yml_filepath=DBT_PROJECT_DIR / "profiles.yml")
 # One `dbt build` per stage (models and their tests in dependency order), not one task per model: a dbt
 # invocation costs ~1.5 s of start-up whatever the data size, which made 38 per-model tasks a minute per day
 # and a 14-day backfill most of an hour. Per-model results are in the task log and in target/run_results.json.

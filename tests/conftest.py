@@ -87,23 +87,66 @@ def dirty_dataset(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server for this test session: SEGFLOW_TEST_POSTGRES_URL, else a throwaway one started from the
+    installed binaries, else the test is skipped with the reason (a failure under SEGFLOW_TEST_STRICT)."""
+    from tests.support.services import POSTGRES_URL_ENV, ThrowawayPostgres, need, server_from_url, wait_for
+
+    url = os.environ.get(POSTGRES_URL_ENV)
+    if url:
+        server = server_from_url(url)
+        wait_for(server, timeout=10)
+        yield server
+        return
+    throwaway = ThrowawayPostgres()
+    problem = throwaway.available()
+    need(problem is None, problem or "")
+    try:
+        server = throwaway.start()
+        wait_for(server)
+        yield server
+    finally:
+        throwaway.stop()
+
+
 @pytest.fixture
-def postgres_url():
-    """A throw-away database on the local PostgreSQL server (127.0.0.1:5432), dropped afterwards."""
+def postgres_database(postgres_server):
+    """A throw-away database on the session's PostgreSQL server, dropped afterwards: (server, database name)."""
     import uuid
 
     from sqlalchemy import create_engine, text
 
-    admin = create_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+    admin = create_engine(postgres_server.url(), isolation_level="AUTOCOMMIT")
     name = f"segflow_test_{uuid.uuid4().hex[:8]}"
     with admin.connect() as conn:
         conn.execute(text(f"CREATE DATABASE {name}"))
     try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+        yield postgres_server, name
     finally:
         with admin.connect() as conn:
             conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_database):
+    """The SQLAlchemy URL of a throw-away database (see postgres_database)."""
+    server, name = postgres_database
+    return server.url(name)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under SEGFLOW_TEST_STRICT (CI, where every service exists) a skip of any origin is a failure."""
+    from tests.support.services import STRICT_ENV, strict
+
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and strict() and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but {STRICT_ENV} is set and nothing may skip: {reason}"
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,8 @@ import os
 import urllib.request
 from datetime import datetime, timedelta, timezone
 
+from segflow.airflow import progress
+
 log = logging.getLogger(__name__)
 
 # Early on purpose: runs (and backfills) for any historical as-of date must be possible, e.g. the 2011
@@ -54,6 +56,9 @@ def alert_webhook_url() -> str | None:
 def on_failure_alert(context) -> None:
     """Record the failure: the task log, one JSON line in the alert log (SEGFLOW_ALERT_LOG, default
     $AIRFLOW_HOME/alerts.jsonl) and, when a webhook is configured, a JSON POST (Slack/Teams-style hooks)."""
+    from segflow.airflow.progress import report
+
+    report("failed", context)
     payload = {**alert_payload(context), "at": datetime.now(timezone.utc).isoformat()}
     log.error("segflow task failed: %s", payload)
     try:
@@ -78,6 +83,9 @@ DEFAULT_ARGS = {
     "max_retry_delay": timedelta(minutes=30),
     "execution_timeout": timedelta(hours=2),
     "on_failure_callback": on_failure_alert,
+    # Progress lines for `segflow run` (no-ops in scheduled runs).
+    "on_execute_callback": progress.on_start,
+    "on_success_callback": progress.on_success,
 }
 
 AS_OF_PARAM_DOC = "Date to compute everything as of (YYYY-MM-DD). Empty: derived from the run (see docs/architecture.md)."

@@ -11,11 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from segflow.core.config import REPO_ROOT, Settings
-from segflow.core.dbt import DBT_PROJECT_DIR
+from segflow.core.config import Settings
+from segflow.core.dbt import DBT_TARGET_ENV, dbt_target
+from segflow.core.resources import AIRFLOW_SETTINGS_DIR, DAGS_FOLDER, DBT_PROJECT_DIR, PACKAGE_DIR
 
-DAGS_FOLDER = REPO_ROOT / "dags"
-LOCAL_SETTINGS_DIR = REPO_ROOT / "deploy" / "airflow"  # airflow_local_settings.py
+LOCAL_SETTINGS_DIR = AIRFLOW_SETTINGS_DIR  # airflow_local_settings.py
 
 
 def airflow_home(settings: Settings) -> Path:
@@ -40,11 +40,12 @@ def airflow_environ(settings: Settings, environ: dict[str, str] | None = None) -
         "SEGFLOW_WAREHOUSE_PATH": str(settings.warehouse_path),
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
         "DBT_PROFILES_DIR": str(DBT_PROJECT_DIR),
+        DBT_TARGET_ENV: dbt_target(settings, environ),
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
         "DO_NOT_TRACK": "true",
         "GX_ANALYTICS_ENABLED": "false",
         "MLFLOW_DISABLE_TELEMETRY": "true",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), str(LOCAL_SETTINGS_DIR), environ.get("PYTHONPATH", "")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), str(LOCAL_SETTINGS_DIR), environ.get("PYTHONPATH", "")])),
         # Airflow's components spawn `airflow ...` by name: the project's environment comes first.
         "PATH": os.pathsep.join(filter(None, [str(Path(sys.executable).parent), environ.get("PATH", "")])),
     }
@@ -52,7 +53,8 @@ def airflow_environ(settings: Settings, environ: dict[str, str] | None = None) -
         wanted["SEGFLOW_CONFIG"] = str(settings.config_file)
     # Derived from the settings (which already take SEGFLOW__ overrides): a value inherited from another run's
     # environment must not point this run's dbt at another warehouse.
-    derived = ("PYTHONPATH", "PATH", "SEGFLOW_WAREHOUSE_PATH", "MLFLOW_TRACKING_URI", "SEGFLOW_CONFIG", "DBT_PROFILES_DIR")
+    derived = ("PYTHONPATH", "PATH", "SEGFLOW_WAREHOUSE_PATH", "MLFLOW_TRACKING_URI", "SEGFLOW_CONFIG", "DBT_PROFILES_DIR",
+               DBT_TARGET_ENV)
     return {k: v if k in derived else environ.get(k, v) for k, v in wanted.items()}
 
 

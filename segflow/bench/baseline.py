@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 
 from segflow.core.config import Settings
-from segflow.core.dbt import DBT_PROJECT_DIR
+from segflow.core.resources import DBT_PROJECT_DIR
 
 # ephemeral model -> file name of its export
 INPUT_MODELS = {

@@ -1,53 +1,184 @@
-"""Configuration: one YAML file, environment variables on top, paths resolved against the project root.
+"""Configuration: one YAML file, environment overrides on top, typed and validated in one place.
 
 Lookup order for the file: explicit path (``--config``) > ``SEGFLOW_CONFIG`` > ``./segflow.yml`` >
-the repository's ``segflow.yml``. Any key can be overridden with ``SEGFLOW__SECTION__KEY=value``
-(double underscores separate nesting levels), e.g. ``SEGFLOW__WAREHOUSE__PATH=/data/wh.duckdb``.
-Secrets never live in the file: URLs may reference ``${ENV_VAR}`` and are expanded at load time.
+the source checkout's ``segflow.yml``. Every key, its type and its default is declared once, in the models
+below (docs/configuration.md is generated from them). Any key can be overridden with
+``SEGFLOW__SECTION__KEY=value`` (double underscores separate nesting levels), e.g.
+``SEGFLOW__WAREHOUSE__PATH=/data/wh.duckdb``. Secrets never live in the file: URLs and paths may reference
+``${ENV_VAR}`` (or ``${ENV_VAR:-default}``), expanded at load time.
+
+An unknown key - in the file or in a ``SEGFLOW__`` variable - is refused with its path and the closest valid
+key; invalid YAML names the file, line and column. Every such problem is a ``ConfigError``: one line, which
+the CLI prints and exits with status 2.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV_PREFIX = "SEGFLOW__"
 
-DEFAULTS: dict[str, Any] = {
-    # Relative paths below are resolved against `root`, itself relative to the config file.
-    "root": ".",
-    "sources": {
-        "crm": {"url": "sqlite:///data/generated/crm.sqlite", "table": "contacts", "lookback_hours": 72},
-        "events": {"path": "data/generated/events", "pattern": ["*.jsonl", "*.jsonl.gz"]},
-        "transactions": {"path": "data/generated/transactions", "pattern": ["*.csv", "*.csv.gz"]},
-    },
-    "warehouse": {"path": "warehouse/segflow.duckdb"},
-    "mlflow": {
-        "tracking_uri": "sqlite:///mlruns/mlflow.db",
-        "artifact_root": "mlruns/artifacts",
-        "experiment": "segflow",
-    },
-    "writeback": {
-        "crm_url": "sqlite:///data/generated/crm.sqlite",
-        "crm_table": "crm_segments",
-        "export_dir": "exports/activation",
-    },
-    "features": {"reporting_currency": "EUR"},
-    "churn": {"horizon_days": 90, "risk_bands": {"medium": 0.3, "high": 0.6}, "champion_tolerance": 0.0},
-    "clustering": {"k_min": 3, "k_max": 8, "sample_size": 20000, "seed": 42},
-    "quality": {"expectations_dir": "expectations", "gx_dir": "gx", "segment_size_ratio": {"min": 0.5, "max": 2.0}},
-    # `segflow ui` (make ui): local web UIs, their process ids and logs, and the static docs they serve.
-    "ui": {"host": "127.0.0.1", "airflow_port": 8080, "mlflow_port": 5000, "docs_port": 8081,
-           "log_server_port": 8793, "trigger_log_server_port": 8794, "state_dir": ".ui", "docs_dir": "docs/site"},
-}
 
+class ConfigError(ValueError):
+    """The configuration cannot be used. The message is one line naming the file or variable and the key."""
+
+
+# --- the schema: every key, its type and default -----------------------------------------------------------
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# Keys of a source by kind (sources.<name>); `kind` is inferred from them when omitted (docs/extracts.md).
+SOURCE_KIND_KEYS: dict[str, frozenset[str]] = {
+    "sql": frozenset({"url", "conn_id", "table", "schema", "watermark_column", "lookback_hours"}),
+    "files": frozenset({"path", "pattern", "format", "encoding", "delimiter", "allow_empty"}),
+    "http": frozenset({"url", "conn_id", "auth", "params", "records_path", "pagination", "start_date", "max_retries",
+                       "backoff_seconds", "max_backoff_seconds", "timeout_seconds", "headers", "interval_params",
+                       "page_size"}),
+}
+SOURCE_COMMON_KEYS = frozenset({"kind", "dataset", "mapping", "enabled", "description"})
+MAPPING_KEYS = frozenset({"rename", "constants", "derive", "values", "formats", "timezone", "decimal"})
+
+
+
+class WarehouseConfig(_Section):
+    path: str = Field("warehouse/segflow.duckdb", description="The DuckDB warehouse file.")
+
+
+class DbtConfig(_Section):
+    target: str | None = Field(None, description="Output of dbt_project/profiles.yml to build with (default: duckdb); "
+                                                 "the environment variable SEGFLOW_DBT_TARGET wins.")
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str = Field("sqlite:///mlruns/mlflow.db", description="MLflow tracking and registry store.")
+    artifact_root: str | None = Field("mlruns/artifacts", description="Where new experiments keep their artifacts.")
+    experiment: str = Field("segflow", description="MLflow experiment of training and monitoring runs.")
+
+
+class WritebackConfig(_Section):
+    crm_url: str | None = Field(None, description="SQLAlchemy URL of the CRM database receiving crm_segments "
+                                                  "(unset: no CRM write-back).")
+    crm_table: str = Field("crm_segments", description="Table the scores are upserted into.")
+    export_dir: str = Field("exports/activation", description="Activation export folder (as_of=<date>/segments.*).")
+
+
+class FeaturesConfig(_Section):
+    reporting_currency: str = Field("EUR", description="Currency of every amount in the marts.")
+
+
+class RiskBands(_Section):
+    medium: float = Field(0.3, gt=0, lt=1, description="Churn probability from which a buyer is 'medium' risk.")
+    high: float = Field(0.6, gt=0, lt=1, description="Churn probability from which a buyer is 'high' risk.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RiskBands:
+        if self.medium >= self.high:
+            raise ValueError(f"medium ({self.medium}) must be below high ({self.high})")
+        return self
+
+
+ChurnCandidate = Literal["logistic_regression", "gradient_boosting"]
+ClusterAlgorithm = Literal["kmeans", "minibatch_kmeans", "gaussian_mixture"]
+
+
+class ChurnConfig(_Section):
+    horizon_days: int = Field(90, gt=0, description="Churned = no completed purchase in the H days after the as-of date.")
+    risk_bands: RiskBands = Field(default_factory=RiskBands)
+    champion_tolerance: float = Field(0.0, ge=0, description="A challenger must beat the champion's holdout ROC-AUC "
+                                                             "by more than this.")
+    training_snapshots: int = Field(3, gt=0, description="Feature dates of the training set: as_of - H, then every "
+                                                         "interval back.")
+    snapshot_interval_days: int = Field(21, gt=0, description="Days between training snapshots.")
+    candidates: list[ChurnCandidate] = Field(default_factory=lambda: ["logistic_regression", "gradient_boosting"],
+                                             min_length=1, description="Model families compared on the holdout.")
+    refit_on_all: bool = Field(True, description="Refit the winner on all snapshots once the holdout has chosen it.")
+    max_training_rows: int = Field(200_000, ge=0, description="A seeded random sample beyond this (0: no cap).")
+
+
+class ClusteringConfig(_Section):
+    algorithms: list[ClusterAlgorithm] = Field(
+        default_factory=lambda: ["kmeans", "minibatch_kmeans", "gaussian_mixture"], min_length=1,
+        description="Clustering families compared for the personas.")
+    k_min: int = Field(3, ge=2, description="Fewest personas tried.")
+    k_max: int = Field(8, ge=2, description="Most personas tried.")
+    sample_size: int = Field(20_000, gt=0, description="Candidates are compared on a sample; the winner scores everyone.")
+    seed: int = Field(42, description="Random seed of sampling and fitting.")
+    champion_tolerance: float = Field(0.0, ge=0, description="On silhouette, for the same users.")
+
+    @model_validator(mode="after")
+    def _range(self) -> ClusteringConfig:
+        if self.k_min > self.k_max:
+            raise ValueError(f"k_min ({self.k_min}) must not exceed k_max ({self.k_max})")
+        return self
+
+
+class MonitoringConfig(_Section):
+    psi_warning: float = Field(0.2, gt=0, description="Feature drift against the champion's training data (PSI).")
+    share_change_warning: float = Field(0.1, gt=0, description="Persona / risk-band share change since the previous "
+                                                               "scoring.")
+    score_mean_change_warning: float = Field(0.1, gt=0, description="Change of the mean churn probability.")
+    on_drift: Literal["warn", "fail"] = Field("warn", description="fail: drift warnings also fail the monitoring task.")
+
+
+class SizeRatio(_Section):
+    min: float = Field(0.5, gt=0, description="Warn when a segment shrinks below this share of its previous size.")
+    max: float = Field(2.0, gt=0, description="Warn when a segment grows beyond this multiple of its previous size.")
+
+
+class QualityConfig(_Section):
+    expectations_dir: str | None = Field(None, description="Great Expectations suites (default: the ones installed "
+                                                           "with segflow).")
+    gx_dir: str = Field("gx", description="GX project: stored results and Data Docs.")
+    segment_size_ratio: SizeRatio = Field(default_factory=SizeRatio)
+
+
+class AirflowConfig(_Section):
+    home: str | None = Field(None, description="AIRFLOW_HOME for segflow's commands (default: <root>/.airflow).")
+
+
+class UiConfig(_Section):
+    host: str = Field("127.0.0.1", description="Interface the local UIs listen on.")
+    airflow_port: int = Field(8080, gt=0, lt=65536)
+    mlflow_port: int = Field(5000, gt=0, lt=65536)
+    docs_port: int = Field(8081, gt=0, lt=65536, description="dbt docs at /, GX Data Docs at /gx/.")
+    log_server_port: int = Field(8793, gt=0, lt=65536, description="The scheduler's task-log server.")
+    trigger_log_server_port: int = Field(8794, gt=0, lt=65536, description="The triggerer's task-log server.")
+    state_dir: str = Field(".ui", description="Process ids, logs and the generated Airflow login.")
+    docs_dir: str = Field("docs/site", description="The static docs sites.")
+
+
+class SegflowConfig(_Section):
+    root: str = Field(".", description="Folder relative paths resolve against (itself relative to the file).")
+    sources: dict[str, dict[str, Any] | None] = Field(
+        default_factory=dict,
+        description="Where the data comes from, source by source (docs/extracts.md); null switches one off.")
+    warehouse: WarehouseConfig = Field(default_factory=WarehouseConfig)
+    dbt: DbtConfig = Field(default_factory=DbtConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    writeback: WritebackConfig = Field(default_factory=WritebackConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    churn: ChurnConfig = Field(default_factory=ChurnConfig)
+    clustering: ClusteringConfig = Field(default_factory=ClusteringConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    airflow: AirflowConfig = Field(default_factory=AirflowConfig)
+    ui: UiConfig = Field(default_factory=UiConfig)
+
+
+# Paths resolved against `root`; URLs whose relative SQLite paths are made absolute.
 PATH_KEYS = [
     ("warehouse", "path"),
     ("ui", "state_dir"),
@@ -56,18 +187,111 @@ PATH_KEYS = [
     ("writeback", "export_dir"),
     ("quality", "expectations_dir"),
     ("quality", "gx_dir"),
+    ("airflow", "home"),
 ]
 URL_KEYS = [("writeback", "crm_url"), ("mlflow", "tracking_uri")]
 
 
-def _deep_merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in (override or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+# --- key checks with suggestions ----------------------------------------------------------------------------
+
+
+def _unknown(path: list[str], valid: list[str]) -> str:
+    """`unknown key 'a.b' (did you mean 'a.c'?)`, or the valid keys when none is close."""
+    parent = "".join(f"{p}." for p in path[:-1])
+    match = difflib.get_close_matches(path[-1], valid, n=1, cutoff=0.6)
+    hint = f"did you mean '{parent}{match[0]}'?" if match else f"valid keys here: {', '.join(sorted(valid))}"
+    return f"unknown key '{parent}{path[-1]}' ({hint})"
+
+
+def _source_kind(cfg: dict) -> str | None:
+    if cfg.get("kind"):
+        return str(cfg["kind"])
+    if "path" in cfg:
+        return "files"
+    if "table" in cfg:
+        return "sql"
+    if "url" in cfg and str(cfg["url"]).startswith(("http://", "https://")):
+        return "http"
+    if "url" in cfg or "conn_id" in cfg:
+        return "sql"
+    return None
+
+
+def check_source_keys(name: str, cfg: dict) -> None:
+    """Refuse unknown keys of one source (and of its mapping), naming the closest valid key."""
+    kind = _source_kind(cfg)
+    allowed = set(SOURCE_COMMON_KEYS) | (set(SOURCE_KIND_KEYS[kind]) if kind in SOURCE_KIND_KEYS
+                                         else set().union(*SOURCE_KIND_KEYS.values()))
+    for key in cfg:
+        if key not in allowed:
+            raise ConfigError(_unknown(["sources", name, str(key)], sorted(allowed))
+                              + (f" for a {kind} source" if kind in SOURCE_KIND_KEYS else ""))
+    mapping = cfg.get("mapping")
+    if isinstance(mapping, dict):
+        for key in mapping:
+            if key not in MAPPING_KEYS:
+                raise ConfigError(_unknown(["sources", name, "mapping", str(key)], sorted(MAPPING_KEYS)))
+
+
+def _model_keys(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _section_model(model: type[BaseModel], key: str) -> type[BaseModel] | None:
+    annotation = model.model_fields[key].annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def check_keys(data: dict, model: type[BaseModel] = SegflowConfig, path: list[str] | None = None) -> None:
+    """Every key of `data` exists in the schema (free-form sections, like a source's options, stop the walk)."""
+    path = path or []
+    for key, value in data.items():
+        if key not in model.model_fields:
+            raise ConfigError(_unknown([*path, str(key)], _model_keys(model)))
+        if model is SegflowConfig and key == "sources" and isinstance(value, dict):
+            for name, cfg in value.items():
+                if isinstance(cfg, dict):
+                    check_source_keys(str(name), cfg)
+            continue
+        sub = _section_model(model, key)
+        if sub is not None and isinstance(value, dict):
+            check_keys(value, sub, [*path, str(key)])
+
+
+def check_env_key(name: str) -> list[str]:
+    """The key path of a SEGFLOW__ variable, refused when a section or key does not exist."""
+    keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
+    if not keys:
+        raise ConfigError(f"environment variable {name}: no key after {ENV_PREFIX}")
+    model: type[BaseModel] | None = SegflowConfig
+    for depth, key in enumerate(keys):
+        if model is None:  # inside a free-form section (a source's options, a mapping)
+            break
+        if key not in model.model_fields:
+            raise ConfigError(f"environment variable {name}: " + _unknown(keys[:depth + 1], _model_keys(model)))
+        if model is SegflowConfig and key == "sources":
+            if len(keys) > 3:
+                break
+            if len(keys) == 3 and keys[2] not in SOURCE_COMMON_KEYS | set().union(*SOURCE_KIND_KEYS.values()):
+                allowed = sorted(SOURCE_COMMON_KEYS | set().union(*SOURCE_KIND_KEYS.values()))
+                raise ConfigError(f"environment variable {name}: " + _unknown(keys, allowed))
+            break
+        model = _section_model(model, key)
+    return keys
+
+
+def _describe_validation(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"unknown key '{where}'"
+    value = first.get("input")
+    shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {str(value)[:60]!r})"
+    more = f"; and {error.error_count() - 1} more problem(s)" if error.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{shown}{more}"
+
+
+# --- loading -------------------------------------------------------------------------------------------------
 
 
 def _coerce(value: str) -> Any:
@@ -79,14 +303,18 @@ def _coerce(value: str) -> Any:
 
 
 def apply_env_overrides(data: dict, environ: dict[str, str]) -> dict:
+    """SEGFLOW__SECTION__KEY=value onto `data`, each variable checked against the schema first."""
     data = copy.deepcopy(data)
-    for name, raw in environ.items():
+    for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX):
             continue
-        keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__") if k]
+        keys = check_env_key(name)
         node = data
         for key in keys[:-1]:
-            node = node.setdefault(key, {})
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = node[key] = {}
+            node = child
         node[keys[-1]] = _coerce(raw)
     return data
 
@@ -96,6 +324,7 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 def expand_env_refs(value: str, environ: dict[str, str]) -> str:
     """Expand ${NAME} (must be set) and ${NAME:-default} (default when unset or empty)."""
+
     def repl(match: re.Match) -> str:
         name, default = match.group(1), match.group(2)
         if environ.get(name):
@@ -103,7 +332,7 @@ def expand_env_refs(value: str, environ: dict[str, str]) -> str:
         if default is not None:
             return default
         if name not in environ:
-            raise ValueError(f"configuration references ${{{name}}} but it is not set in the environment")
+            raise ConfigError(f"the configuration references ${{{name}}} but it is not set in the environment")
         return environ[name]
 
     return _ENV_REF.sub(repl, value)
@@ -113,28 +342,53 @@ def resolve_sqlite_url(url: str, root: Path) -> str:
     """Make relative SQLite paths absolute so every process (scheduler, workers, tests) agrees."""
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix:
-        return prefix + str((root / url[len(prefix) :]).resolve())
+        return prefix + str((root / url[len(prefix):]).resolve())
     return url
 
 
 def find_config_file(explicit: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Path | None:
-    environ = os.environ if environ is None else environ
-    for candidate in (explicit, environ.get("SEGFLOW_CONFIG"), Path.cwd() / "segflow.yml", REPO_ROOT / "segflow.yml"):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate).resolve()
-        if candidate and candidate in (explicit, environ.get("SEGFLOW_CONFIG")):
-            raise FileNotFoundError(f"config file not found: {candidate}")
+    environ = os.environ if environ is None else environ  # type: ignore[assignment]
+    named = [(explicit, "--config"), (environ.get("SEGFLOW_CONFIG"), "SEGFLOW_CONFIG")]
+    for candidate, origin in named:
+        if candidate:
+            path = Path(candidate)
+            if not path.is_file():
+                raise ConfigError(f"config file not found: {candidate} (from {origin})")
+            return path.resolve()
+    for candidate in (Path.cwd() / "segflow.yml", REPO_ROOT / "segflow.yml"):
+        if candidate.is_file():
+            return candidate.resolve()
     return None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The file's mapping; invalid YAML is one line naming the file, line and column."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration ({exc.strerror or exc})") from exc
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+    return loaded
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Resolved configuration. `raw` keeps the merged dict for sections without a typed accessor."""
+    """Resolved configuration: `model` is typed; `raw` is the same as a plain dict (every key present)."""
 
     raw: dict[str, Any]
     root: Path
     config_file: Path | None = None
-    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+    model: SegflowConfig = field(default_factory=SegflowConfig, compare=False, repr=False)
 
     def get(self, *keys: str, default: Any = None) -> Any:
         node: Any = self.raw
@@ -142,7 +396,7 @@ class Settings:
             if not isinstance(node, dict) or key not in node:
                 return default
             node = node[key]
-        return node
+        return default if node is None else node
 
     @property
     def warehouse_path(self) -> Path:
@@ -154,42 +408,71 @@ class Settings:
 
     @property
     def horizon_days(self) -> int:
-        return int(self.raw["churn"]["horizon_days"])
+        return self.model.churn.horizon_days
+
+
+def _validate(data: dict, origin: str) -> SegflowConfig:
+    try:
+        return SegflowConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: {_describe_validation(exc)}") from None
 
 
 def load_settings(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Read, check and resolve the configuration. Raises ConfigError (one line) on any problem."""
     environ = dict(os.environ if environ is None else environ)
     config_file = find_config_file(path, environ)
-    data: dict[str, Any] = DEFAULTS
-    base_dir = REPO_ROOT
+    data: dict[str, Any] = {}
+    base_dir = Path.cwd() if config_file is None else config_file.parent
+    origin = "defaults" if config_file is None else str(config_file)
     if config_file is not None:
-        loaded = yaml.safe_load(config_file.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{config_file}: top level must be a mapping")
-        data = _deep_merge(DEFAULTS, loaded)
-        if "sources" in loaded:
-            # A config lists its sources completely: defaults for the generated data do not leak in.
-            data["sources"] = copy.deepcopy(loaded["sources"]) or {}
-        base_dir = config_file.parent
+        data = read_config_file(config_file)
+        try:
+            check_keys(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{config_file}: {exc}") from None
+        _validate(data, origin)
     data = apply_env_overrides(data, environ)
-    root = (base_dir / str(data.get("root", "."))).resolve()
-    data["root"] = str(root)
-    for keys in PATH_KEYS:
-        node = data
-        for key in keys[:-1]:
-            node = node.get(key, {})
-        if node.get(keys[-1]):
-            node[keys[-1]] = str((root / expand_env_refs(str(node[keys[-1]]), environ)).resolve())
-    for source in (data.get("sources") or {}).values():
+    check_keys(data)
+    resolved = _validate(data, f"{origin} with SEGFLOW__ overrides").model_dump()
+
+    root = (base_dir / expand_env_refs(str(resolved.get("root") or "."), environ)).resolve()
+    resolved["root"] = str(root)
+    for section, key in PATH_KEYS:
+        if resolved[section].get(key):
+            resolved[section][key] = str((root / expand_env_refs(str(resolved[section][key]), environ)).resolve())
+    for name, source in (resolved.get("sources") or {}).items():
+        if source is None:
+            continue
+        if not isinstance(source, dict):
+            raise ConfigError(f"{origin}: sources.{name}: expected a mapping of options, got {source!r:.60}")
         # Source paths are resolved like every path; URLs get ${ENV} expansion and absolute SQLite paths.
-        if isinstance(source, dict) and source.get("path"):
+        if source.get("path"):
             source["path"] = str((root / expand_env_refs(str(source["path"]), environ)).resolve())
-        if isinstance(source, dict) and source.get("url"):
+        if source.get("url"):
             source["url"] = resolve_sqlite_url(expand_env_refs(str(source["url"]), environ), root)
-    for keys in URL_KEYS:
-        node = data
-        for key in keys[:-1]:
-            node = node.get(key, {})
-        if node.get(keys[-1]):
-            node[keys[-1]] = resolve_sqlite_url(expand_env_refs(str(node[keys[-1]]), environ), root)
-    return Settings(raw=data, root=root, config_file=config_file)
+    for section, key in URL_KEYS:
+        if resolved[section].get(key):
+            resolved[section][key] = resolve_sqlite_url(expand_env_refs(str(resolved[section][key]), environ), root)
+    model = SegflowConfig.model_validate(resolved)
+    return Settings(raw=model.model_dump(), root=root, config_file=config_file, model=model)
+
+
+def schema_reference() -> str:
+    """Markdown reference of every key with its type, default and meaning (docs/configuration.md)."""
+    lines: list[str] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            sub = _section_model(model, name)
+            if sub is not None:
+                walk(sub, f"{prefix}{name}.")
+                continue
+            default = info.get_default(call_default_factory=True)
+            shown = "see below" if name == "sources" else f"`{default!r}`" if default is not None else "-"
+            annotation = str(info.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            annotation = annotation.replace(" | ", " or ").replace("|", " or ")
+            lines.append(f"| `{prefix}{name}` | {annotation} | {shown} | {info.description or ''} |")
+
+    walk(SegflowConfig, "")
+    return "\n".join(["| key | type | default | meaning |", "| --- | --- | --- | --- |", *lines])

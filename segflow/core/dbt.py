@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from segflow.core.config import REPO_ROOT, Settings
+from segflow.core.config import Settings
+from segflow.core.resources import DBT_PROJECT_DIR
 
-DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
+DBT_TARGET_ENV = "SEGFLOW_DBT_TARGET"
+DEFAULT_DBT_TARGET = "duckdb"
 
 
 def currency_rates() -> dict[str, float]:
@@ -23,9 +25,19 @@ def currency_rates() -> dict[str, float]:
         return {row["currency"]: float(row["units_per_eur"]) for row in csv.DictReader(handle)}
 
 
+def dbt_target(settings: Settings | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The one mapping from the environment to the dbt target (an output of dbt_project/profiles.yml): the
+    variable SEGFLOW_DBT_TARGET, else `dbt.target` of segflow.yml, else duckdb. The DAGs (at parse time, from
+    the environment Airflow runs with), the CLI, training builds and the docs build all call it."""
+    environ = os.environ if environ is None else environ
+    configured = settings.model.dbt.target if settings is not None else None
+    return environ.get(DBT_TARGET_ENV) or configured or DEFAULT_DBT_TARGET
+
+
 def dbt_env(settings: Settings) -> dict[str, str]:
-    """Environment dbt needs: the warehouse path from segflow.yml (profiles.yml reads it)."""
-    return {"SEGFLOW_WAREHOUSE_PATH": str(settings.warehouse_path), "DBT_PROFILES_DIR": str(DBT_PROJECT_DIR)}
+    """Environment dbt needs: the warehouse path and the target from the settings (profiles.yml reads them)."""
+    return {"SEGFLOW_WAREHOUSE_PATH": str(settings.warehouse_path), "DBT_PROFILES_DIR": str(DBT_PROJECT_DIR),
+            DBT_TARGET_ENV: dbt_target(settings)}
 
 
 DBT_VAR_NAMES = ("as_of", "churn_horizon_days", "reporting_currency", "audit_schema")  # what dbt_vars() sets
@@ -61,7 +73,8 @@ def run_dbt(settings: Settings, args: list[str], vars: dict[str, Any] | None = N
 
     os.environ.update(dbt_env(settings))
     Path(settings.warehouse_path).parent.mkdir(parents=True, exist_ok=True)
-    cli = [*args, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
+    cli = [*args, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR),
+           "--target", dbt_target(settings)]
     if vars:
         cli += ["--vars", json.dumps(vars)]
     result = dbtRunner().invoke(cli)

@@ -26,11 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from segflow.core.config import MAPPING_KEYS
 from segflow.extract.contracts import Column, Dataset
 from segflow.extract.errors import ExtractError
 
 DERIVE_RULES = ("column", "multiply", "concat", "integer", "prefix", "lookup")
-MAPPING_KEYS = {"rename", "constants", "derive", "values", "formats", "timezone", "decimal"}
 # A timestamp with an explicit offset (Z, +02, +0200, +02:00) after its time part.
 OFFSET_PATTERN = r"\d{2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|z|[+-]\d{2}(:?\d{2})?)$"
 

@@ -10,18 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from segflow.core.config import SOURCE_COMMON_KEYS as COMMON_KEYS
+from segflow.core.config import SOURCE_KIND_KEYS as KIND_KEYS
 from segflow.core.config import Settings
 from segflow.extract.contracts import DATASETS, Dataset
 from segflow.extract.mapping import Mapping
 
 DEFAULT_DATASET = {"crm": "contacts", "contacts": "contacts", "events": "events", "transactions": "transactions"}
-KIND_KEYS = {
-    "sql": {"url", "conn_id", "table", "schema", "watermark_column", "lookback_hours"},
-    "files": {"path", "pattern", "format", "encoding", "delimiter", "allow_empty"},
-    "http": {"url", "conn_id", "auth", "params", "records_path", "pagination", "start_date", "max_retries",
-             "backoff_seconds", "max_backoff_seconds", "timeout_seconds", "headers", "interval_params", "page_size"},
-}
-COMMON_KEYS = {"kind", "dataset", "mapping", "enabled", "description"}
 
 
 @dataclass(frozen=True)

@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import re
 import sys
+import threading
 import time
 from datetime import date, datetime, time as dtime, timedelta, timezone
 from pathlib import Path
 
 from segflow.core.config import REPO_ROOT, load_settings
 
-def _console():
+def _console(file=None):
+    """The console; `file` keeps it on the real terminal while a DAG's output is redirected to its log."""
     from rich.console import Console
 
-    return Console()
+    return Console(file=file, soft_wrap=True)
 
 
 def cmd_generate(args) -> int:
@@ -87,20 +90,70 @@ def redirect_output(log_file: Path):
             os.close(saved[0]), os.close(saved[1])
 
 
-def run_dag(dag_id: str, as_of: date, log_file: Path, full_refresh: bool = False) -> tuple[str, list[str]]:
+class ProgressPrinter:
+    """Prints the task events the DAGs' callbacks write to a pipe (segflow.airflow.progress) while a DAG runs
+    in-process with its output redirected to the log file."""
+
+    def __init__(self, console):
+        self.console = console
+        self.failures: list[dict] = []
+        self.tasks_run = 0
+
+    def __call__(self, event: dict) -> None:
+        task = event.get("task_id", "?")
+        if event["event"] == "start":
+            self.tasks_run += 1
+            self.console.print(f"  · {task} …", highlight=False)
+            return
+        took = f" ({event['seconds']:.1f}s)" if event.get("seconds") is not None else ""
+        if event["event"] == "success":
+            summary = f"  {event['summary']}" if event.get("summary") else ""
+            self.console.print(f"  [green]✓[/green] {task}{took}{summary}", highlight=False)
+        else:
+            self.failures.append(event)
+            self.console.print(f"  [red]✗[/red] {task}{took}", highlight=False)
+
+    def listen(self) -> tuple[int, threading.Thread]:
+        """A pipe whose write end the tasks report to (SEGFLOW_PROGRESS_FD) and the thread reading it."""
+        read_fd, write_fd = os.pipe()
+
+        def pump() -> None:
+            with os.fdopen(read_fd, "r", errors="replace") as lines:
+                for line in lines:
+                    with contextlib.suppress(ValueError, KeyError):
+                        self(json.loads(line))
+
+        thread = threading.Thread(target=pump, name="segflow-progress", daemon=True)
+        thread.start()
+        return write_fd, thread
+
+
+def run_dag(dag_id: str, as_of: date, log_file: Path, full_refresh: bool = False,
+            progress: ProgressPrinter | None = None) -> tuple[str, list[str]]:
     """Run one DAG for `as_of` with Airflow's DAG test runner (same task code as a scheduled run).
-    Returns the run state and the failed task ids; Airflow's own log goes to `log_file`."""
+    Returns the run state and the failed task ids; Airflow's own log goes to `log_file`; task events go to
+    `progress` as they happen."""
     from airflow.dag_processing.dagbag import DagBag
 
-    from segflow.airflow.environment import DAGS_FOLDER
+    from segflow.airflow.progress import PROGRESS_FD_ENV
+    from segflow.core.resources import DAGS_FOLDER
 
     logical_date = datetime.combine(as_of + timedelta(days=1), dtime(), tzinfo=timezone.utc)
-    with redirect_output(log_file):
-        bag = DagBag(dag_folder=str(DAGS_FOLDER / f"{dag_id}.py"))
-        if bag.import_errors:
-            raise RuntimeError(f"DAG import errors: {bag.import_errors}")
-        conf = {"as_of": as_of.isoformat(), **({"full_refresh": True} if full_refresh else {})}
-        run = bag.get_dag(dag_id).test(logical_date=logical_date, run_conf=conf)
+    write_fd, reader = progress.listen() if progress else (None, None)
+    if write_fd is not None:
+        os.environ[PROGRESS_FD_ENV] = str(write_fd)
+    try:
+        with redirect_output(log_file):
+            bag = DagBag(dag_folder=str(DAGS_FOLDER / f"{dag_id}.py"))
+            if bag.import_errors:
+                raise RuntimeError(f"DAG import errors: {bag.import_errors}")
+            conf = {"as_of": as_of.isoformat(), **({"full_refresh": True} if full_refresh else {})}
+            run = bag.get_dag(dag_id).test(logical_date=logical_date, run_conf=conf)
+    finally:
+        os.environ.pop(PROGRESS_FD_ENV, None)
+        if write_fd is not None:
+            os.close(write_fd)
+            reader.join(timeout=5)
     failed = [ti.task_id for ti in run.get_task_instances() if ti.state in ("failed", "upstream_failed")]
     return str(run.state), failed
 
@@ -110,7 +163,9 @@ def cmd_run(args) -> int:
     # Library chatter belongs in the Airflow log file, not on the console.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    console = _console()
+    sys.stdout.flush()
+    # A copy of the terminal's descriptor: task progress is printed while fd 1 goes to the Airflow log.
+    console = _console(os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1))
     started = time.time()
     with console.status("preparing Airflow (metadata DB, pool)"):
         settings = _prepare_airflow(args.config)
@@ -126,11 +181,19 @@ def cmd_run(args) -> int:
     plan.append("segflow_score")
     for dag_id in plan:
         step = time.time()
-        console.print(f"→ {dag_id} …")
-        state, failed = run_dag(dag_id, as_of, log_file, full_refresh=args.full_refresh and dag_id == "segflow_build")
+        console.print(f"→ {dag_id}")
+        progress = ProgressPrinter(console)
+        state, failed = run_dag(dag_id, as_of, log_file, full_refresh=args.full_refresh and dag_id == "segflow_build",
+                                progress=progress)
         if state != "success":
-            console.print(f"[red]✗ {dag_id} {state}[/red] after {time.time() - step:.0f}s; failed tasks: {', '.join(failed) or '-'}")
-            _print_failure(log_file, console)
+            reason = _failure_reason(log_file, progress)
+            detail = next((e["error"] for e in progress.failures if e.get("error")), "")
+            if "\n" in detail.strip():  # e.g. every failed expectation of a gate, one per line
+                console.print("\n".join(detail.strip().splitlines()[:20]), markup=False, highlight=False)
+            console.print(f"[red]✗ {dag_id} {state}[/red] after {time.time() - step:.0f}s; failed tasks: "
+                          f"{', '.join(failed) or '-'}; full log: {log_file}", highlight=False)
+            console.print(f"error: {dag_id} failed at {failed[0] if failed else 'an unknown task'}: {reason}",
+                          markup=False, highlight=False)
             return 1
         console.print(f"[green]✓[/green] {dag_id} ({time.time() - step:.0f}s)")
     from segflow.local.summary import print_summary
@@ -140,19 +203,16 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _print_failure(log_file: Path, console) -> None:
-    """Show the exception that failed the run (its message names file/suite/expectation), not the whole log."""
+def _failure_reason(log_file: Path, progress: ProgressPrinter) -> str:
+    """One line: the exception that failed the run (its message names file/suite/expectation), from the task's
+    failure report, else the last exception in the log."""
+    for event in progress.failures:
+        if event.get("error"):
+            return " ".join(event["error"].split())[:400]
     lines = log_file.read_text(errors="replace").splitlines() if log_file.exists() else []
     pattern = re.compile(r"^([\w.]+(Error|Exception)): ")
-    hits = [i for i, line in enumerate(lines) if pattern.match(line)]
-    if hits:
-        message = [lines[hits[-1]]]
-        for line in lines[hits[-1] + 1:hits[-1] + 30]:
-            if re.match(r"^\d{4}-\d{2}-\d{2}", line):  # the next log record: the message has ended
-                break
-            message.append(line)
-        console.print("\n".join(message), markup=False, highlight=False)
-    console.print(f"full log: {log_file}")
+    hits = [line for line in lines if pattern.match(line)]
+    return hits[-1][:400] if hits else "see the log"
 
 
 def cmd_summary(args) -> int:
@@ -209,6 +269,45 @@ def cmd_ui(args) -> int:
     return 0
 
 
+def cmd_config(args) -> int:
+    from segflow.core.config import schema_reference
+
+    if args.action == "reference":
+        print(schema_reference())
+        return 0
+    settings = load_settings(args.config)
+    if args.action == "show":
+        import yaml
+
+        print(yaml.safe_dump(settings.raw, sort_keys=False), end="")
+        return 0
+    print(f"configuration OK: {settings.config_file or 'defaults (no segflow.yml found)'}")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from segflow.local import datasets
+
+    if args.action == "list":
+        for spec in datasets.DATASETS.values():
+            print(f"{spec.name:16s} {spec.title} ({spec.licence}) - {spec.page}")
+        return 0
+    if args.name not in datasets.DATASETS:
+        print(f"error: unknown dataset {args.name!r}; known: {', '.join(datasets.DATASETS)}", file=sys.stderr)
+        return 2
+    settings = load_settings(args.config)
+    folder = Path(args.dir) if args.dir else datasets.default_folder(settings, args.name)
+    try:
+        result = datasets.fetch(args.name, folder, source=args.source, url=args.url, force=args.force,
+                                progress=lambda line: print(line, flush=True))
+    except datasets.DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{result.path} ({result.rows:,} rows); set SEGFLOW_ONLINE_RETAIL_PATH={result.path} or keep it where the "
+          f"example configuration looks" if args.name == "online-retail" else str(result.path))
+    return 0
+
+
 def cmd_bench(args) -> int:
     from segflow.bench.harness import StageFailed, load_results, run_size, write_result
     from segflow.bench.report import write_report
@@ -233,7 +332,9 @@ def cmd_bench(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     config_help = "segflow.yml to use (default: $SEGFLOW_CONFIG, ./segflow.yml)"
     parser = argparse.ArgumentParser(prog="segflow", description="User segmentation pipeline (Airflow + dbt + GX + MLflow).")
+    parser.add_argument("--version", action="version", version=f"segflow {version()}")
     parser.add_argument("--config", default=None, help=config_help)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of configuration errors")
     # --config is accepted after the subcommand too (`segflow run --config F`); SUPPRESS keeps the global value.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
@@ -278,12 +379,44 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--report-only", action="store_true", help="only re-render the report from the results files")
     bench.set_defaults(func=cmd_bench)
     sub.add_parser("env", parents=[common], help="print the environment (export lines) Airflow runs with").set_defaults(func=cmd_env)
+    config = sub.add_parser("config", parents=[common], help="check the configuration, show it resolved, or list every key")
+    config.add_argument("action", choices=["check", "show", "reference"])
+    config.set_defaults(func=cmd_config)
+    datasets = sub.add_parser("datasets", parents=[common], help="public example datasets (fetch, verify, convert)")
+    datasets.add_argument("action", choices=["fetch", "list"])
+    datasets.add_argument("name", nargs="?", help="dataset to fetch (segflow datasets list)")
+    datasets.add_argument("--from", dest="source", default=None,
+                          help="a local copy of the published archive (or workbook) instead of downloading it")
+    datasets.add_argument("--url", default=None, help="download from this address instead of the publisher's")
+    datasets.add_argument("--dir", default=None, help="data folder (default: <root>/data/<dataset>)")
+    datasets.add_argument("--force", action="store_true", help="fetch again even if the converted file exists")
+    datasets.set_defaults(func=cmd_datasets)
     return parser
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("segflow")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. A configuration problem is one line on stderr and exit status 2 (the traceback only
+    with --debug); other failures print their own message and exit 1."""
+    from segflow.core.config import ConfigError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        if args.debug:
+            raise
+        print(f"segflow: configuration error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -63,7 +63,10 @@ class ExpectationOutcome:
 
 
 def expectations_dir(settings: Settings) -> Path:
-    return Path(settings.get("quality", "expectations_dir"))
+    """The configured suites folder, else the suites installed with segflow."""
+    from segflow.core.resources import EXPECTATIONS_DIR
+
+    return Path(settings.get("quality", "expectations_dir", default=EXPECTATIONS_DIR))
 
 
 def load_suite(settings: Settings, name: str):

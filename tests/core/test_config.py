@@ -2,7 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from segflow.core.config import REPO_ROOT, apply_env_overrides, expand_env_refs, load_settings, resolve_sqlite_url
+from segflow.core.config import (
+    REPO_ROOT,
+    ConfigError,
+    apply_env_overrides,
+    expand_env_refs,
+    load_settings,
+    resolve_sqlite_url,
+)
 
 
 def test_defaults_resolve_relative_paths_against_the_config_file(tmp_path):
@@ -35,17 +42,78 @@ def test_secrets_are_referenced_not_stored(tmp_path):
     cfg.write_text("sources:\n  crm:\n    url: postgresql://app:${CRM_PASSWORD}@db/crm\n")
     settings = load_settings(cfg, environ={"CRM_PASSWORD": "s3cr3t"})
     assert settings.raw["sources"]["crm"]["url"] == "postgresql://app:s3cr3t@db/crm"
-    with pytest.raises(ValueError, match="CRM_PASSWORD"):
+    with pytest.raises(ConfigError, match="CRM_PASSWORD"):
         load_settings(cfg, environ={})
 
 
 def test_explicit_config_must_exist(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ConfigError, match="config file not found: .*missing.yml"):
         load_settings(tmp_path / "missing.yml", environ={})
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    ("warehous:\n  path: x.duckdb\n", "unknown key 'warehous' (did you mean 'warehouse'?)"),
+    ("writeback:\n  crm_ulr: sqlite:///x\n", "unknown key 'writeback.crm_ulr' (did you mean 'writeback.crm_url'?)"),
+    ("sourcess: {}\n", "unknown key 'sourcess' (did you mean 'sources'?)"),
+    ("sources:\n  crm:\n    url: sqlite:///c.db\n    tabel: contacts\n",
+     "unknown key 'sources.crm.tabel' (did you mean 'sources.crm.table'?)"),
+    ("sources:\n  tx:\n    path: t\n    mapping:\n      renam: {}\n",
+     "unknown key 'sources.tx.mapping.renam' (did you mean 'sources.tx.mapping.rename'?)"),
+    ("churn:\n  horizon_days: soon\n", "churn.horizon_days: Input should be a valid integer"),
+    ("churn:\n  risk_bands: {medium: 0.7, high: 0.6}\n", "medium (0.7) must be below high (0.6)"),
+    ("monitoring:\n  on_drift: panic\n", "monitoring.on_drift: Input should be 'warn' or 'fail'"),
+])
+def test_mistakes_are_refused_naming_the_file_and_key(tmp_path, text, message):
+    cfg = tmp_path / "segflow.yml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(cfg, environ={})
+    assert str(caught.value).startswith(f"{cfg}: ") and message in str(caught.value)
+    assert "\n" not in str(caught.value), "one line"
+
+
+def test_invalid_yaml_names_file_line_and_column(tmp_path):
+    cfg = tmp_path / "segflow.yml"
+    cfg.write_text("warehouse:\n  path: [unclosed\n")
+    with pytest.raises(ConfigError, match=rf"^{cfg}:3:1: invalid YAML: "):
+        load_settings(cfg, environ={})
+
+
+def test_mistyped_environment_override_is_refused(tmp_path):
+    cfg = tmp_path / "segflow.yml"
+    cfg.write_text("churn:\n  horizon_days: 30\n")
+    with pytest.raises(ConfigError, match=r"SEGFLOW__WAREHOUS__PATH: unknown key 'warehous' \(did you mean 'warehouse'\?\)"):
+        load_settings(cfg, environ={"SEGFLOW__WAREHOUS__PATH": "/x.duckdb"})
+    with pytest.raises(ConfigError, match="'churn.horizon_dayz'"):
+        load_settings(cfg, environ={"SEGFLOW__CHURN__HORIZON_DAYZ": "5"})
+    # Free-form parts (a source's options) take any key a source of that kind accepts.
+    assert load_settings(cfg, environ={"SEGFLOW__SOURCES__EVENTS__PATH": "/e"}).raw["sources"]["events"]["path"] == "/e"
+
+
+def test_defaults_live_in_one_place_and_the_reference_is_current():
+    from segflow.core.config import SegflowConfig, schema_reference
+
+    defaults = SegflowConfig()
+    assert load_settings(environ={}).model.churn.horizon_days == defaults.churn.horizon_days
+    reference = (REPO_ROOT / "docs" / "configuration.md").read_text()
+    assert schema_reference() in reference, "docs/configuration.md is stale: segflow config reference regenerates it"
+
+
+def test_the_cli_exits_2_with_one_line_naming_the_key(tmp_path, capsys):
+    from segflow.local.cli import main
+
+    cfg = tmp_path / "segflow.yml"
+    cfg.write_text("writeback:\n  crm_ulr: sqlite:///x.db\n")
+    assert main(["--config", str(cfg), "config", "check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"segflow: configuration error: {cfg}: unknown key 'writeback.crm_ulr' (did you mean 'writeback.crm_url'?)"
+    with pytest.raises(ConfigError):
+        main(["--debug", "--config", str(cfg), "summary"])
+
+
 def test_helpers():
-    assert apply_env_overrides({"a": {"b": 1}}, {"SEGFLOW__A__C": "true", "OTHER": "x"}) == {"a": {"b": 1, "c": True}}
+    assert apply_env_overrides({"churn": {"x": 1}}, {"SEGFLOW__CHURN__REFIT_ON_ALL": "true", "OTHER": "x"}) == \
+        {"churn": {"x": 1, "refit_on_all": True}}
     assert expand_env_refs("x${A}y", {"A": "1"}) == "x1y"
     assert resolve_sqlite_url("sqlite:////abs/x.db", Path("/r")) == "sqlite:////abs/x.db"
     assert resolve_sqlite_url("postgresql://h/db", Path("/r")) == "postgresql://h/db"

@@ -176,7 +176,7 @@ def test_unit_tests_cover_every_feature_formula_and_segment_rule(tmp_path, small
             "every_seed_rule_with_its_threshold_and_priority"} <= names
     import csv
 
-    from segflow.core.dbt import DBT_PROJECT_DIR
+    from segflow.core.resources import DBT_PROJECT_DIR
 
     with open(DBT_PROJECT_DIR / "seeds" / "segment_rules.csv") as handle:
         rules = {row["segment_name"] for row in csv.DictReader(handle)}

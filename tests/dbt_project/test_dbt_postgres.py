@@ -37,14 +37,17 @@ def copy_raw_to_postgres(warehouse, url: str) -> None:
     engine.dispose()
 
 
-def test_postgres_build_gives_the_same_marts_as_duckdb(tmp_path, small_dataset, make_settings, postgres_url, monkeypatch):
+def test_postgres_build_gives_the_same_marts_as_duckdb(tmp_path, small_dataset, make_settings, postgres_database, monkeypatch):
+    server, database = postgres_database
+    postgres_url = server.url(database)
     settings = make_settings(tmp_path, small_dataset)
     run_extract(settings, AS_OF, "r")
     variables = dbt_vars(AS_OF.isoformat(), settings)
     run_dbt(settings, ["build", "--exclude", "tag:training", "--quiet"], vars=variables)
     copy_raw_to_postgres(settings.warehouse_path, postgres_url)
     monkeypatch.setenv("SEGFLOW_DBT_TARGET", "postgres")
-    monkeypatch.setenv("SEGFLOW_PG_DATABASE", postgres_url.rsplit("/", 1)[1])
+    for key, value in server.dbt_env(database).items():
+        monkeypatch.setenv(key, value)
     # Unit tests are adapter-independent logic checks with DuckDB fixtures: they run on DuckDB.
     run_dbt(settings, ["build", "--exclude", "tag:training", "test_type:unit", "--quiet"], vars=variables)
 

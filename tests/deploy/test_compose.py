@@ -15,8 +15,9 @@ SECRETS = {"POSTGRES_PASSWORD": "p", "SEGFLOW_PII_SALT": "s", "MINIO_ROOT_USER":
 
 
 def compose_config(path, env) -> subprocess.CompletedProcess:
-    binary = shutil.which("docker-compose")
-    assert binary, "docker-compose is missing: `make test` installs it (Debian package docker-compose)"
+    from tests.support.services import program
+
+    binary = program("docker-compose")
     return subprocess.run([binary, "-f", str(path), "config"], env={"PATH": "/usr/bin:/bin", **env},
                           capture_output=True, text=True, cwd=REPO_ROOT)
 

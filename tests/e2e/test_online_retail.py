@@ -11,16 +11,26 @@ import pytest
 
 from segflow.core.config import REPO_ROOT, load_settings
 from tests.e2e.test_pipeline import run_cli
+from tests.support.services import need
 
 pytestmark = pytest.mark.e2e
 CONFIG = REPO_ROOT / "examples" / "online_retail" / "segflow.yml"
-DATASET = (REPO_ROOT / ".." / "shared" / "data" / "online_retail" / "online_retail.parquet").resolve()
+FETCHED = REPO_ROOT / "data" / "online_retail" / "online_retail.parquet"  # where `segflow datasets fetch` puts it
+
+
+def dataset_path() -> Path | None:
+    """The dataset, offline first: SEGFLOW_ONLINE_RETAIL_PATH, a copy in the workspace's shared folder beside the
+    clone, else the fetched copy. None when there is none."""
+    candidates = [os.environ.get("SEGFLOW_ONLINE_RETAIL_PATH"),
+                  REPO_ROOT.parent / "shared" / "data" / "online_retail" / "online_retail.parquet", FETCHED]
+    return next((Path(c).resolve() for c in candidates if c and Path(c).is_file()), None)
 
 
 @pytest.fixture(scope="module")
 def retail(tmp_path_factory):
-    if not DATASET.is_file() and not os.environ.get("SEGFLOW_ONLINE_RETAIL_PATH"):
-        pytest.fail(f"the Online Retail dataset is missing at {DATASET} (or set SEGFLOW_ONLINE_RETAIL_PATH)")
+    dataset = dataset_path()
+    need(dataset is not None, "the UCI Online Retail dataset is not here: run `segflow datasets fetch online-retail` "
+                              "(or set SEGFLOW_ONLINE_RETAIL_PATH to a copy)")
     root = tmp_path_factory.mktemp("online_retail")
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("SEGFLOW__")},
            "SEGFLOW__WAREHOUSE__PATH": str(root / "warehouse.duckdb"),
@@ -29,7 +39,7 @@ def retail(tmp_path_factory):
            "SEGFLOW__WRITEBACK__EXPORT_DIR": str(root / "exports"),
            "SEGFLOW__QUALITY__GX_DIR": str(root / "gx"),
            "SEGFLOW__AIRFLOW__HOME": str(root / "airflow"),
-           "SEGFLOW_TASK_RETRIES": "0", "MPLCONFIGDIR": str(root / "mpl")}
+           "SEGFLOW_TASK_RETRIES": "0", "MPLCONFIGDIR": str(root / "mpl"), "SEGFLOW_ONLINE_RETAIL_PATH": str(dataset)}
     done = run_cli(["run", "--config", str(CONFIG), "--as-of", "2011-12-10"], env)
     assert done.returncode == 0, f"segflow run failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return {"root": root, "stdout": done.stdout, "con": duckdb.connect(str(root / "warehouse.duckdb"), read_only=True)}
@@ -39,9 +49,9 @@ def _one(retail, sql):
     return retail["con"].execute(sql).fetchall()
 
 
-def test_the_example_config_points_at_the_shared_dataset_by_default():
+def test_the_example_config_points_at_the_fetched_dataset_by_default():
     settings = load_settings(CONFIG, environ={})
-    assert Path(settings.raw["sources"]["transactions"]["path"]) == DATASET
+    assert Path(settings.raw["sources"]["transactions"]["path"]) == FETCHED
     moved = load_settings(CONFIG, environ={"SEGFLOW_ONLINE_RETAIL_PATH": "/data/retail.parquet"})
     assert moved.raw["sources"]["transactions"]["path"] == "/data/retail.parquet"
     assert set(settings.raw["sources"]) == {"transactions"}, "no generated-data sources leak in"

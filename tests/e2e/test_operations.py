@@ -125,18 +125,18 @@ def daily(seed, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def stack(seed, daily, tmp_path_factory, request):
+def stack(seed, daily, tmp_path_factory, request, postgres_server):
     """`segflow ui start` on a PostgreSQL metadata database; stopped with `segflow ui stop` afterwards."""
     from sqlalchemy import create_engine, text
 
     name = f"segflow_ops_{os.getpid()}"
-    admin = create_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+    admin = create_engine(postgres_server.url(), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         conn.execute(text(f"CREATE DATABASE {name}"))
     root = tmp_path_factory.mktemp("ops_backfill")
     env = side(root, seed, seed / "data", **PORTS,
-               AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}",
+               AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgres_server.url(name),
                SEGFLOW__UI__STATE_DIR=str(root / "ui"), SEGFLOW__UI__DOCS_DIR=str(root / "site"))
     started = subprocess.run([str(BIN / "segflow"), "ui", "start"], env=env, capture_output=True, text=True, timeout=600)
     try:
@@ -262,7 +262,7 @@ def test_rerunning_one_day_changes_nothing(backfilled, daily):
             con.execute("SELECT DISTINCT as_of FROM marts.user_scores").fetchall()
 
 
-# --- the UIs in headless Chromium (Debian's chromium + chromium-driver; `make test` installs them) -------------
+# --- the UIs in headless Chromium (Debian's chromium + chromium-driver: `make system-deps`; skipped without) ---
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
 
@@ -272,11 +272,17 @@ def browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    from tests.support.services import program
+
+    chromium, chromedriver = program("chromium", "/usr/bin/chromium"), program("chromedriver", "/usr/bin/chromedriver")
     options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1440,1000"):
+    options.binary_location = chromium
+    # No background traffic: this machine's network is closed, and tests must not depend on the internet.
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1440,1000",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--no-first-run", "--disable-quic"):
         options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     yield driver
     driver.quit()

@@ -22,3 +22,14 @@ def test_env_prints_exports_under_the_project(capsys, tmp_path, monkeypatch):
     out = capsys.readouterr().out
     assert f"export AIRFLOW_HOME='{tmp_path / 'af'}'" in out
     assert "AIRFLOW__CORE__DAGS_FOLDER=" in out and "SEGFLOW_WAREHOUSE_PATH=" in out
+
+
+def test_version(capsys):
+    import pytest
+
+    from segflow.local.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == "segflow 0.1.0"
