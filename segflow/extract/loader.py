@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
+from segflow.core.tables import ensure_output_tables
 from segflow.extract.contracts import DATASETS, Dataset
 from segflow.extract.mapping import MappingPlan, quote_ident, quote_literal
 from segflow.extract.readers import Batch
@@ -56,6 +57,7 @@ class BatchResult:
 
 def ensure_tables(con) -> None:
     con.execute(SYSTEM_DDL)
+    ensure_output_tables(con)  # the dbt models over Python-written tables find them from the first build on
     for dataset in DATASETS.values():
         cols = ", ".join(f"{quote_ident(c.name)} {c.sql_type}" for c in dataset.columns)
         con.execute(f"CREATE TABLE IF NOT EXISTS raw.{dataset.raw_table} ({cols}, {METADATA_COLUMNS})")

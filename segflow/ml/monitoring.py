@@ -18,20 +18,14 @@ import pandas as pd
 from segflow.ml.clustering import CLUSTER_COLUMNS
 from segflow.ml.features import CATEGORICAL_FEATURES, MODEL_FEATURES, prepare
 from segflow.core.config import Settings
+from segflow.core.tables import MONITORING_DDL
 from segflow.core.warehouse import connect, transaction
 
 log = logging.getLogger(__name__)
 
 EPSILON = 1e-4  # floor for empty bins, so PSI stays finite
 MISSING = "__missing__"
-REFERENCES_DDL = """
-CREATE SCHEMA IF NOT EXISTS ml;
-CREATE TABLE IF NOT EXISTS ml.model_references (
-    model_name VARCHAR, model_version VARCHAR, rows BIGINT, reference JSON, created_at TIMESTAMP);
-CREATE TABLE IF NOT EXISTS ml.model_monitoring (
-    as_of DATE, "check" VARCHAR, model_name VARCHAR, model_version VARCHAR, subject VARCHAR, value DOUBLE,
-    reference_value DOUBLE, threshold DOUBLE, status VARCHAR, computed_at TIMESTAMP);
-"""
+REFERENCES_DDL = MONITORING_DDL  # defined with the other Python-written tables
 
 
 def reference_profile(frame: pd.DataFrame, bins: int = 10) -> dict:

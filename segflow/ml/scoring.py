@@ -16,18 +16,10 @@ from segflow.ml.clustering import CLUSTER_COLUMNS
 from segflow.ml.features import MODEL_FEATURES, prepare, read_features
 from segflow.ml.registry import CHURN_MODEL, CLUSTER_MODEL, load_champion
 from segflow.core.config import Settings
+from segflow.core.tables import SCORES_DDL
 from segflow.core.warehouse import connect, transaction
 
 log = logging.getLogger(__name__)
-
-SCORES_DDL = """
-CREATE SCHEMA IF NOT EXISTS marts;
-CREATE TABLE IF NOT EXISTS marts.user_scores_history (
-    user_id VARCHAR, as_of DATE, cluster_id INTEGER, persona VARCHAR, churn_probability DOUBLE,
-    churn_risk_band VARCHAR, primary_segment VARCHAR, clusterer_version VARCHAR, churn_model_version VARCHAR,
-    scored_at TIMESTAMP);
-"""
-
 
 def features_as_of(settings: Settings, as_of: date) -> pd.DataFrame:
     features = read_features(settings.warehouse_path)
@@ -75,30 +67,25 @@ def read_scores(settings: Settings, as_of: date) -> pd.DataFrame:
 
 
 def publish_scores(settings: Settings, scores: pd.DataFrame, as_of: date) -> int:
-    """Replace the as_of partition of the score history and, when as_of is the latest date scored, swap
-    marts.user_scores to it, in one transaction. A backfilled earlier date leaves marts.user_scores as it is."""
+    """Replace the as_of partition of scoring.user_scores in one transaction. dbt's views on top show it:
+    marts.user_scores_history (every date) and marts.user_scores (the latest date scored), so a backfilled
+    earlier date never changes the current scores and readers never see a half-written date."""
     with connect(settings.warehouse_path) as con:
         con.execute(SCORES_DDL)
         segments = con.execute("SELECT count(*) FROM marts.user_segment_history WHERE as_of = ?::DATE", [as_of.isoformat()]).fetchall()[0][0]
         if not segments:
             raise LookupError(f"marts.user_segment_history holds no memberships as of {as_of}: run the build DAG for that date first")
         with transaction(con, scores_df=scores):
-            con.execute("DELETE FROM marts.user_scores_history WHERE as_of = ?::DATE", [as_of.isoformat()])
+            con.execute("DELETE FROM scoring.user_scores WHERE as_of = ?::DATE", [as_of.isoformat()])
             con.execute("""
-                INSERT INTO marts.user_scores_history BY NAME
+                INSERT INTO scoring.user_scores BY NAME
                 SELECT s.user_id, s.as_of, s.cluster_id, s.persona, s.churn_probability, s.churn_risk_band,
                        coalesce(seg.segment_name, 'General Audience') AS primary_segment,
                        s.clusterer_version, s.churn_model_version, (now() AT TIME ZONE 'UTC') AS scored_at
                 FROM scores_df s
                 LEFT JOIN marts.user_segment_history seg ON seg.user_id = s.user_id AND seg.is_primary AND seg.as_of = s.as_of
             """)
-            latest = con.execute("SELECT max(as_of) FROM marts.user_scores_history").fetchone()[0]
-            if latest == as_of:
-                con.execute("DROP TABLE IF EXISTS marts.user_scores__staging")
-                con.execute("CREATE TABLE marts.user_scores__staging AS "
-                            "SELECT * FROM marts.user_scores_history WHERE as_of = ?::DATE", [as_of.isoformat()])
-                con.execute("DROP TABLE IF EXISTS marts.user_scores")
-                con.execute("ALTER TABLE marts.user_scores__staging RENAME TO user_scores")
-            else:
+            latest = con.execute("SELECT max(as_of) FROM scoring.user_scores").fetchone()[0]
+            if latest != as_of:
                 log.info("scores as of %s stored in the history; marts.user_scores stays as of %s (the latest)", as_of, latest)
-        return con.execute("SELECT count(*) FROM marts.user_scores_history WHERE as_of = ?::DATE", [as_of.isoformat()]).fetchone()[0]
+        return con.execute("SELECT count(*) FROM scoring.user_scores WHERE as_of = ?::DATE", [as_of.isoformat()]).fetchone()[0]

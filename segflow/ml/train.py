@@ -40,7 +40,7 @@ def ensure_feature_partition(settings: Settings, as_of: date) -> None:
     if not exists:
         log.info("building feature partition as of %s", as_of)
         # Past dates are built in their own audit schema so they never race the daily build's candidates.
-        run_dbt(settings, ["run", "--select", "int_users_featurised", "audit_user_features", "user_features_history"],
+        run_dbt(settings, ["run", "--select", "tag:features", "audit_user_features", "user_features_history"],
                 vars=dbt_vars(as_of.isoformat(), settings, audit_schema="audit_training"))
 
 

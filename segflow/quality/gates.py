@@ -26,18 +26,13 @@ from typing import Any
 import pandas as pd
 
 from segflow.core.config import Settings
+from segflow.core.tables import VALIDATION_RESULTS_DDL
 from segflow.core.dbt import currency_rates
 from segflow.core.warehouse import connect
 
 log = logging.getLogger(__name__)
 
-RESULTS_DDL = """
-CREATE SCHEMA IF NOT EXISTS quality;
-CREATE TABLE IF NOT EXISTS quality.validation_results (
-    run_id VARCHAR, as_of DATE, suite VARCHAR, expectation VARCHAR, column_name VARCHAR, severity VARCHAR,
-    success BOOLEAN, observed_value VARCHAR, unexpected_count BIGINT, element_count BIGINT,
-    unexpected_sample VARCHAR, validated_at TIMESTAMP);
-"""
+RESULTS_DDL = VALIDATION_RESULTS_DDL  # defined with the other Python-written tables
 
 
 class QualityGateError(RuntimeError):

@@ -96,7 +96,7 @@ def test_a_past_date_reproduces_what_was_known_then(tmp_path, small_dataset, mak
     on_the_day = partition(then)
     later = make_settings(tmp_path / "later", small_dataset)
     build(later, AS_OF)  # the warehouse now holds 20 more days
-    run_dbt(later, ["run", "--select", "int_users_featurised", "audit_user_features", "user_features_history", "--quiet"],
+    run_dbt(later, ["run", "--select", "tag:features", "audit_user_features", "user_features_history", "--quiet"],
             vars=dbt_vars(past.isoformat(), later))
     rebuilt = partition(later)
     assert len(on_the_day) > 0
@@ -171,9 +171,10 @@ def test_unit_tests_cover_every_feature_formula_and_segment_rule(tmp_path, small
     build(settings, AS_OF)
     results = run_dbt(settings, ["test", "--select", "test_type:unit", "--quiet"], vars=dbt_vars(AS_OF.isoformat(), settings))
     names = {r.node.name for r in results.results if str(r.status) == "pass"}
-    assert {"rfm_scores_labels_and_lifecycle_stages", "engagement_intent_categories_channels_and_demographics",
-            "engagement_features_are_null_without_an_analytics_source",
-            "every_seed_rule_with_its_threshold_and_priority"} <= names
+    assert {"rfm_scores_labels_and_lifecycle_stages", "engagement_score_intent_and_demographics",
+            "engagement_features_are_null_without_an_analytics_source", "purchases_summarised_over_365_90_and_30_days",
+            "engagement_counts_intent_points_and_abandoned_carts", "top_and_interest_categories",
+            "most_frequent_channel_and_device_over_90_days", "every_seed_rule_with_its_threshold_and_priority"} <= names
     import csv
 
     from segflow.core.resources import DBT_PROJECT_DIR
@@ -219,7 +220,7 @@ def test_incremental_event_models_equal_a_full_refresh(tmp_path, small_dataset, 
         with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
             return con.execute(sql).df()
 
-    events_sql = ("SELECT * EXCLUDE (loaded_at) FROM intermediate.int_events_deduplicated ORDER BY event_id")
+    events_sql = ("SELECT * EXCLUDE (loaded_at) FROM staging.stg_analytics__events ORDER BY event_id")
     incremental_events, full_events = table(daily, events_sql), table(full, events_sql)
     assert len(incremental_events) == len(full_events) > 0
     assert (incremental_events["file_date"] == pd.Timestamp(late_day)).sum() == len(held_back)

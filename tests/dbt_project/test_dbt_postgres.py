@@ -17,23 +17,27 @@ PG_TYPES = {"VARCHAR": "text", "TIMESTAMP": "timestamp", "DATE": "date", "DOUBLE
             "INTEGER": "integer", "BIGINT": "bigint", "BOOLEAN": "boolean"}
 
 
-def copy_raw_to_postgres(warehouse, url: str) -> None:
-    """The raw layer as the extract left it in DuckDB, table for table, into PostgreSQL's raw schema."""
+def copy_raw_to_postgres(warehouse, url: str, schemas: tuple[str, ...] = ("raw", "scoring")) -> None:
+    """The tables segflow writes from Python (the raw layer, the scores) as the extract left them in DuckDB, table
+    for table, into PostgreSQL."""
     from sqlalchemy import create_engine, text
 
     engine = create_engine(url)
     with duckdb.connect(str(warehouse), read_only=True) as con, engine.begin() as pg:
-        pg.execute(text("CREATE SCHEMA raw"))
-        for (table,) in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'raw'").fetchall():
-            columns = con.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'raw' "
-                                  "AND table_name = ? ORDER BY ordinal_position", [table]).fetchall()
-            pg.execute(text(f"CREATE TABLE raw.{table} (" + ", ".join(f'"{c}" {PG_TYPES[t]}' for c, t in columns) + ")"))
-            rows = con.execute(f"SELECT * FROM raw.{table}").fetchall()
-            if rows:
-                names = ", ".join(f'"{c}"' for c, _ in columns)
-                marks = ", ".join(f":p{i}" for i in range(len(columns)))
-                pg.execute(text(f"INSERT INTO raw.{table} ({names}) VALUES ({marks})"),
-                           [{f"p{i}": v for i, v in enumerate(r)} for r in rows])
+        for schema in schemas:
+            pg.execute(text(f"CREATE SCHEMA {schema}"))
+            tables = con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = ? "
+                                 "AND table_type = 'BASE TABLE'", [schema]).fetchall()
+            for (table,) in tables:
+                columns = con.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = ? "
+                                      "AND table_name = ? ORDER BY ordinal_position", [schema, table]).fetchall()
+                pg.execute(text(f"CREATE TABLE {schema}.{table} (" + ", ".join(f'"{c}" {PG_TYPES[t]}' for c, t in columns) + ")"))
+                rows = con.execute(f"SELECT * FROM {schema}.{table}").fetchall()
+                if rows:
+                    names = ", ".join(f'"{c}"' for c, _ in columns)
+                    marks = ", ".join(f":p{i}" for i in range(len(columns)))
+                    pg.execute(text(f"INSERT INTO {schema}.{table} ({names}) VALUES ({marks})"),
+                               [{f"p{i}": v for i, v in enumerate(r)} for r in rows])
     engine.dispose()
 
 

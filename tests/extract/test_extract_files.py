@@ -7,6 +7,8 @@ import duckdb
 import pandas as pd
 import pytest
 
+from segflow.core.config import ConfigError
+
 from segflow.extract import ExtractError, run_extract
 from tests.conftest import audit_balances
 
@@ -183,9 +185,9 @@ def test_mapping_errors_name_the_source_and_key(sources_settings, tmp_path):
     settings = sources_settings({"transactions": {"path": str(tmp_path), "mapping": {"rename": {"x": "not_a_column"}}}})
     with pytest.raises(ValueError, match=r"sources.transactions.mapping.rename: \['not_a_column'\]"):
         run_extract(settings, DAY, "r")
-    settings = sources_settings({"transactions": {"path": str(tmp_path), "pathh": "typo"}})
-    with pytest.raises(ValueError, match=r"sources.transactions: unknown key\(s\) \['pathh'\]"):
-        run_extract(settings, DAY, "r")
+    # A mistyped option is refused when the configuration is read, before anything runs.
+    with pytest.raises(ConfigError, match=r"unknown key 'sources.transactions.pathh' \(did you mean 'sources.transactions.path'\?\)"):
+        sources_settings({"transactions": {"path": str(tmp_path), "pathh": "typo"}})
 
 
 def test_value_mapping_normalises_status_spellings(drop):

@@ -10,7 +10,7 @@ select
     e.product_category,
     e.device,
     e.channel
-from {{ ref('int_events_deduplicated') }} as e
+from {{ ref('stg_analytics__events') }} as e
 left join {{ ref('int_identities_resolved') }} as by_user
     on by_user.identifier_type = 'analytics_user_id' and by_user.identifier = e.analytics_user_id
 left join {{ ref('int_identities_resolved') }} as by_anon

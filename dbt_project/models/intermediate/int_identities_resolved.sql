@@ -19,7 +19,7 @@ orders as (
 
 events as (
     select anonymous_id, analytics_user_id
-    from {{ ref('int_events_deduplicated') }}
+    from {{ ref('stg_analytics__events') }}
     where event_ts < {{ as_of_end() }} and file_date <= {{ as_of_date() }} and not is_future_timestamp
 ),
 

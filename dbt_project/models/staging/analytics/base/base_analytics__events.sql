@@ -1,5 +1,5 @@
 -- Every raw analytics event typed and renamed, one row per loaded row (re-sent duplicates included).
--- Read by stg_analytics__events (deduplicated view) and int_events_deduplicated (incremental table).
+-- stg_analytics__events keeps the latest version of each event.
 select
     event_id,
     anonymous_id,

@@ -1,0 +1,66 @@
+"""The warehouse tables segflow writes from Python, outside dbt: their one definition.
+
+Each is declared as a dbt source (dbt_project/models/staging/_segflow__sources.yml), so dbt's lineage, docs and
+exposures show what reads them; user-facing outputs are dbt models on top (marts.user_scores_history and
+marts.user_scores over scoring.user_scores). The raw layer's tables belong to the extract
+(segflow.extract.loader), derived from the dataset contracts.
+
+`ensure_output_tables` runs at the start of every build (from the extract), so the dbt models over these
+tables always find them, and before each write.
+"""
+
+from __future__ import annotations
+
+SCORES_TABLE = "scoring.user_scores"
+VALIDATION_RESULTS_TABLE = "quality.validation_results"
+MONITORING_TABLE = "ml.model_monitoring"
+MODEL_REFERENCES_TABLE = "ml.model_references"
+
+SCORES_DDL = """
+CREATE SCHEMA IF NOT EXISTS scoring;
+CREATE TABLE IF NOT EXISTS scoring.user_scores (
+    user_id VARCHAR, as_of DATE, cluster_id INTEGER, persona VARCHAR, churn_probability DOUBLE,
+    churn_risk_band VARCHAR, primary_segment VARCHAR, clusterer_version VARCHAR, churn_model_version VARCHAR,
+    scored_at TIMESTAMP);
+"""
+
+VALIDATION_RESULTS_DDL = """
+CREATE SCHEMA IF NOT EXISTS quality;
+CREATE TABLE IF NOT EXISTS quality.validation_results (
+    run_id VARCHAR, as_of DATE, suite VARCHAR, expectation VARCHAR, column_name VARCHAR, severity VARCHAR,
+    success BOOLEAN, observed_value VARCHAR, unexpected_count BIGINT, element_count BIGINT,
+    unexpected_sample VARCHAR, validated_at TIMESTAMP);
+"""
+
+MONITORING_DDL = """
+CREATE SCHEMA IF NOT EXISTS ml;
+CREATE TABLE IF NOT EXISTS ml.model_references (
+    model_name VARCHAR, model_version VARCHAR, rows BIGINT, reference JSON, created_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS ml.model_monitoring (
+    as_of DATE, "check" VARCHAR, model_name VARCHAR, model_version VARCHAR, subject VARCHAR, value DOUBLE,
+    reference_value DOUBLE, threshold DOUBLE, status VARCHAR, computed_at TIMESTAMP);
+"""
+
+OUTPUT_DDL = (SCORES_DDL, VALIDATION_RESULTS_DDL, MONITORING_DDL)
+
+
+def ensure_output_tables(con) -> None:
+    """Create every Python-written output table that does not exist yet (idempotent)."""
+    for ddl in OUTPUT_DDL:
+        con.execute(ddl)
+    _migrate_scores(con)
+
+
+def _migrate_scores(con) -> None:
+    """Warehouses of segflow <= 0.1 kept the score history as a Python-written marts table; dbt now owns
+    marts.user_scores(_history) as views over scoring.user_scores. Move the rows once, then let dbt create its
+    views (it refuses to replace a table it does not own)."""
+    kinds = dict(con.execute("SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'marts' "
+                             "AND table_name IN ('user_scores_history', 'user_scores')").fetchall())
+    if kinds.get("user_scores_history") != "BASE TABLE":
+        return
+    if not con.execute("SELECT count(*) FROM scoring.user_scores").fetchone()[0]:
+        con.execute("INSERT INTO scoring.user_scores BY NAME SELECT * FROM marts.user_scores_history")
+    con.execute("DROP TABLE marts.user_scores_history")
+    if kinds.get("user_scores") == "BASE TABLE":
+        con.execute("DROP TABLE marts.user_scores")
