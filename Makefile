@@ -76,12 +76,12 @@ lint: $(UV)  ## ruff (lint + format check), mypy on the core packages, sqlfluff 
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
 	$(UV) run --frozen mypy
-	mkdir -p .cache/lint && $(LINT_ENV) $(UV) run --frozen sqlfluff lint dbt_project
+	mkdir -p .cache/lint && $(LINT_ENV) $(UV) run --frozen sqlfluff lint dbt_project/models
 
 format: $(UV)  ## apply ruff's fixes and formatting, and sqlfluff's fixes
 	$(UV) run --frozen ruff check --fix .
 	$(UV) run --frozen ruff format .
-	mkdir -p .cache/lint && $(LINT_ENV) $(UV) run --frozen sqlfluff fix dbt_project
+	mkdir -p .cache/lint && $(LINT_ENV) $(UV) run --frozen sqlfluff fix dbt_project/models
 
 docs: install  ## build the dbt docs site into docs/site (open docs/site/index.html)
 	$(UV) run --frozen python -m segflow.local.docs

@@ -16,17 +16,18 @@ from cosmos.constants import InvocationMode
 from cosmos.operators.local import DbtBuildLocalOperator
 
 from segflow.airflow import callables
-from segflow.core.dbt import dbt_target
-from segflow.core.resources import DBT_PROJECT_DIR
 from segflow.airflow.assets import USER_FEATURES
+from segflow.airflow.callables import DUCKDB_POOL
 from segflow.airflow.dag_defaults import segflow_dag
 from segflow.airflow.shared_tasks import dbt_vars, resolve_as_of, templated_dbt_vars
-from segflow.airflow.callables import DUCKDB_POOL
+from segflow.core.dbt import dbt_target
+from segflow.core.resources import DBT_PROJECT_DIR
 
 # The target comes from the environment Airflow runs with (SEGFLOW_DBT_TARGET, set from segflow.yml by segflow's
 # Airflow environment): the same function the CLI and the training builds use.
-profile_config = ProfileConfig(profile_name="segflow", target_name=dbt_target(),
-                               profiles_yml_filepath=DBT_PROJECT_DIR / "profiles.yml")
+profile_config = ProfileConfig(
+    profile_name="segflow", target_name=dbt_target(), profiles_yml_filepath=DBT_PROJECT_DIR / "profiles.yml"
+)
 # One `dbt build` per stage (models and their tests in dependency order), not one task per model: a dbt
 # invocation costs ~1.5 s of start-up whatever the data size, which made 38 per-model tasks a minute per day
 # and a 14-day backfill most of an hour. Per-model results are in the task log and in target/run_results.json.
@@ -40,12 +41,19 @@ dbt_operator_args = {
     "vars": templated_dbt_vars(),
 }
 
-FULL_REFRESH_DOC = ("Reload every source file dated up to as_of, changed or not, and rebuild the incremental event "
-                    "models from scratch (default: new and changed files, recent days).")
+FULL_REFRESH_DOC = (
+    "Reload every source file dated up to as_of, changed or not, and rebuild the incremental event "
+    "models from scratch (default: new and changed files, recent days)."
+)
 FULL_REFRESH_TEMPLATE = "{{ (dag_run.conf or {}).get('full_refresh', params.full_refresh) }}"
 
-with segflow_dag("segflow_build", schedule="@daily", doc_md=__doc__, tags=(),
-                 params={"full_refresh": Param(False, type="boolean", description=FULL_REFRESH_DOC)}):
+with segflow_dag(
+    "segflow_build",
+    schedule="@daily",
+    doc_md=__doc__,
+    tags=(),
+    params={"full_refresh": Param(False, type="boolean", description=FULL_REFRESH_DOC)},
+):
 
     @task(pool=DUCKDB_POOL)
     def extract(as_of: str, **context) -> dict:
@@ -67,9 +75,19 @@ with segflow_dag("segflow_build", schedule="@daily", doc_md=__doc__, tags=(),
 
     # full_refresh rebuilds the incremental event models of the build group; the published history tables
     # (publish group) are never fully refreshed: that would drop every past as-of partition.
-    dbt_build = DbtBuildLocalOperator(task_id="dbt_build", exclude="tag:training tag:publish",
-                                      full_refresh=FULL_REFRESH_TEMPLATE, **dbt_operator_args)
+    dbt_build = DbtBuildLocalOperator(
+        task_id="dbt_build", exclude="tag:training tag:publish", full_refresh=FULL_REFRESH_TEMPLATE, **dbt_operator_args
+    )
     dbt_publish = DbtBuildLocalOperator(task_id="dbt_publish", select="tag:publish", **dbt_operator_args)
 
     as_of = resolve_as_of()
-    chain(as_of, dbt_vars(as_of), extract(as_of), validate_raw(as_of), dbt_build, validate_marts(as_of), dbt_publish, publish_features(as_of))
+    chain(
+        as_of,
+        dbt_vars(as_of),
+        extract(as_of),
+        validate_raw(as_of),
+        dbt_build,
+        validate_marts(as_of),
+        dbt_publish,
+        publish_features(as_of),
+    )

@@ -12,8 +12,8 @@ from airflow.sdk import chain, task
 
 from segflow.airflow import callables
 from segflow.airflow.assets import USER_FEATURES, USER_SCORES
-from segflow.airflow.dag_defaults import segflow_dag
 from segflow.airflow.callables import DUCKDB_POOL
+from segflow.airflow.dag_defaults import segflow_dag
 
 with segflow_dag("segflow_score", schedule=[USER_FEATURES], doc_md=__doc__, tags=("ml",)):
 

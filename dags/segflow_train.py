@@ -8,9 +8,9 @@ from airflow.sdk import chain, task
 
 from segflow.airflow import callables
 from segflow.airflow.assets import CHAMPION_MODELS
+from segflow.airflow.callables import DUCKDB_POOL
 from segflow.airflow.dag_defaults import segflow_dag
 from segflow.airflow.shared_tasks import resolve_as_of
-from segflow.airflow.callables import DUCKDB_POOL
 
 with segflow_dag("segflow_train", schedule="@weekly", doc_md=__doc__, tags=("ml",)):
 

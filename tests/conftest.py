@@ -48,8 +48,12 @@ def sources_settings(tmp_path, monkeypatch):
     def factory(sources: dict, **sections):
         for key in [k for k in os.environ if k.startswith("SEGFLOW__")]:
             monkeypatch.delenv(key)
-        config = {"sources": sources, "warehouse": {"path": str(tmp_path / "warehouse.duckdb")},
-                  "quality": {"gx_dir": str(tmp_path / "gx")}, **sections}
+        config = {
+            "sources": sources,
+            "warehouse": {"path": str(tmp_path / "warehouse.duckdb")},
+            "quality": {"gx_dir": str(tmp_path / "gx")},
+            **sections,
+        }
         path = tmp_path / "segflow.yml"
         path.write_text(yaml.safe_dump(config))
         return load_settings(path)
@@ -62,7 +66,9 @@ def audit_balances(settings) -> list[tuple]:
     import duckdb
 
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
-        rows = con.execute("SELECT source, source_file, rows_in, rows_loaded, rows_quarantined FROM raw.load_audit").fetchall()
+        rows = con.execute(
+            "SELECT source, source_file, rows_in, rows_loaded, rows_quarantined FROM raw.load_audit"
+        ).fetchall()
     for source, batch, rows_in, loaded, quarantined in rows:
         assert rows_in == loaded + quarantined, (source, batch, rows_in, loaded, quarantined)
     return rows

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +21,15 @@ log = logging.getLogger(__name__)
 
 MARKETING_FIELDS = ["persona", "primary_segment", "churn_risk_band", "churn_probability"]
 CRM_COLUMNS = ["contact_id", "as_of", "marketing_allowed", *MARKETING_FIELDS]
-EXPORT_COLUMNS = ["user_id", "email_sha256", "as_of", "persona", "primary_segment", "churn_risk_band", "churn_probability"]
+EXPORT_COLUMNS = [
+    "user_id",
+    "email_sha256",
+    "as_of",
+    "persona",
+    "primary_segment",
+    "churn_risk_band",
+    "churn_probability",
+]
 
 
 @dataclass
@@ -63,8 +71,11 @@ def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
     probability = pd.to_numeric(out["churn_probability"], errors="coerce").astype("float64").round(6)
     out = out.astype(object).where(pd.notna(out), None)
     # 1 and 0 (an integer column) hash as True and False, so this map also covers them.
-    out["marketing_allowed"] = pd.Series(allowed.astype(object), index=out.index).where(allowed.notna(), None).map(
-        {True: True, False: False, None: None})
+    out["marketing_allowed"] = (
+        pd.Series(allowed.astype(object), index=out.index)
+        .where(allowed.notna(), None)
+        .map({True: True, False: False, None: None})
+    )
     out["churn_probability"] = probability.astype(object).where(probability.notna(), None)
     return out.set_index("contact_id")
 
@@ -76,14 +87,24 @@ def sync_crm(desired: pd.DataFrame, url: str, table: str = "crm_segments") -> tu
 
     engine = create_engine(url)
     meta = MetaData()
-    tbl = Table(table, meta,
-                Column("contact_id", String(64), primary_key=True), Column("as_of", String(10)),
-                Column("marketing_allowed", Boolean), Column("persona", String(200)), Column("primary_segment", String(200)),
-                Column("churn_risk_band", String(20)), Column("churn_probability", Float), Column("synced_at", DateTime))
+    tbl = Table(
+        table,
+        meta,
+        Column("contact_id", String(64), primary_key=True),
+        Column("as_of", String(10)),
+        Column("marketing_allowed", Boolean),
+        Column("persona", String(200)),
+        Column("primary_segment", String(200)),
+        Column("churn_risk_band", String(20)),
+        Column("churn_probability", Float),
+        Column("synced_at", DateTime),
+    )
     try:
         meta.create_all(engine)
         with engine.begin() as conn:
-            current = pd.DataFrame(conn.execute(select(*[tbl.c[c] for c in CRM_COLUMNS])).fetchall(), columns=CRM_COLUMNS)
+            current = pd.DataFrame(
+                conn.execute(select(*[tbl.c[c] for c in CRM_COLUMNS])).fetchall(), columns=CRM_COLUMNS
+            )
             want, have = _normalise(desired), _normalise(current)
             new_ids = want.index.difference(have.index)
             gone_ids = have.index.difference(want.index)
@@ -92,19 +113,24 @@ def sync_crm(desired: pd.DataFrame, url: str, table: str = "crm_segments") -> tu
             changed_mask = ~((a == b) | (a.isna() & b.isna())).all(axis=1)
             changed_ids = common[changed_mask.to_numpy()]
             upserts = want.loc[new_ids.union(changed_ids)].reset_index()
-            now = datetime.now(timezone.utc).replace(tzinfo=None)
+            now = datetime.now(UTC).replace(tzinfo=None)
             if len(upserts):
                 upserts["synced_at"] = now
                 dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
                 stmt = dialect.insert(tbl)
-                stmt = stmt.on_conflict_do_update(index_elements=["contact_id"],
-                                                  set_={c: stmt.excluded[c] for c in CRM_COLUMNS[1:] + ["synced_at"]})
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["contact_id"], set_={c: stmt.excluded[c] for c in CRM_COLUMNS[1:] + ["synced_at"]}
+                )
                 # One statement executed for many rows (the driver's executemany / SQLAlchemy's insertmanyvalues):
                 # compiling a multi-row VALUES statement per 5,000 rows took most of a 1M-user write-back.
                 for start in range(0, len(upserts), 50_000):
-                    conn.execute(stmt, upserts.iloc[start:start + 50_000].to_dict("records"))
+                    rows = [
+                        {str(k): v for k, v in r.items()}
+                        for r in upserts.iloc[start : start + 50_000].to_dict("records")
+                    ]
+                    conn.execute(stmt, rows)
             for start in range(0, len(gone_ids), 5000):
-                conn.execute(delete(tbl).where(tbl.c.contact_id.in_(list(gone_ids[start:start + 5000]))))
+                conn.execute(delete(tbl).where(tbl.c.contact_id.in_(list(gone_ids[start : start + 5000]))))
     finally:
         engine.dispose()
     return len(new_ids), len(changed_ids), len(gone_ids), len(common) - len(changed_ids)
@@ -118,7 +144,10 @@ def write_activation_export(scored: pd.DataFrame, export_dir: str | Path, as_of:
     rows["as_of"] = pd.to_datetime(rows["as_of"]).dt.strftime("%Y-%m-%d")
     rows = rows[EXPORT_COLUMNS].reset_index(drop=True)
     paths = []
-    for suffix, write in (("csv", lambda f, p: f.to_csv(p, index=False)), ("parquet", lambda f, p: f.to_parquet(p, index=False))):
+    for suffix, write in (
+        ("csv", lambda f, p: f.to_csv(p, index=False)),
+        ("parquet", lambda f, p: f.to_parquet(p, index=False)),
+    ):
         final = folder / f"segments.{suffix}"
         tmp = folder / f".segments.{suffix}.tmp"
         write(rows, tmp)
@@ -136,11 +165,19 @@ def write_back(settings: Settings, as_of: date) -> WritebackSummary:
         raise LookupError(f"marts.user_scores is as of {scored_as_of}, not {as_of}: score that date first")
     wb = settings.raw["writeback"]
     if wb.get("crm_url"):
-        inserted, updated, deleted, unchanged = sync_crm(crm_rows(scored), wb["crm_url"], wb.get("crm_table", "crm_segments"))
+        inserted, updated, deleted, unchanged = sync_crm(
+            crm_rows(scored), wb["crm_url"], wb.get("crm_table", "crm_segments")
+        )
     else:
         log.info("writeback.crm_url is not set: no CRM write-back")
         inserted = updated = deleted = unchanged = 0
     exported, files = write_activation_export(scored, wb["export_dir"], as_of)
-    log.info("CRM sync: %d inserted, %d updated, %d deleted, %d unchanged; export: %d users", inserted, updated, deleted,
-             unchanged, exported)
+    log.info(
+        "CRM sync: %d inserted, %d updated, %d deleted, %d unchanged; export: %d users",
+        inserted,
+        updated,
+        deleted,
+        unchanged,
+        exported,
+    )
     return WritebackSummary(inserted, updated, deleted, unchanged, exported, files)

@@ -5,9 +5,10 @@ never at DAG parse time."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict
-from datetime import date, datetime, timedelta, timezone
-from typing import Any, Iterable, Mapping
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from segflow.core.config import Settings, load_settings
 
@@ -27,9 +28,13 @@ def parse_as_of(value: Any) -> date:
         raise ValueError(f"as_of must be a date YYYY-MM-DD, got {value!r}") from exc
 
 
-def resolve_as_of(explicit: Any = None, triggering_events: Iterable[Mapping[str, Any]] | None = None,
-                  logical_date: datetime | None = None, run_after: datetime | None = None,
-                  today: date | None = None) -> date:
+def resolve_as_of(
+    explicit: Any = None,
+    triggering_events: Iterable[Mapping[str, Any]] | None = None,
+    logical_date: datetime | None = None,
+    run_after: datetime | None = None,
+    today: date | None = None,
+) -> date:
     """The date a run computes everything as of, defined for every kind of run:
 
     1. an explicit `as_of` (run conf / params: manual runs, backfills, `segflow run --as-of`);
@@ -45,12 +50,12 @@ def resolve_as_of(explicit: Any = None, triggering_events: Iterable[Mapping[str,
     for moment in (logical_date, run_after):
         if moment is not None:
             return (moment - timedelta(days=1)).date()
-    return (today or datetime.now(timezone.utc).date()) - timedelta(days=1)
+    return (today or datetime.now(UTC).date()) - timedelta(days=1)
 
 
 def _triggering_extras(context: Mapping[str, Any]) -> list[dict]:
     events = context.get("triggering_asset_events") or {}
-    extras = []
+    extras: list[dict] = []
     try:
         for _, asset_events in events.items():
             extras.extend(dict(getattr(e, "extra", None) or {}) for e in asset_events)
@@ -88,10 +93,15 @@ def dates_to_score(handed: list[date], explicit: bool = False) -> list[date]:
     if explicit:
         return sorted(set(handed))
     with connect(settings().warehouse_path, read_only=True) as con:
-        tables = {f"{s}.{t}" for s, t in con.execute("SELECT table_schema, table_name FROM information_schema.tables").fetchall()}
+        tables = {
+            f"{s}.{t}"
+            for s, t in con.execute("SELECT table_schema, table_name FROM information_schema.tables").fetchall()
+        }
         if not {"marts.user_segment_history", "marts.user_scores_history", "quality.validation_results"} <= tables:
             return sorted(set(handed))  # nothing scored yet: the events are all there is to go by
-        behind = [r[0] for r in con.execute("""
+        behind = [
+            r[0]
+            for r in con.execute("""
             WITH gated AS (SELECT as_of, max(validated_at) AS gated_at FROM quality.validation_results
                            WHERE suite = 'marts_user_features' GROUP BY 1),
                  scored AS (SELECT as_of, max(scored_at) AS scored_at FROM marts.user_scores_history GROUP BY 1)
@@ -100,9 +110,13 @@ def dates_to_score(handed: list[date], explicit: bool = False) -> list[date]:
             FROM (SELECT DISTINCT as_of FROM marts.user_segment_history) AS f
             LEFT JOIN scored AS s USING (as_of)
             LEFT JOIN gated AS g USING (as_of)
-            WHERE s.as_of IS NULL OR g.gated_at > s.scored_at""").fetchall()]
+            WHERE s.as_of IS NULL OR g.gated_at > s.scored_at""").fetchall()
+        ]
     if set(behind) - set(handed):
-        log.info("also scoring published dates without current scores: %s", ", ".join(map(str, sorted(set(behind) - set(handed)))))
+        log.info(
+            "also scoring published dates without current scores: %s",
+            ", ".join(map(str, sorted(set(behind) - set(handed)))),
+        )
     if set(handed) - set(behind):
         log.info("already scored since their last build: %s", ", ".join(map(str, sorted(set(handed) - set(behind)))))
     return sorted(behind)
@@ -123,6 +137,7 @@ def settings() -> Settings:
 
 
 # --- task callables -------------------------------------------------------------------------------
+
 
 def full_refresh_from_context(context: Mapping[str, Any]) -> bool:
     conf = getattr(context.get("dag_run"), "conf", None) or {}
@@ -156,8 +171,13 @@ def discard_candidates(as_of: str) -> list[str]:
 
     schema = audit_schema(as_of)
     with connect(settings().warehouse_path) as con:
-        present = [r[0] for r in con.execute("SELECT DISTINCT schema_name FROM information_schema.schemata "
-                                             "WHERE schema_name IN (?, ?)", [schema, f"{schema}_intermediate"]).fetchall()]
+        present = [
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT schema_name FROM information_schema.schemata WHERE schema_name IN (?, ?)",
+                [schema, f"{schema}_intermediate"],
+            ).fetchall()
+        ]
         for name in present:
             con.execute(f"DROP SCHEMA {name} CASCADE")
     return present
@@ -203,12 +223,12 @@ def write_back_latest(dates: list[str]) -> dict:
 def write_back(as_of: str) -> dict:
     """Push the scores of `as_of` to the CRM and the activation export - only if it is the latest date scored:
     the CRM and activation hold the current state, which a backfilled past date must not overwrite."""
-    from segflow.core.warehouse import connect
     from segflow.activation.writeback import write_back as run_write_back
+    from segflow.core.warehouse import connect, one
 
     cfg = settings()
     with connect(cfg.warehouse_path, read_only=True) as con:
-        latest = con.execute("SELECT max(as_of) FROM marts.user_scores_history").fetchone()[0]
+        latest = one(con, "SELECT max(as_of) FROM marts.user_scores_history")
     if latest is not None and parse_as_of(as_of) < latest:
         log.info("no write-back for %s: the CRM and the export keep the latest scores (as of %s)", as_of, latest)
         return {"as_of": as_of, "skipped": f"not the latest scored date ({latest})"}

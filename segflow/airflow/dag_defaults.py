@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from segflow.airflow import progress
 
@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 # Early on purpose: runs (and backfills) for any historical as-of date must be possible, e.g. the 2011
 # Online Retail example; catchup=False keeps the scheduler from creating the runs in between.
-START_DATE = datetime(2000, 1, 1, tzinfo=timezone.utc)
+START_DATE = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def task_retries() -> int:
@@ -49,7 +49,7 @@ def alert_webhook_url() -> str | None:
         from airflow.sdk import BaseHook
 
         return BaseHook.get_connection(ALERT_CONNECTION_ID).host or None
-    except Exception:  # no such connection (the usual case), or not inside a task
+    except Exception:  # noqa: BLE001 - no such connection (the usual case), or not inside a task
         return None
 
 
@@ -59,7 +59,7 @@ def on_failure_alert(context) -> None:
     from segflow.airflow.progress import report
 
     report("failed", context)
-    payload = {**alert_payload(context), "at": datetime.now(timezone.utc).isoformat()}
+    payload = {**alert_payload(context), "at": datetime.now(UTC).isoformat()}
     log.error("segflow task failed: %s", payload)
     try:
         with open(alert_log_path(), "a") as handle:
@@ -68,7 +68,9 @@ def on_failure_alert(context) -> None:
         log.warning("alert log not written: %s", exc)
     url = alert_webhook_url()
     if url:
-        request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+        )
         try:
             urllib.request.urlopen(request, timeout=10).close()
         except OSError as exc:
@@ -88,7 +90,9 @@ DEFAULT_ARGS = {
     "on_success_callback": progress.on_success,
 }
 
-AS_OF_PARAM_DOC = "Date to compute everything as of (YYYY-MM-DD). Empty: derived from the run (see docs/architecture.md)."
+AS_OF_PARAM_DOC = (
+    "Date to compute everything as of (YYYY-MM-DD). Empty: derived from the run (see docs/architecture.md)."
+)
 
 
 def segflow_dag(dag_id: str, schedule, doc_md: str | None, tags: tuple[str, ...] = (), params: dict | None = None):

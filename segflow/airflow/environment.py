@@ -45,7 +45,9 @@ def airflow_environ(settings: Settings, environ: dict[str, str] | None = None) -
         "DO_NOT_TRACK": "true",
         "GX_ANALYTICS_ENABLED": "false",
         "MLFLOW_DISABLE_TELEMETRY": "true",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), str(LOCAL_SETTINGS_DIR), environ.get("PYTHONPATH", "")])),
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(PACKAGE_DIR.parent), str(LOCAL_SETTINGS_DIR), environ.get("PYTHONPATH", "")])
+        ),
         # Airflow's components spawn `airflow ...` by name: the project's environment comes first.
         "PATH": os.pathsep.join(filter(None, [str(Path(sys.executable).parent), environ.get("PATH", "")])),
     }
@@ -53,13 +55,31 @@ def airflow_environ(settings: Settings, environ: dict[str, str] | None = None) -
         wanted["SEGFLOW_CONFIG"] = str(settings.config_file)
     # Derived from the settings (which already take SEGFLOW__ overrides): a value inherited from another run's
     # environment must not point this run's dbt at another warehouse.
-    derived = ("PYTHONPATH", "PATH", "SEGFLOW_WAREHOUSE_PATH", "MLFLOW_TRACKING_URI", "SEGFLOW_CONFIG", "DBT_PROFILES_DIR",
-               DBT_TARGET_ENV)
+    derived = (
+        "PYTHONPATH",
+        "PATH",
+        "SEGFLOW_WAREHOUSE_PATH",
+        "MLFLOW_TRACKING_URI",
+        "SEGFLOW_CONFIG",
+        "DBT_PROFILES_DIR",
+        DBT_TARGET_ENV,
+    )
     return {k: v if k in derived else environ.get(k, v) for k, v in wanted.items()}
 
 
-PRELOADED = ("great_expectations", "dbt.cli.main", "dbt.adapters.duckdb", "mlflow.sklearn", "sklearn.ensemble",
-             "sklearn.cluster", "sklearn.mixture", "duckdb", "pandas", "segflow.quality.gates", "segflow.extract")
+PRELOADED = (
+    "great_expectations",
+    "dbt.cli.main",
+    "dbt.adapters.duckdb",
+    "mlflow.sklearn",
+    "sklearn.ensemble",
+    "sklearn.cluster",
+    "sklearn.mixture",
+    "duckdb",
+    "pandas",
+    "segflow.quality.gates",
+    "segflow.extract",
+)
 
 
 def preload_task_libraries() -> list[str]:
@@ -87,8 +107,9 @@ def apply_environ(settings: Settings) -> dict[str, str]:
 
 def airflow_cli(*args: str, settings: Settings, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, **airflow_environ(settings)}
-    return subprocess.run([str(Path(sys.executable).with_name("airflow")), *args], env=env, check=check,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), *args], env=env, check=check, capture_output=True, text=True
+    )
 
 
 def ensure_metadata_db(settings: Settings) -> None:
@@ -96,7 +117,14 @@ def ensure_metadata_db(settings: Settings) -> None:
     result = airflow_cli("db", "migrate", settings=settings, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"airflow db migrate failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
-    result = airflow_cli("pools", "set", "duckdb_writer", "1", "DuckDB allows one writer process per file",
-                         settings=settings, check=False)
+    result = airflow_cli(
+        "pools",
+        "set",
+        "duckdb_writer",
+        "1",
+        "DuckDB allows one writer process per file",
+        settings=settings,
+        check=False,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"airflow pools set failed:\n{result.stderr[-4000:]}")

@@ -8,6 +8,7 @@ scheduled runs the variable is absent and nothing happens. Light imports only: r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -20,8 +21,7 @@ _started: dict[tuple[str, str], float] = {}
 def summarise_result(value: Any) -> str | None:
     """A few words on what a task's return value says it did (rows, users, checks), or None."""
     if isinstance(value, list):
-        parts = [summarise_result(v) for v in value]
-        parts = [p for p in parts if p]
+        parts = [part for part in (summarise_result(v) for v in value) if part]
         return "; ".join(parts) if parts else None
     if not isinstance(value, dict):
         return None
@@ -34,11 +34,16 @@ def summarise_result(value: Any) -> str | None:
     if "users" in value:
         return f"{int(value['users']):,} users" + (f" as of {value['as_of']}" if value.get("as_of") else "")
     if "exported_users" in value:
-        return (f"CRM +{value.get('crm_inserted', 0):,} ~{value.get('crm_updated', 0):,} -{value.get('crm_deleted', 0):,}, "
-                f"{value['exported_users']:,} users exported")
+        return (
+            f"CRM +{value.get('crm_inserted', 0):,} ~{value.get('crm_updated', 0):,} -{value.get('crm_deleted', 0):,}, "
+            f"{value['exported_users']:,} users exported"
+        )
     if "clusterer" in value and "churn" in value:
-        return ", ".join(f"{name} v{info.get('version')} @{info.get('alias')}" for name, info in
-                         (("clusterer", value["clusterer"]), ("churn", value["churn"])) if isinstance(info, dict))
+        return ", ".join(
+            f"{name} v{info.get('version')} @{info.get('alias')}"
+            for name, info in (("clusterer", value["clusterer"]), ("churn", value["churn"]))
+            if isinstance(info, dict)
+        )
     if "skipped" in value:
         return f"skipped: {value['skipped']}"
     return None
@@ -48,10 +53,8 @@ def _emit(record: dict) -> None:
     fd = os.environ.get(PROGRESS_FD_ENV)
     if not fd:
         return
-    try:
+    with contextlib.suppress(OSError, ValueError):  # the reader is gone: progress is a courtesy, never a failure
         os.write(int(fd), (json.dumps(record, default=str) + "\n").encode())
-    except (OSError, ValueError):  # the reader is gone: progress is a courtesy, never a failure
-        pass
 
 
 def report(event: str, context: dict) -> None:
@@ -66,7 +69,7 @@ def report(event: str, context: dict) -> None:
     else:
         began = _started.pop(key, None)
         record["seconds"] = None if began is None else round(time.monotonic() - began, 1)
-    if event == "success":
+    if event == "success" and ti is not None:
         try:
             record["summary"] = summarise_result(ti.xcom_pull(task_ids=key[1]))
         except Exception:  # noqa: BLE001 - no return value (dbt tasks) or no XCom backend at hand

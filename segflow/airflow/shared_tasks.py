@@ -23,4 +23,4 @@ def templated_dbt_vars(task_id: str = "dbt_vars") -> dict:
     """Cosmos operator vars pulled from the `dbt_vars` task at run time (DAG files stay free of config I/O)."""
     from segflow.core.dbt import DBT_VAR_NAMES
 
-    return {name: "{{ ti.xcom_pull(task_ids='%s')['%s'] }}" % (task_id, name) for name in DBT_VAR_NAMES}
+    return {name: f"{{{{ ti.xcom_pull(task_ids='{task_id}')['{name}'] }}}}" for name in DBT_VAR_NAMES}

@@ -64,7 +64,7 @@ def intent_weights() -> dict[str, float]:
 def round_half_away(values: pd.Series | np.ndarray, places: int) -> np.ndarray:
     """SQL's round(): halves away from zero (numpy rounds them to even)."""
     x = np.asarray(values, dtype="float64")
-    factor = 10.0 ** places
+    factor = 10.0**places
     return np.sign(x) * np.floor(np.abs(x) * factor + 0.5) / factor
 
 
@@ -102,59 +102,107 @@ def user_features_pandas(inputs: dict[str, Any], as_of: date) -> pd.DataFrame:
     events = inputs["events"]
     has_events = inputs["has_events"]
 
-    users = pd.DataFrame({"user_id": identities.loc[identities["identifier_type"].isin(
-        ["crm_contact_id", "transaction_customer_ref"]), "user_id"].drop_duplicates().to_numpy()})
+    users = pd.DataFrame(
+        {
+            "user_id": identities.loc[
+                identities["identifier_type"].isin(["crm_contact_id", "transaction_customer_ref"]), "user_id"
+            ]
+            .drop_duplicates()
+            .to_numpy()
+        }
+    )
     contacts = contacts[contacts["contact_id"] == contacts["user_id"]]
 
     order_date = pd.to_datetime(orders["order_date"])
-    o = orders.assign(order_date=order_date, in_365=order_date > day - pd.Timedelta(days=365),
-                      in_30=order_date > day - pd.Timedelta(days=30), in_90=order_date > day - pd.Timedelta(days=90))
+    o = orders.assign(
+        order_date=order_date,
+        in_365=order_date > day - pd.Timedelta(days=365),
+        in_30=order_date > day - pd.Timedelta(days=30),
+        in_90=order_date > day - pd.Timedelta(days=90),
+    )
     o["amount_365"] = o["amount_reporting"].where(o["in_365"], 0.0)
-    order_stats = o.groupby("user_id").agg(
-        last_purchase_date=("order_date", "max"), first_purchase_date=("order_date", "min"),
-        lifetime_orders=("order_id", "size"), lifetime_spend=("amount_reporting", "sum"),
-        frequency_365d=("in_365", "sum"), monetary_365d=("amount_365", "sum"),
-        orders_30d=("in_30", "sum"), orders_90d=("in_90", "sum")).reset_index()
+    order_stats = (
+        o.groupby("user_id")
+        .agg(
+            last_purchase_date=("order_date", "max"),
+            first_purchase_date=("order_date", "min"),
+            lifetime_orders=("order_id", "size"),
+            lifetime_spend=("amount_reporting", "sum"),
+            frequency_365d=("in_365", "sum"),
+            monetary_365d=("amount_365", "sum"),
+            orders_30d=("in_30", "sum"),
+            orders_90d=("in_90", "sum"),
+        )
+        .reset_index()
+    )
 
     event_date = pd.to_datetime(events["event_date"])
     e30 = events[event_date > day - pd.Timedelta(days=30)]
     e90 = events[event_date > day - pd.Timedelta(days=90)]
     point_weights = {k: v for k, v in weights.items() if k != "cart_abandonment"}
     e30 = e30.assign(
-        is_open=e30["event_type"] == "email_open", is_click=e30["event_type"] == "email_click",
+        is_open=e30["event_type"] == "email_open",
+        is_click=e30["event_type"] == "email_click",
         is_view=e30["event_type"] == "page_view",
         points=e30["event_type"].map(point_weights).astype("float64").fillna(0.0),
-        is_cart=e30["event_type"] == "add_to_cart", is_purchase=e30["event_type"] == "purchase")
+        is_cart=e30["event_type"] == "add_to_cart",
+        is_purchase=e30["event_type"] == "purchase",
+    )
     grouped = e30.groupby("user_id")
-    engagement = pd.DataFrame({
-        "active_days_30d": grouped["event_date"].nunique(), "sessions_30d": grouped["session_id"].nunique(),
-        "email_opens_30d": grouped["is_open"].sum(), "email_clicks_30d": grouped["is_click"].sum(),
-        "event_intent_points": grouped["points"].sum()}).reset_index()
+    engagement = pd.DataFrame(
+        {
+            "active_days_30d": grouped["event_date"].nunique(),
+            "sessions_30d": grouped["session_id"].nunique(),
+            "email_opens_30d": grouped["is_open"].sum(),
+            "email_clicks_30d": grouped["is_click"].sum(),
+            "event_intent_points": grouped["points"].sum(),
+        }
+    ).reset_index()
     sessions = e30.groupby(["user_id", "session_id"]).agg(cart=("is_cart", "any"), purchase=("is_purchase", "any"))
     abandoned = (sessions["cart"] & ~sessions["purchase"]).groupby(level="user_id").sum()
     abandonment = abandoned.rename("abandoned_sessions_30d").reset_index()
 
-    category_activity = (e90[e90["product_category"].notna() & e90["event_type"].isin(ENGAGEMENT_TYPES)]
-                         .groupby(["user_id", "product_category"]).size().rename("n").reset_index())
+    category_activity = (
+        e90[e90["product_category"].notna() & e90["event_type"].isin(ENGAGEMENT_TYPES)]
+        .groupby(["user_id", "product_category"])
+        .size()
+        .rename("n")
+        .reset_index()
+    )
     category_activity["share"] = category_activity["n"] / category_activity.groupby("user_id")["n"].transform("sum")
     top_category = _top(category_activity, "user_id", "product_category").rename(
-        columns={"product_category": "top_category", "share": "top_category_share"})[["user_id", "top_category", "top_category_share"]]
+        columns={"product_category": "top_category", "share": "top_category_share"}
+    )[["user_id", "top_category", "top_category_share"]]
 
-    views = (e30[(e30["event_type"] == "product_view") & e30["product_category"].notna()]
-             .groupby(["user_id", "product_category"]).size().rename("views").reset_index())
+    views = (
+        e30[(e30["event_type"] == "product_view") & e30["product_category"].notna()]
+        .groupby(["user_id", "product_category"])
+        .size()
+        .rename("views")
+        .reset_index()
+    )
     views = views[views["views"] > 3]
     bought_30d = o.loc[o["in_30"], ["user_id", "category"]].drop_duplicates()
-    views = views.merge(bought_30d, how="left", left_on=["user_id", "product_category"], right_on=["user_id", "category"],
-                        indicator=True)
+    views = views.merge(
+        bought_30d,
+        how="left",
+        left_on=["user_id", "product_category"],
+        right_on=["user_id", "category"],
+        indicator=True,
+    )
     views = views[views["_merge"] == "left_only"]
     interest = _top(views, "user_id", "product_category", "views").rename(
-        columns={"product_category": "interest_category", "views": "interest_category_views_30d"})[
-        ["user_id", "interest_category", "interest_category_views_30d"]]
+        columns={"product_category": "interest_category", "views": "interest_category_views_30d"}
+    )[["user_id", "interest_category", "interest_category_views_30d"]]
 
-    channel = _top(e90[e90["channel"].notna()].groupby(["user_id", "channel"]).size().rename("n").reset_index(),
-                   "user_id", "channel")[["user_id", "channel"]].rename(columns={"channel": "preferred_channel_observed"})
-    device = _top(e90[e90["device"].notna()].groupby(["user_id", "device"]).size().rename("n").reset_index(),
-                  "user_id", "device")[["user_id", "device"]].rename(columns={"device": "preferred_device"})
+    channel = _top(
+        e90[e90["channel"].notna()].groupby(["user_id", "channel"]).size().rename("n").reset_index(),
+        "user_id",
+        "channel",
+    )[["user_id", "channel"]].rename(columns={"channel": "preferred_channel_observed"})
+    device = _top(
+        e90[e90["device"].notna()].groupby(["user_id", "device"]).size().rename("n").reset_index(), "user_id", "device"
+    )[["user_id", "device"]].rename(columns={"device": "preferred_device"})
 
     f = users.merge(contacts, how="left", on="user_id")
     for frame in (order_stats, engagement, abandonment, top_category, interest, channel, device):
@@ -167,7 +215,9 @@ def user_features_pandas(inputs: dict[str, Any], as_of: date) -> pd.DataFrame:
     years = age.fillna(-1).to_numpy("int64")
     out["age_band"] = np.select(
         [~valid_age.fillna(False).to_numpy(bool), years < 25, years < 35, years < 45, years < 55, years < 65],
-        ["Unknown", "16-24", "25-34", "35-44", "45-54", "55-64"], "65+")
+        ["Unknown", "16-24", "25-34", "35-44", "45-54", "55-64"],
+        "65+",
+    )
     out["age"] = age.where(valid_age.fillna(False))
     out["gender"] = f["gender"].fillna("unknown")
     out["country"] = f["country_code"].fillna("Unknown")
@@ -188,8 +238,12 @@ def user_features_pandas(inputs: dict[str, Any], as_of: date) -> pd.DataFrame:
     out["orders_30d"] = f["orders_30d"].fillna(0).astype("int64")
     out["orders_90d"] = f["orders_90d"].fillna(0).astype("int64")
     counts = {c: f[c].fillna(0) for c in ("active_days_30d", "sessions_30d", "email_opens_30d", "email_clicks_30d")}
-    engagement_score = (30 * np.minimum(counts["active_days_30d"] / 10.0, 1) + 30 * np.minimum(counts["sessions_30d"] / 15.0, 1)
-                        + 20 * np.minimum(counts["email_opens_30d"] / 8.0, 1) + 20 * np.minimum(counts["email_clicks_30d"] / 4.0, 1))
+    engagement_score = (
+        30 * np.minimum(counts["active_days_30d"] / 10.0, 1)
+        + 30 * np.minimum(counts["sessions_30d"] / 15.0, 1)
+        + 20 * np.minimum(counts["email_opens_30d"] / 8.0, 1)
+        + 20 * np.minimum(counts["email_clicks_30d"] / 4.0, 1)
+    )
     abandoned_sessions = f["abandoned_sessions_30d"].fillna(0)
     intent = f["event_intent_points"].fillna(0.0) + weights.get("cart_abandonment", 0) * abandoned_sessions
     if has_events:
@@ -201,7 +255,14 @@ def user_features_pandas(inputs: dict[str, Any], as_of: date) -> pd.DataFrame:
         out["top_category"] = f["top_category"].fillna("none")
         out["top_category_share"] = round_half_away(f["top_category_share"].fillna(0.0), 3)
     else:
-        for c in (*counts, "engagement_score", "intent_score_30d", "cart_abandoned_30d", "top_category", "top_category_share"):
+        for c in (
+            *counts,
+            "engagement_score",
+            "intent_score_30d",
+            "cart_abandoned_30d",
+            "top_category",
+            "top_category_share",
+        ):
             out[c] = None
     out["interest_category"] = f["interest_category"]
     out["interest_category_views_30d"] = f["interest_category_views_30d"].astype("Int64")
@@ -209,24 +270,53 @@ def user_features_pandas(inputs: dict[str, Any], as_of: date) -> pd.DataFrame:
     out["preferred_device"] = f["preferred_device"].fillna("unknown")
 
     buyers = out[out["frequency_365d"] > 0]
-    for column, by, ascending in (("recency_score", ["recency_days", "user_id"], [False, True]),
-                                  ("frequency_score", ["frequency_365d", "user_id"], [True, True]),
-                                  ("monetary_score", ["monetary_365d", "user_id"], [True, True])):
+    for column, by, ascending in (
+        ("recency_score", ["recency_days", "user_id"], [False, True]),
+        ("frequency_score", ["frequency_365d", "user_id"], [True, True]),
+        ("monetary_score", ["monetary_365d", "user_id"], [True, True]),
+    ):
         out[column] = ntile(buyers, by, ascending).reindex(out.index).astype("Int64")
 
     # Null scores (non-buyers) are caught by the first condition; -1 keeps the arrays plain booleans.
     r, fr = (out[c].fillna(-1).to_numpy("int64") for c in ("recency_score", "frequency_score"))
     out["rfm_label"] = np.select(
-        [r < 0, (r >= 4) & (fr >= 4), (r >= 4) & (fr == 1), (r >= 3) & (fr >= 3), r >= 4,
-         (r <= 2) & (fr >= 4), (r <= 2) & (fr >= 2), r <= 2],
-        ["No recent purchases", "Champions", "Recent First-Timers", "Loyal", "Potential Loyalists", "Cannot Lose Them",
-         "At Risk", "Hibernating"], "Needs Attention")
+        [
+            r < 0,
+            (r >= 4) & (fr >= 4),
+            (r >= 4) & (fr == 1),
+            (r >= 3) & (fr >= 3),
+            r >= 4,
+            (r <= 2) & (fr >= 4),
+            (r <= 2) & (fr >= 2),
+            r <= 2,
+        ],
+        [
+            "No recent purchases",
+            "Champions",
+            "Recent First-Timers",
+            "Loyal",
+            "Potential Loyalists",
+            "Cannot Lose Them",
+            "At Risk",
+            "Hibernating",
+        ],
+        "Needs Attention",
+    )
     recency = out["recency_days"].fillna(-1).to_numpy("int64")  # null only without orders: the first condition
     orders_total = out["lifetime_orders"].to_numpy()
     first_recent = (out["first_purchase_date"] > day - pd.Timedelta(days=30)).fillna(False).to_numpy(bool)
     out["lifecycle_stage"] = np.select(
-        [orders_total == 0, recency > 90, recency > 45, first_recent, (orders_total >= 3) & (recency <= 30), orders_total >= 2],
-        ["prospect", "lapsed", "at_risk", "new", "loyal", "repeat"], "active")
+        [
+            orders_total == 0,
+            recency > 90,
+            recency > 45,
+            first_recent,
+            (orders_total >= 3) & (recency <= 30),
+            orders_total >= 2,
+        ],
+        ["prospect", "lapsed", "at_risk", "new", "loyal", "repeat"],
+        "active",
+    )
     return out
 
 
@@ -239,8 +329,15 @@ def compare_with_dbt(settings: Settings, features: pd.DataFrame, as_of: str, tol
         dbt = con.execute("SELECT * FROM marts.user_features_history WHERE as_of = ?::DATE", [as_of]).df()
     dbt = dbt.sort_values("user_id", ignore_index=True)
     ours = features.sort_values("user_id", ignore_index=True)
-    if len(dbt) != len(ours) or not (dbt["user_id"].astype(str).to_numpy() == ours["user_id"].astype(str).to_numpy()).all():
-        return {"equal": False, "columns_compared": 0, "mismatches": {"user_id": f"{len(ours)} users vs dbt's {len(dbt)}"}}
+    if (
+        len(dbt) != len(ours)
+        or not (dbt["user_id"].astype(str).to_numpy() == ours["user_id"].astype(str).to_numpy()).all()
+    ):
+        return {
+            "equal": False,
+            "columns_compared": 0,
+            "mismatches": {"user_id": f"{len(ours)} users vs dbt's {len(dbt)}"},
+        }
     columns = [c for c in dbt.columns if c in ours.columns]
     missing = sorted(set(dbt.columns) - set(ours.columns))
     mismatches: dict[str, Any] = {c: "column missing from the baseline" for c in missing}
@@ -248,9 +345,17 @@ def compare_with_dbt(settings: Settings, features: pd.DataFrame, as_of: str, tol
         differs = _differs(dbt[column], ours[column], tolerance)
         if differs.any():
             rows = np.flatnonzero(differs)[:3]
-            mismatches[column] = {"rows": int(differs.sum()), "examples": [
-                {"user_id": str(dbt["user_id"].iloc[i]), "dbt": str(dbt[column].iloc[i]), "pandas": str(ours[column].iloc[i])}
-                for i in rows]}
+            mismatches[column] = {
+                "rows": int(differs.sum()),
+                "examples": [
+                    {
+                        "user_id": str(dbt["user_id"].iloc[i]),
+                        "dbt": str(dbt[column].iloc[i]),
+                        "pandas": str(ours[column].iloc[i]),
+                    }
+                    for i in rows
+                ],
+            }
     return {"equal": not mismatches, "columns_compared": len(columns), "mismatches": mismatches}
 
 

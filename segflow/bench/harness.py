@@ -20,11 +20,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from segflow.core.config import REPO_ROOT
 
@@ -34,11 +35,41 @@ SEED = 42
 # Scale the demo's synthetic users to ~30 events and ~3 orders per user and year (the issue's 1M-user shape).
 EVENT_SCALE = 0.29
 PURCHASE_SCALE = 0.6
-FULL_STAGES = ("extract", "validate_raw", "dbt_build", "validate_marts", "dbt_publish", "train", "score", "monitor", "write_back")
+FULL_STAGES = (
+    "extract",
+    "validate_raw",
+    "dbt_build",
+    "validate_marts",
+    "dbt_publish",
+    "train",
+    "score",
+    "monitor",
+    "write_back",
+)
 BUILD_STAGES = ("extract", "validate_raw", "dbt_build", "validate_marts", "dbt_publish")  # the daily build DAG
-INCREMENTAL_STAGES = ("extract", "validate_raw", "dbt_build", "validate_marts", "dbt_publish", "score", "monitor", "write_back")
-VERSIONED = ("duckdb", "dbt-core", "dbt-duckdb", "apache-airflow", "astronomer-cosmos", "great-expectations", "mlflow",
-             "scikit-learn", "pandas", "numpy", "pyarrow")
+INCREMENTAL_STAGES = (
+    "extract",
+    "validate_raw",
+    "dbt_build",
+    "validate_marts",
+    "dbt_publish",
+    "score",
+    "monitor",
+    "write_back",
+)
+VERSIONED = (
+    "duckdb",
+    "dbt-core",
+    "dbt-duckdb",
+    "apache-airflow",
+    "astronomer-cosmos",
+    "great-expectations",
+    "mlflow",
+    "scikit-learn",
+    "pandas",
+    "numpy",
+    "pyarrow",
+)
 
 
 @dataclass
@@ -78,16 +109,31 @@ def measure(cmd: list[str], env: dict[str, str], log_file: Path) -> tuple[int, f
 
 
 def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines() if line.startswith("model name")), platform.processor())
-    mem_kb = next((int(line.split()[1]) for line in _read("/proc/meminfo").splitlines() if line.startswith("MemTotal")), 0)
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in _read("/proc/cpuinfo").splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kb = next(
+        (int(line.split()[1]) for line in _read("/proc/meminfo").splitlines() if line.startswith("MemTotal")), 0
+    )
     versions = {}
     for name in VERSIONED:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"cores": os.cpu_count(), "memory_gb": round(mem_kb / 1024 ** 2, 1), "cpu": cpu, "os": platform.platform(),
-            "python": platform.python_version(), "versions": versions}
+    return {
+        "cores": os.cpu_count(),
+        "memory_gb": round(mem_kb / 1024**2, 1),
+        "cpu": cpu,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
 
 
 def _read(path: str) -> str:
@@ -99,9 +145,16 @@ def _read(path: str) -> str:
 
 # --- datasets -------------------------------------------------------------------------------------
 
+
 def dataset_params(users: int, days: int = DAYS) -> dict[str, Any]:
-    return {"users": users, "days": days, "seed": SEED, "end_date": END_DATE.isoformat(), "event_scale": EVENT_SCALE,
-            "purchase_scale": PURCHASE_SCALE}
+    return {
+        "users": users,
+        "days": days,
+        "seed": SEED,
+        "end_date": END_DATE.isoformat(),
+        "event_scale": EVENT_SCALE,
+        "purchase_scale": PURCHASE_SCALE,
+    }
 
 
 def cached_dataset(cache_dir: Path, params: dict[str, Any]) -> Path | None:
@@ -114,24 +167,50 @@ def cached_dataset(cache_dir: Path, params: dict[str, Any]) -> Path | None:
     return path if all(str(written.get(k)) == str(v) for k, v in params.items()) else None
 
 
-def ensure_dataset(cache_dir: Path, params: dict[str, Any], env: dict[str, str], log_file: Path) -> tuple[Path, Measurement | None]:
+def ensure_dataset(
+    cache_dir: Path, params: dict[str, Any], env: dict[str, str], log_file: Path
+) -> tuple[Path, Measurement | None]:
     path = cached_dataset(cache_dir, params)
     if path is not None:
         return path, None
     path = cache_dir / f"users-{params['users']}-days-{params['days']}"
     shutil.rmtree(path, ignore_errors=True)
-    cmd = [sys.executable, "-m", "segflow.local.cli", "generate", "--out", str(path), "--users", str(params["users"]),
-           "--days", str(params["days"]), "--seed", str(params["seed"]), "--end-date", params["end_date"],
-           "--event-scale", str(params["event_scale"]), "--purchase-scale", str(params["purchase_scale"])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segflow.local.cli",
+        "generate",
+        "--out",
+        str(path),
+        "--users",
+        str(params["users"]),
+        "--days",
+        str(params["days"]),
+        "--seed",
+        str(params["seed"]),
+        "--end-date",
+        params["end_date"],
+        "--event-scale",
+        str(params["event_scale"]),
+        "--purchase-scale",
+        str(params["purchase_scale"]),
+    ]
     code, wall, cpu, rss = measure(cmd, env, log_file)
     if code:
         raise StageFailed(f"generating {path} failed (exit {code}); see {log_file}")
     manifest = json.loads((path / "manifest.json").read_text())
-    return path, Measurement("generate", "data", round(wall, 2), round(cpu, 2), round(rss, 1),
-                             manifest["events"] + manifest["orders"] + manifest["users"])
+    return path, Measurement(
+        "generate",
+        "data",
+        round(wall, 2),
+        round(cpu, 2),
+        round(rss, 1),
+        manifest["events"] + manifest["orders"] + manifest["users"],
+    )
 
 
 # --- workspaces -----------------------------------------------------------------------------------
+
 
 def workspace_env(root: Path, data: Path) -> dict[str, str]:
     """Environment of a stage: every store under `root`, sources read from the cached dataset `data` (the CRM is
@@ -191,16 +270,27 @@ class SizeRun:
         if code:
             # Recorded, not fatal: a stage that fails at one size (out of memory, say) is a result too.
             reason = "killed (out of memory?)" if code < 0 else f"exit {code}"
-            m = Measurement(stage, phase, round(wall, 2), round(cpu, 2), round(rss, 1), None,
-                            {"failed": f"{reason}; see {self.log_file}"})
+            m = Measurement(
+                stage,
+                phase,
+                round(wall, 2),
+                round(cpu, 2),
+                round(rss, 1),
+                None,
+                {"failed": f"{reason}; see {self.log_file}"},
+            )
             self.measurements.append(m)
-            self.progress(f"  {self.users:>9,} users  {phase:<11} {stage:<15} FAILED ({reason}) after {wall:.1f} s, {rss:.0f} MB")
+            self.progress(
+                f"  {self.users:>9,} users  {phase:<11} {stage:<15} FAILED ({reason}) after {wall:.1f} s, {rss:.0f} MB"
+            )
             return m
         details = json.loads(result_file.read_text())
         rows = details.pop("rows", None)
         m = Measurement(stage, phase, round(wall, 2), round(cpu, 2), round(rss, 1), rows, details)
         self.measurements.append(m)
-        self.progress(f"  {self.users:>9,} users  {phase:<11} {stage:<15} {wall:8.1f} s  {cpu:8.1f} s CPU  {rss:8.0f} MB")
+        self.progress(
+            f"  {self.users:>9,} users  {phase:<11} {stage:<15} {wall:8.1f} s  {cpu:8.1f} s CPU  {rss:8.0f} MB"
+        )
         return m
 
     def airflow(self, as_of: date) -> Measurement:
@@ -216,7 +306,9 @@ class SizeRun:
             details["failed"] = f"exit {code}; see {console}"
         m = Measurement("segflow run", "airflow", round(wall, 2), round(cpu, 2), round(rss, 1), None, details)
         self.measurements.append(m)
-        self.progress(f"  {self.users:>9,} users  airflow     segflow run     {wall:8.1f} s  {cpu:8.1f} s CPU  {rss:8.0f} MB")
+        self.progress(
+            f"  {self.users:>9,} users  airflow     segflow run     {wall:8.1f} s  {cpu:8.1f} s CPU  {rss:8.0f} MB"
+        )
         return m
 
 
@@ -227,8 +319,14 @@ def dag_seconds(console_output: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"✓\s+(segflow_\w+)\s+\((\d+)s\)", console_output)}
 
 
-def run_size(users: int, cache_dir: Path, work_dir: Path, days: int = DAYS, airflow: bool = True,
-             progress: Callable[[str], None] = print) -> dict[str, Any]:
+def run_size(
+    users: int,
+    cache_dir: Path,
+    work_dir: Path,
+    days: int = DAYS,
+    airflow: bool = True,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
     params = dataset_params(users, days)
     env = {**os.environ}
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -250,10 +348,22 @@ def run_size(users: int, cache_dir: Path, work_dir: Path, days: int = DAYS, airf
         run.airflow(next_day)
     return {
         "users": users,
-        "dataset": {k: manifest[k] for k in ("users", "days", "start_date", "end_date", "events", "orders", "seed",
-                                             "event_scale", "purchase_scale")},
+        "dataset": {
+            k: manifest[k]
+            for k in (
+                "users",
+                "days",
+                "start_date",
+                "end_date",
+                "events",
+                "orders",
+                "seed",
+                "event_scale",
+                "purchase_scale",
+            )
+        },
         "as_of": {"full": full_as_of.isoformat(), "incremental": next_day.isoformat()},
-        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "stages": [m.as_dict() for m in run.measurements],
     }

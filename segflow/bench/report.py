@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from segflow.bench.harness import BUILD_STAGES
 
@@ -76,7 +77,7 @@ def growth_exponent(points: list[tuple[float, float]]) -> float | None:
     xs, ys = [math.log(x) for x, _ in points], [math.log(y) for _, y in points]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     sxx = sum((x - mx) ** 2 for x in xs)
-    return round(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx, 3) if sxx else None
+    return round(sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx, 3) if sxx else None
 
 
 SCALING_METRICS: dict[str, Callable[[dict[str, Any]], float | None]] = {
@@ -107,26 +108,66 @@ def targets(result: dict[str, Any], all_results: list[dict[str, Any]]) -> list[T
     baseline = stage(result, "baseline", "pandas_baseline")
     equal = baseline["details"].get("equal") if baseline else None
     failed = [f"{s['phase']} {s['stage']}" for s in result["stages"] if s["details"].get("failed")]
-    exponent = growth_exponent([(r["users"], wall(r, "airflow", "segflow run") or build_seconds(r, "full"))
-                                for r in all_results])
+    exponent = growth_exponent(
+        [(r["users"], wall(r, "airflow", "segflow run") or build_seconds(r, "full")) for r in all_results]
+    )
     rows = [
-        check("dbt feature build (full refresh: a year of events de-duplicated again)", "≤ 60 s", dbt, lambda v: v <= 60, " s"),
-        check("dbt feature build (daily, incremental)", "≤ 60 s", wall(result, "incremental", "dbt_build"), lambda v: v <= 60, " s"),
+        check(
+            "dbt feature build (full refresh: a year of events de-duplicated again)",
+            "≤ 60 s",
+            dbt,
+            lambda v: v <= 60,
+            " s",
+        ),
+        check(
+            "dbt feature build (daily, incremental)",
+            "≤ 60 s",
+            wall(result, "incremental", "dbt_build"),
+            lambda v: v <= 60,
+            " s",
+        ),
         check("pandas baseline / dbt feature build", "≥ 5×", baseline_ratio(result), lambda v: v >= 5, "×"),
-        check("pandas baseline / dbt feature model (audit_user_features alone)", "≥ 5×", feature_model_ratio(result),
-              lambda v: v >= 5, "×"),
+        check(
+            "pandas baseline / dbt feature model (audit_user_features alone)",
+            "≥ 5×",
+            feature_model_ratio(result),
+            lambda v: v >= 5,
+            "×",
+        ),
         Target("pandas baseline equals dbt output", "equal", None, equal),
-        check("scoring (the whole stage: process start, models, predict, GX gate, publish)", "≥ 100,000 users/s",
-              scoring_rate(result), lambda v: v >= 100_000, " users/s"),
-        check("scoring (read features, load champions, predict)", "≥ 100,000 users/s",
-              (stage(result, "full", "score") or {}).get("details", {}).get("compute_users_per_s"), lambda v: v >= 100_000, " users/s"),
+        check(
+            "scoring (the whole stage: process start, models, predict, GX gate, publish)",
+            "≥ 100,000 users/s",
+            scoring_rate(result),
+            lambda v: v >= 100_000,
+            " users/s",
+        ),
+        check(
+            "scoring (read features, load champions, predict)",
+            "≥ 100,000 users/s",
+            (stage(result, "full", "score") or {}).get("details", {}).get("compute_users_per_s"),
+            lambda v: v >= 100_000,
+            " users/s",
+        ),
         check("training", "≤ 180 s", wall(result, "full", "train"), lambda v: v <= 180, " s"),
-        check("whole pipeline incl. orchestration (a day with retraining, through Airflow)", "≤ 600 s",
-              wall(result, "airflow", "segflow run"), lambda v: v <= 600, " s"),
-        check("whole pipeline, first run from an empty warehouse (stages summed, no Airflow)", "≤ 600 s",
-              first_run_seconds(result), lambda v: v <= 600, " s"),
+        check(
+            "whole pipeline incl. orchestration (a day with retraining, through Airflow)",
+            "≤ 600 s",
+            wall(result, "airflow", "segflow run"),
+            lambda v: v <= 600,
+            " s",
+        ),
+        check(
+            "whole pipeline, first run from an empty warehouse (stages summed, no Airflow)",
+            "≤ 600 s",
+            first_run_seconds(result),
+            lambda v: v <= 600,
+            " s",
+        ),
         check("peak RSS (any pipeline process)", "≤ 6144 MB", pipeline_peak_rss(result), lambda v: v <= 6144, " MB"),
-        check("one-day incremental / full refresh (daily build)", "≤ 0.15", incremental_ratio(result), lambda v: v <= 0.15),
+        check(
+            "one-day incremental / full refresh (daily build)", "≤ 0.15", incremental_ratio(result), lambda v: v <= 0.15
+        ),
         check("growth exponent (whole pipeline, 10k → 1M)", "≤ 1.1", exponent, lambda v: v <= 1.1),
         Target("every stage completed", "all", None, not failed),
     ]
@@ -170,42 +211,71 @@ def render(results: list[dict[str, Any]], notes: str = "") -> str:
     ]
     for t in targets(largest, results):
         measured = _fmt(t.measured, 3 if t.unit == "" else 1) + (t.unit if t.measured is not None else "")
-        lines.append(f"| {t.name} | {t.goal} | {measured} | {'–' if t.met is None else ('yes' if t.met else '**no**')} |")
-    lines += ["", "## Scaling", "",
-              "| metric | " + " | ".join(f"{r['users']:,} users" for r in results) + " | exponent (all sizes) | exponent (last two) |",
-              "|---|" + "---|" * len(results) + "---|---|"]
+        lines.append(
+            f"| {t.name} | {t.goal} | {measured} | {'–' if t.met is None else ('yes' if t.met else '**no**')} |"
+        )
+    lines += [
+        "",
+        "## Scaling",
+        "",
+        "| metric | "
+        + " | ".join(f"{r['users']:,} users" for r in results)
+        + " | exponent (all sizes) | exponent (last two) |",
+        "|---|" + "---|" * len(results) + "---|---|",
+    ]
     for name, metric in SCALING_METRICS.items():
         values = [metric(r) for r in results]
-        points = [(r["users"], v) for r, v in zip(results, values)]
-        lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in values)
-                     + f" | {_fmt(growth_exponent(points), 3)} | {_fmt(growth_exponent(points[-2:]), 3)} |")
-    lines += ["", "Exponent: the slope of log(metric) against log(users); 1.0 is linear. Fixed costs (process",
-              "start-up, imports, dbt's parse) weigh most at small sizes and pull the all-sizes exponent below 1.", ""]
+        points = [(r["users"], v) for r, v in zip(results, values, strict=True)]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_fmt(v) for v in values)
+            + f" | {_fmt(growth_exponent(points), 3)} | {_fmt(growth_exponent(points[-2:]), 3)} |"
+        )
+    lines += [
+        "",
+        "Exponent: the slope of log(metric) against log(users); 1.0 is linear. Fixed costs (process",
+        "start-up, imports, dbt's parse) weigh most at small sizes and pull the all-sizes exponent below 1.",
+        "",
+    ]
     for r in reversed(results):
         d = r["dataset"]
-        lines += [f"## {r['users']:,} users", "",
-                  f"Dataset: {d['events']:,} events, {d['orders']:,} orders, {d['days']} days ({d['start_date']} .. {d['end_date']}); "
-                  f"full build as of {r['as_of']['full']}, incremental as of {r['as_of']['incremental']}.", "",
-                  "| phase | stage | wall (s) | CPU (s) | peak RSS (MB) | rows | rows/s |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {r['users']:,} users",
+            "",
+            f"Dataset: {d['events']:,} events, {d['orders']:,} orders, {d['days']} days ({d['start_date']} .. {d['end_date']}); "
+            f"full build as of {r['as_of']['full']}, incremental as of {r['as_of']['incremental']}.",
+            "",
+            "| phase | stage | wall (s) | CPU (s) | peak RSS (MB) | rows | rows/s |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for s in r["stages"]:
-            lines.append(f"| {s['phase']} | {s['stage']}{' **failed**' if s['details'].get('failed') else ''} | {_fmt(s['wall_s'])} | {_fmt(s['cpu_s'])} | {_fmt(s['peak_rss_mb'], 0)} | "
-                         f"{_fmt(s['rows'])} | {_fmt(s['rows_per_s'], 0)} |")
+            lines.append(
+                f"| {s['phase']} | {s['stage']}{' **failed**' if s['details'].get('failed') else ''} | {_fmt(s['wall_s'])} | {_fmt(s['cpu_s'])} | {_fmt(s['peak_rss_mb'], 0)} | "
+                f"{_fmt(s['rows'])} | {_fmt(s['rows_per_s'], 0)} |"
+            )
         full, inc = build_seconds(r, "full"), build_seconds(r, "incremental")
         baseline = stage(r, "baseline", "pandas_baseline")
-        lines += ["", f"- Daily build (extract → publish): full refresh {_fmt(full)} s, one-day incremental {_fmt(inc)} s "
-                      f"(ratio {_fmt(incremental_ratio(r), 3)})."]
+        lines += [
+            "",
+            f"- Daily build (extract → publish): full refresh {_fmt(full)} s, one-day incremental {_fmt(inc)} s "
+            f"(ratio {_fmt(incremental_ratio(r), 3)}).",
+        ]
         if baseline and not baseline["details"].get("failed"):
             det = baseline["details"]
-            lines.append(f"- pandas baseline: {_fmt(det['compute_seconds'])} s to read the inputs and compute {det['users']:,} users' "
-                         f"features vs dbt's feature build {_fmt(wall(r, 'full', 'dbt_build'))} s (ratio {_fmt(baseline_ratio(r), 2)}; "
-                         f"vs the feature model alone: {_fmt(feature_model_ratio(r), 2)}); "
-                         f"equal to dbt's output: {'yes' if det['equal'] else 'NO - ' + ', '.join(det['mismatches'])} "
-                         f"({det['columns_compared']} columns).")
+            lines.append(
+                f"- pandas baseline: {_fmt(det['compute_seconds'])} s to read the inputs and compute {det['users']:,} users' "
+                f"features vs dbt's feature build {_fmt(wall(r, 'full', 'dbt_build'))} s (ratio {_fmt(baseline_ratio(r), 2)}; "
+                f"vs the feature model alone: {_fmt(feature_model_ratio(r), 2)}); "
+                f"equal to dbt's output: {'yes' if det['equal'] else 'NO - ' + ', '.join(det['mismatches'])} "
+                f"({det['columns_compared']} columns)."
+            )
         airflow = stage(r, "airflow", "segflow run")
         if airflow:
             dags = ", ".join(f"{k} {v} s" for k, v in airflow["details"].get("dags", {}).items())
-            lines.append(f"- Whole pipeline through Airflow (`segflow run --retrain always` for the incremental date, a year of history loaded): "
-                         f"{_fmt(airflow['wall_s'])} s ({dags}).")
+            lines.append(
+                f"- Whole pipeline through Airflow (`segflow run --retrain always` for the incremental date, a year of history loaded): "
+                f"{_fmt(airflow['wall_s'])} s ({dags})."
+            )
         build = stage(r, "full", "dbt_build")
         if build and build["details"].get("node_seconds"):
             slowest = ", ".join(f"{k} {v:.1f} s" for k, v in list(build["details"]["node_seconds"].items())[:6])

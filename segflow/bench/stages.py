@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from segflow.airflow import callables
 from segflow.core.config import Settings
@@ -29,8 +30,11 @@ def _count(settings: Settings, sql: str, params: list | None = None) -> int:
 
 def _raw_rows(settings: Settings) -> int:
     """Rows in the raw layer (every source's records): what the raw gate and the dbt build read."""
-    return _count(settings, "SELECT (SELECT count(*) FROM raw.events) + (SELECT count(*) FROM raw.transactions)"
-                            " + (SELECT count(*) FROM raw.crm_contacts)")
+    return _count(
+        settings,
+        "SELECT (SELECT count(*) FROM raw.events) + (SELECT count(*) FROM raw.transactions)"
+        " + (SELECT count(*) FROM raw.crm_contacts)",
+    )
 
 
 def _users(settings: Settings, as_of: str) -> int:
@@ -40,9 +44,12 @@ def _users(settings: Settings, as_of: str) -> int:
 def extract(as_of: str, full_refresh: bool) -> dict[str, Any]:
     results = callables.extract(as_of, f"bench_{as_of}", full_refresh=full_refresh)
     rows_in = sum(r["rows_in"] for r in results.values())
-    return {"rows": rows_in, "rows_loaded": sum(r["rows_loaded"] for r in results.values()),
-            "rows_quarantined": sum(r["rows_quarantined"] for r in results.values()),
-            "files": sum(r["files_loaded"] for r in results.values())}
+    return {
+        "rows": rows_in,
+        "rows_loaded": sum(r["rows_loaded"] for r in results.values()),
+        "rows_quarantined": sum(r["rows_quarantined"] for r in results.values()),
+        "files": sum(r["files_loaded"] for r in results.values()),
+    }
 
 
 def validate_raw(as_of: str, full_refresh: bool) -> dict[str, Any]:
@@ -62,7 +69,9 @@ def _dbt(as_of: str, args: list[str]) -> dict[str, Any]:
 
 def dbt_build(as_of: str, full_refresh: bool) -> dict[str, Any]:
     # What the DAG's dbt_build task runs (see dags/segflow_build.py): candidates, segments and their tests.
-    out = _dbt(as_of, ["build", "--exclude", "tag:training", "tag:publish", *(["--full-refresh"] if full_refresh else [])])
+    out = _dbt(
+        as_of, ["build", "--exclude", "tag:training", "tag:publish", *(["--full-refresh"] if full_refresh else [])]
+    )
     settings = callables.settings()
     return {"rows": _raw_rows(settings), **out}
 
@@ -85,8 +94,11 @@ def train(as_of: str, full_refresh: bool) -> dict[str, Any]:
     summary = callables.train(as_of)
     settings = callables.settings()
     rows = _count(settings, "SELECT count(*) FROM ml.churn_training_set")
-    return {"rows": rows, "clusterer": {k: summary["clusterer"].get(k) for k in ("algorithm", "version", "alias")},
-            "churn": {k: summary["churn"].get(k) for k in ("algorithm", "version", "alias")}}
+    return {
+        "rows": rows,
+        "clusterer": {k: summary["clusterer"].get(k) for k in ("algorithm", "version", "alias")},
+        "churn": {k: summary["churn"].get(k) for k in ("algorithm", "version", "alias")},
+    }
 
 
 def score(as_of: str, full_refresh: bool) -> dict[str, Any]:
@@ -103,8 +115,13 @@ def score(as_of: str, full_refresh: bool) -> dict[str, Any]:
     t2 = time.perf_counter()
     users = publish_scores(settings, scores, day)
     t3 = time.perf_counter()
-    return {"rows": int(users), "compute_seconds": round(t1 - t0, 3), "validate_seconds": round(t2 - t1, 3),
-            "publish_seconds": round(t3 - t2, 3), "compute_users_per_s": round(users / (t1 - t0), 1)}
+    return {
+        "rows": int(users),
+        "compute_seconds": round(t1 - t0, 3),
+        "validate_seconds": round(t2 - t1, 3),
+        "publish_seconds": round(t3 - t2, 3),
+        "compute_users_per_s": round(users / (t1 - t0), 1),
+    }
 
 
 def monitor(as_of: str, full_refresh: bool) -> dict[str, Any]:
@@ -125,7 +142,7 @@ def baseline_inputs(as_of: str, full_refresh: bool) -> dict[str, Any]:
 
 
 def pandas_baseline(as_of: str, full_refresh: bool) -> dict[str, Any]:
-    from segflow.bench.baseline import compare_with_dbt, user_features_pandas, read_inputs
+    from segflow.bench.baseline import compare_with_dbt, read_inputs, user_features_pandas
 
     settings = callables.settings()
     started = time.perf_counter()
@@ -138,8 +155,20 @@ def pandas_baseline(as_of: str, full_refresh: bool) -> dict[str, Any]:
 
 
 STAGES: dict[str, Callable[[str, bool], dict[str, Any]]] = {
-    f.__name__: f for f in (extract, validate_raw, dbt_build, validate_marts, dbt_publish, train, score, monitor,
-                            write_back, baseline_inputs, pandas_baseline)
+    f.__name__: f
+    for f in (
+        extract,
+        validate_raw,
+        dbt_build,
+        validate_marts,
+        dbt_publish,
+        train,
+        score,
+        monitor,
+        write_back,
+        baseline_inputs,
+        pandas_baseline,
+    )
 }
 
 

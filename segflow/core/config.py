@@ -18,6 +18,7 @@ import copy
 import difflib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,13 +45,27 @@ class _Section(BaseModel):
 SOURCE_KIND_KEYS: dict[str, frozenset[str]] = {
     "sql": frozenset({"url", "conn_id", "table", "schema", "watermark_column", "lookback_hours"}),
     "files": frozenset({"path", "pattern", "format", "encoding", "delimiter", "allow_empty"}),
-    "http": frozenset({"url", "conn_id", "auth", "params", "records_path", "pagination", "start_date", "max_retries",
-                       "backoff_seconds", "max_backoff_seconds", "timeout_seconds", "headers", "interval_params",
-                       "page_size"}),
+    "http": frozenset(
+        {
+            "url",
+            "conn_id",
+            "auth",
+            "params",
+            "records_path",
+            "pagination",
+            "start_date",
+            "max_retries",
+            "backoff_seconds",
+            "max_backoff_seconds",
+            "timeout_seconds",
+            "headers",
+            "interval_params",
+            "page_size",
+        }
+    ),
 }
 SOURCE_COMMON_KEYS = frozenset({"kind", "dataset", "mapping", "enabled", "description"})
 MAPPING_KEYS = frozenset({"rename", "constants", "derive", "values", "formats", "timezone", "decimal"})
-
 
 
 class WarehouseConfig(_Section):
@@ -58,8 +73,11 @@ class WarehouseConfig(_Section):
 
 
 class DbtConfig(_Section):
-    target: str | None = Field(None, description="Output of dbt_project/profiles.yml to build with (default: duckdb); "
-                                                 "the environment variable SEGFLOW_DBT_TARGET wins.")
+    target: str | None = Field(
+        None,
+        description="Output of dbt_project/profiles.yml to build with (default: duckdb); "
+        "the environment variable SEGFLOW_DBT_TARGET wins.",
+    )
 
 
 class MlflowConfig(_Section):
@@ -69,8 +87,9 @@ class MlflowConfig(_Section):
 
 
 class WritebackConfig(_Section):
-    crm_url: str | None = Field(None, description="SQLAlchemy URL of the CRM database receiving crm_segments "
-                                                  "(unset: no CRM write-back).")
+    crm_url: str | None = Field(
+        None, description="SQLAlchemy URL of the CRM database receiving crm_segments (unset: no CRM write-back)."
+    )
     crm_table: str = Field("crm_segments", description="Table the scores are upserted into.")
     export_dir: str = Field("exports/activation", description="Activation export folder (as_of=<date>/segments.*).")
 
@@ -92,29 +111,42 @@ class RiskBands(_Section):
 
 ChurnCandidate = Literal["logistic_regression", "gradient_boosting"]
 ClusterAlgorithm = Literal["kmeans", "minibatch_kmeans", "gaussian_mixture"]
+CHURN_CANDIDATES: tuple[ChurnCandidate, ...] = ("logistic_regression", "gradient_boosting")
+CLUSTER_ALGORITHMS: tuple[ClusterAlgorithm, ...] = ("kmeans", "minibatch_kmeans", "gaussian_mixture")
 
 
 class ChurnConfig(_Section):
-    horizon_days: int = Field(90, gt=0, description="Churned = no completed purchase in the H days after the as-of date.")
+    horizon_days: int = Field(
+        90, gt=0, description="Churned = no completed purchase in the H days after the as-of date."
+    )
     risk_bands: RiskBands = Field(default_factory=RiskBands)
-    champion_tolerance: float = Field(0.0, ge=0, description="A challenger must beat the champion's holdout ROC-AUC "
-                                                             "by more than this.")
-    training_snapshots: int = Field(3, gt=0, description="Feature dates of the training set: as_of - H, then every "
-                                                         "interval back.")
+    champion_tolerance: float = Field(
+        0.0, ge=0, description="A challenger must beat the champion's holdout ROC-AUC by more than this."
+    )
+    training_snapshots: int = Field(
+        3, gt=0, description="Feature dates of the training set: as_of - H, then every interval back."
+    )
     snapshot_interval_days: int = Field(21, gt=0, description="Days between training snapshots.")
-    candidates: list[ChurnCandidate] = Field(default_factory=lambda: ["logistic_regression", "gradient_boosting"],
-                                             min_length=1, description="Model families compared on the holdout.")
+    candidates: list[ChurnCandidate] = Field(
+        default_factory=lambda: list(CHURN_CANDIDATES),
+        min_length=1,
+        description="Model families compared on the holdout.",
+    )
     refit_on_all: bool = Field(True, description="Refit the winner on all snapshots once the holdout has chosen it.")
     max_training_rows: int = Field(200_000, ge=0, description="A seeded random sample beyond this (0: no cap).")
 
 
 class ClusteringConfig(_Section):
     algorithms: list[ClusterAlgorithm] = Field(
-        default_factory=lambda: ["kmeans", "minibatch_kmeans", "gaussian_mixture"], min_length=1,
-        description="Clustering families compared for the personas.")
+        default_factory=lambda: list(CLUSTER_ALGORITHMS),
+        min_length=1,
+        description="Clustering families compared for the personas.",
+    )
     k_min: int = Field(3, ge=2, description="Fewest personas tried.")
     k_max: int = Field(8, ge=2, description="Most personas tried.")
-    sample_size: int = Field(20_000, gt=0, description="Candidates are compared on a sample; the winner scores everyone.")
+    sample_size: int = Field(
+        20_000, gt=0, description="Candidates are compared on a sample; the winner scores everyone."
+    )
     seed: int = Field(42, description="Random seed of sampling and fitting.")
     champion_tolerance: float = Field(0.0, ge=0, description="On silhouette, for the same users.")
 
@@ -127,8 +159,9 @@ class ClusteringConfig(_Section):
 
 class MonitoringConfig(_Section):
     psi_warning: float = Field(0.2, gt=0, description="Feature drift against the champion's training data (PSI).")
-    share_change_warning: float = Field(0.1, gt=0, description="Persona / risk-band share change since the previous "
-                                                               "scoring.")
+    share_change_warning: float = Field(
+        0.1, gt=0, description="Persona / risk-band share change since the previous scoring."
+    )
     score_mean_change_warning: float = Field(0.1, gt=0, description="Change of the mean churn probability.")
     on_drift: Literal["warn", "fail"] = Field("warn", description="fail: drift warnings also fail the monitoring task.")
 
@@ -139,8 +172,9 @@ class SizeRatio(_Section):
 
 
 class QualityConfig(_Section):
-    expectations_dir: str | None = Field(None, description="Great Expectations suites (default: the ones installed "
-                                                           "with segflow).")
+    expectations_dir: str | None = Field(
+        None, description="Great Expectations suites (default: the ones installed with segflow)."
+    )
     gx_dir: str = Field("gx", description="GX project: stored results and Data Docs.")
     segment_size_ratio: SizeRatio = Field(default_factory=SizeRatio)
 
@@ -164,7 +198,8 @@ class SegflowConfig(_Section):
     root: str = Field(".", description="Folder relative paths resolve against (itself relative to the file).")
     sources: dict[str, dict[str, Any] | None] = Field(
         default_factory=dict,
-        description="Where the data comes from, source by source (docs/extracts.md); null switches one off.")
+        description="Where the data comes from, source by source (docs/extracts.md); null switches one off.",
+    )
     warehouse: WarehouseConfig = Field(default_factory=WarehouseConfig)
     dbt: DbtConfig = Field(default_factory=DbtConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
@@ -220,12 +255,15 @@ def _source_kind(cfg: dict) -> str | None:
 def check_source_keys(name: str, cfg: dict) -> None:
     """Refuse unknown keys of one source (and of its mapping), naming the closest valid key."""
     kind = _source_kind(cfg)
-    allowed = set(SOURCE_COMMON_KEYS) | (set(SOURCE_KIND_KEYS[kind]) if kind in SOURCE_KIND_KEYS
-                                         else set().union(*SOURCE_KIND_KEYS.values()))
+    allowed = set(SOURCE_COMMON_KEYS) | (
+        set(SOURCE_KIND_KEYS[kind]) if kind in SOURCE_KIND_KEYS else set().union(*SOURCE_KIND_KEYS.values())
+    )
     for key in cfg:
         if key not in allowed:
-            raise ConfigError(_unknown(["sources", name, str(key)], sorted(allowed))
-                              + (f" for a {kind} source" if kind in SOURCE_KIND_KEYS else ""))
+            raise ConfigError(
+                _unknown(["sources", name, str(key)], sorted(allowed))
+                + (f" for a {kind} source" if kind in SOURCE_KIND_KEYS else "")
+            )
     mapping = cfg.get("mapping")
     if isinstance(mapping, dict):
         for key in mapping:
@@ -260,7 +298,7 @@ def check_keys(data: dict, model: type[BaseModel] = SegflowConfig, path: list[st
 
 def check_env_key(name: str) -> list[str]:
     """The key path of a SEGFLOW__ variable, refused when a section or key does not exist."""
-    keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
+    keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__") if k]
     if not keys:
         raise ConfigError(f"environment variable {name}: no key after {ENV_PREFIX}")
     model: type[BaseModel] | None = SegflowConfig
@@ -268,7 +306,7 @@ def check_env_key(name: str) -> list[str]:
         if model is None:  # inside a free-form section (a source's options, a mapping)
             break
         if key not in model.model_fields:
-            raise ConfigError(f"environment variable {name}: " + _unknown(keys[:depth + 1], _model_keys(model)))
+            raise ConfigError(f"environment variable {name}: " + _unknown(keys[: depth + 1], _model_keys(model)))
         if model is SegflowConfig and key == "sources":
             if len(keys) > 3:
                 break
@@ -342,13 +380,15 @@ def resolve_sqlite_url(url: str, root: Path) -> str:
     """Make relative SQLite paths absolute so every process (scheduler, workers, tests) agrees."""
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix:
-        return prefix + str((root / url[len(prefix):]).resolve())
+        return prefix + str((root / url[len(prefix) :]).resolve())
     return url
 
 
-def find_config_file(explicit: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Path | None:
-    environ = os.environ if environ is None else environ  # type: ignore[assignment]
-    named = [(explicit, "--config"), (environ.get("SEGFLOW_CONFIG"), "SEGFLOW_CONFIG")]
+def find_config_file(
+    explicit: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None
+) -> Path | None:
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    named = [(explicit, "--config"), (env.get("SEGFLOW_CONFIG"), "SEGFLOW_CONFIG")]
     for candidate, origin in named:
         if candidate:
             path = Path(candidate)

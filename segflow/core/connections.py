@@ -10,8 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Airflow connection types whose URI scheme differs from SQLAlchemy's dialect name.
-SQLALCHEMY_SCHEMES = {"postgres": "postgresql+psycopg2", "postgresql": "postgresql+psycopg2", "sqlite": "sqlite",
-                      "mysql": "mysql", "mssql": "mssql+pyodbc"}
+SQLALCHEMY_SCHEMES = {
+    "postgres": "postgresql+psycopg2",
+    "postgresql": "postgresql+psycopg2",
+    "sqlite": "sqlite",
+    "mysql": "mysql",
+    "mssql": "mssql+pyodbc",
+}
 
 
 @dataclass(frozen=True)
@@ -31,10 +36,19 @@ def get_connection(conn_id: str) -> ConnectionInfo:
     try:
         conn = Connection.get(conn_id)
     except Exception as exc:  # the SDK raises its own not-found error types
-        raise LookupError(f"Airflow connection {conn_id!r} is not defined (set it in the Airflow UI or as "
-                          f"AIRFLOW_CONN_{conn_id.upper()})") from exc
-    return ConnectionInfo(conn.conn_type or "", conn.host, conn.port, conn.schema, conn.login, conn.password,
-                          dict(conn.extra_dejson or {}))
+        raise LookupError(
+            f"Airflow connection {conn_id!r} is not defined (set it in the Airflow UI or as "
+            f"AIRFLOW_CONN_{conn_id.upper()})"
+        ) from exc
+    return ConnectionInfo(
+        conn.conn_type or "",
+        conn.host,
+        conn.port,
+        conn.schema,
+        conn.login,
+        conn.password,
+        dict(conn.extra_dejson or {}),
+    )
 
 
 def sqlalchemy_url(conn_id: str) -> str:
@@ -45,5 +59,6 @@ def sqlalchemy_url(conn_id: str) -> str:
     if info.conn_type == "sqlite":
         return f"sqlite:///{info.host or info.schema}"
     driver = SQLALCHEMY_SCHEMES.get(info.conn_type, info.conn_type)
-    return URL.create(driver, username=info.login, password=info.password, host=info.host, port=info.port,
-                      database=info.schema).render_as_string(hide_password=False)
+    return URL.create(
+        driver, username=info.login, password=info.password, host=info.host, port=info.port, database=info.schema
+    ).render_as_string(hide_password=False)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from segflow.core.config import Settings
 from segflow.core.resources import DBT_PROJECT_DIR
@@ -36,8 +37,11 @@ def dbt_target(settings: Settings | None = None, environ: Mapping[str, str] | No
 
 def dbt_env(settings: Settings) -> dict[str, str]:
     """Environment dbt needs: the warehouse path and the target from the settings (profiles.yml reads them)."""
-    return {"SEGFLOW_WAREHOUSE_PATH": str(settings.warehouse_path), "DBT_PROFILES_DIR": str(DBT_PROJECT_DIR),
-            DBT_TARGET_ENV: dbt_target(settings)}
+    return {
+        "SEGFLOW_WAREHOUSE_PATH": str(settings.warehouse_path),
+        "DBT_PROFILES_DIR": str(DBT_PROJECT_DIR),
+        DBT_TARGET_ENV: dbt_target(settings),
+    }
 
 
 DBT_VAR_NAMES = ("as_of", "churn_horizon_days", "reporting_currency", "audit_schema")  # what dbt_vars() sets
@@ -50,9 +54,12 @@ def audit_schema(as_of: str) -> str:
 
 
 def dbt_vars(as_of: str, settings: Settings, **extra: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"as_of": as_of, "churn_horizon_days": settings.horizon_days,
-                           "reporting_currency": settings.get("features", "reporting_currency", default="EUR"),
-                           "audit_schema": audit_schema(as_of)}
+    out: dict[str, Any] = {
+        "as_of": as_of,
+        "churn_horizon_days": settings.horizon_days,
+        "reporting_currency": settings.get("features", "reporting_currency", default="EUR"),
+        "audit_schema": audit_schema(as_of),
+    }
     out.update(extra)
     return out
 
@@ -73,8 +80,15 @@ def run_dbt(settings: Settings, args: list[str], vars: dict[str, Any] | None = N
 
     os.environ.update(dbt_env(settings))
     Path(settings.warehouse_path).parent.mkdir(parents=True, exist_ok=True)
-    cli = [*args, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR),
-           "--target", dbt_target(settings)]
+    cli = [
+        *args,
+        "--project-dir",
+        str(DBT_PROJECT_DIR),
+        "--profiles-dir",
+        str(DBT_PROJECT_DIR),
+        "--target",
+        dbt_target(settings),
+    ]
     if vars:
         cli += ["--vars", json.dumps(vars)]
     result = dbtRunner().invoke(cli)

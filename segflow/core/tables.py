@@ -55,8 +55,12 @@ def _migrate_scores(con) -> None:
     """Warehouses of segflow <= 0.1 kept the score history as a Python-written marts table; dbt now owns
     marts.user_scores(_history) as views over scoring.user_scores. Move the rows once, then let dbt create its
     views (it refuses to replace a table it does not own)."""
-    kinds = dict(con.execute("SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'marts' "
-                             "AND table_name IN ('user_scores_history', 'user_scores')").fetchall())
+    kinds = dict(
+        con.execute(
+            "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'marts' "
+            "AND table_name IN ('user_scores_history', 'user_scores')"
+        ).fetchall()
+    )
     if kinds.get("user_scores_history") != "BASE TABLE":
         return
     if not con.execute("SELECT count(*) FROM scoring.user_scores").fetchone()[0]:

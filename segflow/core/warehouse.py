@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import duckdb
 
@@ -38,3 +39,9 @@ def transaction(con: duckdb.DuckDBPyConnection, **frames: Any) -> Iterator[duckd
     finally:
         for name in frames:
             con.unregister(name)
+
+
+def one(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> Any:
+    """The first column of the first row of `sql` (None when it returns no row)."""
+    row = con.execute(sql, params or []).fetchone()
+    return None if row is None else row[0]

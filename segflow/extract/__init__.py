@@ -17,17 +17,16 @@ timestamps) are judged later by the quality gates and flagged in dbt staging.
 from __future__ import annotations
 
 import contextlib
-
 import logging
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from segflow.core.config import Settings
+from segflow.core.warehouse import connect, transaction
 from segflow.extract.contracts import DATASETS
 from segflow.extract.errors import ExtractError
 from segflow.extract.loader import LoadContext, ensure_tables
 from segflow.extract.spec import SourceSpec, source_specs
-from segflow.core.warehouse import connect, transaction
 
 __all__ = ["ExtractError", "SourceResult", "run_extract", "source_specs", "DATASETS"]
 
@@ -57,7 +56,7 @@ def _location(spec: SourceSpec) -> str:
     url = spec.options.get("url", "")
     try:
         return make_url(url).render_as_string(hide_password=True) if spec.kind == "sql" else url
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever the parser's complaint, the URL (it may hold a secret) is not echoed
         return "(unparseable url)"
 
 
@@ -75,8 +74,9 @@ def _extract_source(con, spec: SourceSpec, ctx: LoadContext, force: bool):
     return extract_http(con, spec, ctx)
 
 
-def run_extract(settings: Settings, as_of: date, run_id: str, sources: tuple[str, ...] | None = None,
-                force: bool = False) -> dict[str, SourceResult]:
+def run_extract(
+    settings: Settings, as_of: date, run_id: str, sources: tuple[str, ...] | None = None, force: bool = False
+) -> dict[str, SourceResult]:
     """Load every configured source (or the named ones) as of `as_of`.
 
     force: reload every file dated up to as_of even if unchanged (a full refresh of the raw layer).
@@ -84,15 +84,17 @@ def run_extract(settings: Settings, as_of: date, run_id: str, sources: tuple[str
     every failure so the task fails visibly.
     """
     specs = source_specs(settings)
-    ctx = LoadContext(run_id, as_of, datetime.now(timezone.utc).replace(tzinfo=None))
+    ctx = LoadContext(run_id, as_of, datetime.now(UTC).replace(tzinfo=None))
     results: dict[str, SourceResult] = {}
     errors: list[str] = []
     with connect(settings.warehouse_path) as con:
         ensure_tables(con)
         with transaction(con):
             con.execute("DELETE FROM raw.sources")
-            con.executemany("INSERT INTO raw.sources VALUES (?, ?, ?, ?, ?)",
-                            [[s.name, s.dataset.name, s.kind, _location(s), ctx.now] for s in specs])
+            con.executemany(
+                "INSERT INTO raw.sources VALUES (?, ?, ?, ?, ?)",
+                [[s.name, s.dataset.name, s.kind, _location(s), ctx.now] for s in specs],
+            )
         for spec in specs:
             if sources is not None and spec.name not in sources:
                 continue
@@ -111,11 +113,26 @@ def run_extract(settings: Settings, as_of: date, run_id: str, sources: tuple[str
                 result.rows_loaded += b.rows_loaded
                 result.rows_quarantined += b.rows_quarantined
                 result.new_rows += b.new_rows
-                result.details.append({"batch": b.partition, "rows_in": b.rows_in, "rows_loaded": b.rows_loaded,
-                                       "rows_quarantined": b.rows_quarantined, "notes": b.notes})
+                result.details.append(
+                    {
+                        "batch": b.partition,
+                        "rows_in": b.rows_in,
+                        "rows_loaded": b.rows_loaded,
+                        "rows_quarantined": b.rows_quarantined,
+                        "notes": b.notes,
+                    }
+                )
             results[spec.name] = result
-            log.info("extract %s (%s, %s): batches=%d rows_in=%d loaded=%d quarantined=%d", spec.name, spec.kind,
-                     spec.dataset.name, result.files_loaded, result.rows_in, result.rows_loaded, result.rows_quarantined)
+            log.info(
+                "extract %s (%s, %s): batches=%d rows_in=%d loaded=%d quarantined=%d",
+                spec.name,
+                spec.kind,
+                spec.dataset.name,
+                result.files_loaded,
+                result.rows_in,
+                result.rows_loaded,
+                result.rows_quarantined,
+            )
     if errors:
         raise ExtractError("; ".join(errors))
     return results

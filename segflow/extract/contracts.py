@@ -35,7 +35,8 @@ class Dataset:
 
 
 CONTACTS = Dataset(
-    "contacts", "crm_contacts",
+    "contacts",
+    "crm_contacts",
     (
         Column("contact_id", "VARCHAR", True, "CRM contact identifier; becomes the canonical user_id"),
         Column("created_at", "TIMESTAMP", True, "when the contact was created"),
@@ -59,15 +60,21 @@ CONTACTS = Dataset(
 )
 
 EVENTS = Dataset(
-    "events", "events",
+    "events",
+    "events",
     (
         Column("event_id", "VARCHAR", True, "unique event identifier (re-sent events are deduplicated on it)"),
         Column("anonymous_id", "VARCHAR", True, "device/browser identifier, known before login"),
         Column("user_id", "VARCHAR", False, "logged-in user id (the CRM contact id) when known"),
         Column("session_id", "VARCHAR", False, "session identifier"),
         Column("event_ts", "TIMESTAMP", True, "when the event happened (offsets honoured, stored in UTC)"),
-        Column("event_type", "VARCHAR", True, "page_view, product_view, search, add_to_cart, begin_checkout, purchase, "
-               "wishlist_add, email_open, email_click, login ..."),
+        Column(
+            "event_type",
+            "VARCHAR",
+            True,
+            "page_view, product_view, search, add_to_cart, begin_checkout, purchase, "
+            "wishlist_add, email_open, email_click, login ...",
+        ),
         Column("product_category", "VARCHAR", False, "category of the product involved"),
         Column("device", "VARCHAR", False, "mobile / desktop / tablet"),
         Column("channel", "VARCHAR", False, "acquisition channel of the session"),
@@ -78,7 +85,8 @@ EVENTS = Dataset(
 )
 
 TRANSACTIONS = Dataset(
-    "transactions", "transactions",
+    "transactions",
+    "transactions",
     (
         Column("order_id", "VARCHAR", True, "order (invoice) identifier"),
         Column("line_id", "VARCHAR", False, "line within the order; absent when each row is a whole order"),
@@ -100,6 +108,8 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (CONTACTS, EVENTS, TRANSACTIO
 
 def contract_markdown(dataset: Dataset) -> str:
     """The dataset's contract as a Markdown table (docs/extracts.md embeds it; a test keeps them in sync)."""
-    rows = [f"| `{c.name}` | {c.sql_type.lower()} | {'required' if c.required else 'optional'} | {c.description} |"
-            for c in dataset.columns]
+    rows = [
+        f"| `{c.name}` | {c.sql_type.lower()} | {'required' if c.required else 'optional'} | {c.description} |"
+        for c in dataset.columns
+    ]
     return "\n".join(["| column | type | | meaning |", "|---|---|---|---|", *rows])

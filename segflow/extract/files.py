@@ -22,16 +22,19 @@ import threading
 from datetime import date
 from pathlib import Path
 
+from segflow.core.warehouse import transaction
 from segflow.extract.errors import ExtractError
 from segflow.extract.loader import BatchResult, LoadContext, load_batch
 from segflow.extract.mapping import Mapping
 from segflow.extract.readers import read_file, read_records
 from segflow.extract.spec import SourceSpec
-from segflow.core.warehouse import transaction
 
 FILE_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})")
-DEFAULT_PATTERNS = {"events": ["*.jsonl", "*.jsonl.gz"], "transactions": ["*.csv", "*.csv.gz"],
-                    "contacts": ["*.csv", "*.csv.gz"]}
+DEFAULT_PATTERNS = {
+    "events": ["*.jsonl", "*.jsonl.gz"],
+    "transactions": ["*.csv", "*.csv.gz"],
+    "contacts": ["*.csv", "*.csv.gz"],
+}
 
 
 def file_date(relative: Path) -> date | None:
@@ -60,17 +63,26 @@ def list_files(spec: SourceSpec) -> tuple[Path, list[tuple[Path, str, date | Non
     return path, files
 
 
-def extract_files(con, spec: SourceSpec, ctx: LoadContext, force: bool = False, workers: int | None = None) -> list[BatchResult]:
+def extract_files(
+    con, spec: SourceSpec, ctx: LoadContext, force: bool = False, workers: int | None = None
+) -> list[BatchResult]:
     _, files = list_files(spec)
-    known = {r[0]: (r[1], r[2], r[3]) for r in con.execute(
-        "SELECT source_file, size_bytes, mtime_ns, file_date FROM raw.loaded_files WHERE source = ?", [spec.name]).fetchall()}
+    known = {
+        r[0]: (r[1], r[2], r[3])
+        for r in con.execute(
+            "SELECT source_file, size_bytes, mtime_ns, file_date FROM raw.loaded_files WHERE source = ?", [spec.name]
+        ).fetchall()
+    }
     results: list[BatchResult] = []
     present = {partition for _, partition, _ in files}
     # The run's own interval is replaced as a whole: a file of day D that was removed takes its rows along.
     for partition, (_, _, day) in known.items():
         if day == ctx.as_of and partition not in present:
             with transaction(con):
-                con.execute(f"DELETE FROM raw.{spec.dataset.raw_table} WHERE _source = ? AND _source_file = ?", [spec.name, partition])
+                con.execute(
+                    f"DELETE FROM raw.{spec.dataset.raw_table} WHERE _source = ? AND _source_file = ?",
+                    [spec.name, partition],
+                )
                 con.execute("DELETE FROM raw.quarantine WHERE source = ? AND source_file = ?", [spec.name, partition])
                 con.execute("DELETE FROM raw.loaded_files WHERE source = ? AND source_file = ?", [spec.name, partition])
             results.append(BatchResult(partition, 0, 0, 0, 0, ["file removed: its rows were deleted"]))
@@ -92,7 +104,7 @@ def extract_files(con, spec: SourceSpec, ctx: LoadContext, force: bool = False, 
     cursors = [con.cursor() for _ in range(workers)]
     for cursor in cursors:
         cursor.execute("SET TimeZone = 'UTC'")
-    pending = queue.SimpleQueue()
+    pending: queue.SimpleQueue = queue.SimpleQueue()
     for index, item in enumerate(todo):
         pending.put((index, item))
     loaded: dict[int, BatchResult] = {}
@@ -110,7 +122,10 @@ def extract_files(con, spec: SourceSpec, ctx: LoadContext, force: bool = False, 
                 errors[index] = exc
 
     try:
-        threads = [threading.Thread(target=work, args=(cursor,), name=f"extract-{spec.name}-{i}") for i, cursor in enumerate(cursors)]
+        threads = [
+            threading.Thread(target=work, args=(cursor,), name=f"extract-{spec.name}-{i}")
+            for i, cursor in enumerate(cursors)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -126,7 +141,9 @@ def extract_files(con, spec: SourceSpec, ctx: LoadContext, force: bool = False, 
 LOAD_WORKERS = 2  # files loaded at once (the machines here have 2 cores)
 
 
-def _load_file(con, spec: SourceSpec, ctx: LoadContext, path: Path, partition: str, day: date | None, stat) -> BatchResult:
+def _load_file(
+    con, spec: SourceSpec, ctx: LoadContext, path: Path, partition: str, day: date | None, stat
+) -> BatchResult:
     """Load one file in its own transaction, with its loaded_files record."""
     with transaction(con):
         if stat.st_size == 0 and spec.get("allow_empty", False):
@@ -139,6 +156,8 @@ def _load_file(con, spec: SourceSpec, ctx: LoadContext, path: Path, partition: s
             plan = spec.mapping.plan(spec.dataset, batch.columns, str(path))
         result = load_batch(con, ctx, spec.name, spec.dataset, plan, batch, partition, day)
         con.execute("DELETE FROM raw.loaded_files WHERE source = ? AND source_file = ?", [spec.name, partition])
-        con.execute("INSERT INTO raw.loaded_files VALUES (?, ?, ?, ?, ?, ?)",
-                    [spec.name, partition, day, stat.st_size, stat.st_mtime_ns, ctx.now])
+        con.execute(
+            "INSERT INTO raw.loaded_files VALUES (?, ?, ?, ?, ?, ?)",
+            [spec.name, partition, day, stat.st_size, stat.st_mtime_ns, ctx.now],
+        )
     return result

@@ -26,13 +26,14 @@ import logging
 import os
 import random
 import time
-from datetime import date, datetime, timedelta, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 from urllib.parse import urljoin
 
 from segflow.extract.errors import ExtractError
-from segflow.extract.mapping import Mapping
 from segflow.extract.loader import BatchResult, LoadContext, load_batch
+from segflow.extract.mapping import Mapping
 from segflow.extract.readers import read_records
 from segflow.extract.spec import SourceSpec
 
@@ -43,7 +44,7 @@ MAX_PAGES = 100_000  # a guard against an API that never stops paginating
 
 def _dig(body: Any, dotted: str | None) -> Any:
     node = body
-    for part in (dotted.split(".") if dotted else []):
+    for part in dotted.split(".") if dotted else []:
         if not isinstance(node, dict):
             return None
         node = node.get(part)
@@ -62,8 +63,8 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     except (TypeError, ValueError):
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return max(0.0, (moment - (now or datetime.now(timezone.utc))).total_seconds())
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - (now or datetime.now(UTC))).total_seconds())
 
 
 class ApiClient:
@@ -83,12 +84,18 @@ class ApiClient:
             token = conn.password
             self.session.headers.update(conn.extra.get("headers", {}) or {})
             if conn.host:
-                host = conn.host if "://" in conn.host else f"{'https' if conn.schema == 'https' else 'http'}://{conn.host}"
+                host = (
+                    conn.host
+                    if "://" in conn.host
+                    else f"{'https' if conn.schema == 'https' else 'http'}://{conn.host}"
+                )
                 base = f"{host}:{conn.port}" if conn.port else host
         if auth.get("token_env"):
             token = os.environ.get(auth["token_env"])
             if token is None:
-                raise ExtractError(f"source {spec.name}: environment variable {auth['token_env']} (API token) is not set")
+                raise ExtractError(
+                    f"source {spec.name}: environment variable {auth['token_env']} (API token) is not set"
+                )
         if token:
             scheme = auth.get("scheme", "Bearer")
             self.session.headers[auth.get("header", "Authorization")] = f"{scheme} {token}".strip()
@@ -121,39 +128,52 @@ class ApiClient:
                         raise ExtractError(f"{self.spec.name}: {response.url}: response is not JSON ({exc})") from exc
                 if response.status_code not in RETRY_STATUSES:
                     hint = " (check the token in the source's connection)" if response.status_code in (401, 403) else ""
-                    raise ExtractError(f"{self.spec.name}: {response.url}: HTTP {response.status_code}{hint}: "
-                                       f"{response.text[:200]}")
+                    raise ExtractError(
+                        f"{self.spec.name}: {response.url}: HTTP {response.status_code}{hint}: {response.text[:200]}"
+                    )
                 problem = f"HTTP {response.status_code}"
                 wait = retry_after_seconds(response.headers.get("Retry-After"))
             if attempt == self.max_retries:
                 raise ExtractError(f"{self.spec.name}: {url}: giving up after {attempt + 1} attempts ({problem})")
             if wait is None:
-                wait = self.backoff * (2 ** attempt) * (1 + random.random() * 0.1)
+                wait = self.backoff * (2**attempt) * (1 + random.random() * 0.1)
             wait = min(wait, self.max_backoff)
             self.retries += 1
-            log.warning("%s: %s, retrying in %.1fs (attempt %d of %d)", self.spec.name, problem, wait, attempt + 1,
-                        self.max_retries)
+            log.warning(
+                "%s: %s, retrying in %.1fs (attempt %d of %d)",
+                self.spec.name,
+                problem,
+                wait,
+                attempt + 1,
+                self.max_retries,
+            )
             self.sleep(wait)
         raise AssertionError("unreachable")
 
     def fetch(self, start: date, end: date) -> list[dict]:
         """Every record of the interval [start, end), following the configured pagination."""
         names = {"start": "start", "end": "end", **(self.spec.get("interval_params", {}) or {})}
-        params = {**(self.spec.get("params", {}) or {}), names["start"]: start.isoformat(), names["end"]: end.isoformat()}
+        params: dict = {
+            **(self.spec.get("params", {}) or {}),
+            names["start"]: start.isoformat(),
+            names["end"]: end.isoformat(),
+        }
         paging = self.spec.get("pagination", {}) or {}
         kind = paging.get("type", "none")
         if kind == "page":
             params[paging.get("param", "page")] = int(paging.get("start", 1))
             if paging.get("size_param"):
                 params[paging["size_param"]] = int(paging.get("size", 500))
-        url: str | None = self.url
+        url: str = self.url
         records: list[dict] = []
         for _ in range(MAX_PAGES):
             body = self.get(url, params)
             page = _dig(body, self.spec.get("records_path")) if self.spec.get("records_path") else body
             if not isinstance(page, list):
-                raise ExtractError(f"{self.spec.name}: {url}: expected a list of records at "
-                                   f"'{self.spec.get('records_path') or '(body)'}', got {type(page).__name__}")
+                raise ExtractError(
+                    f"{self.spec.name}: {url}: expected a list of records at "
+                    f"'{self.spec.get('records_path') or '(body)'}', got {type(page).__name__}"
+                )
             bad = next((i for i, r in enumerate(page) if not isinstance(r, dict)), None)
             if bad is not None:
                 raise ExtractError(f"{self.spec.name}: {url}: record {bad + 1} of the page is not a JSON object")
@@ -172,10 +192,12 @@ class ApiClient:
                 nxt = _dig(body, paging.get("next_field", "next"))
                 if not nxt:
                     return records
-                url, params = urljoin(url, nxt), None
+                url, params = urljoin(url, nxt), {}  # the next URL carries its own query
             else:
                 return records
-        raise ExtractError(f"{self.spec.name}: more than {MAX_PAGES} pages for {start}: is the pagination configured right?")
+        raise ExtractError(
+            f"{self.spec.name}: more than {MAX_PAGES} pages for {start}: is the pagination configured right?"
+        )
 
 
 def days_to_load(last_loaded: date | None, start_date: date | None, as_of: date) -> list[date]:
@@ -187,8 +209,9 @@ def days_to_load(last_loaded: date | None, start_date: date | None, as_of: date)
 
 def extract_http(con, spec: SourceSpec, ctx: LoadContext, client: ApiClient | None = None) -> list[BatchResult]:
     client = client or ApiClient(spec)
-    last = con.execute("SELECT max(file_date) FROM raw.loaded_files WHERE source = ? AND file_date <= ?",
-                       [spec.name, ctx.as_of]).fetchall()[0][0]
+    last = con.execute(
+        "SELECT max(file_date) FROM raw.loaded_files WHERE source = ? AND file_date <= ?", [spec.name, ctx.as_of]
+    ).fetchall()[0][0]
     start_date = date.fromisoformat(str(spec.options["start_date"])) if spec.get("start_date") else None
     results = []
     for day in days_to_load(last, start_date, ctx.as_of):
@@ -201,7 +224,8 @@ def extract_http(con, spec: SourceSpec, ctx: LoadContext, client: ApiClient | No
         result = load_batch(con, ctx, spec.name, spec.dataset, plan, batch, partition, day)
         result.notes.append(f"{client.requests} requests, {client.retries} retries so far")
         con.execute("DELETE FROM raw.loaded_files WHERE source = ? AND source_file = ?", [spec.name, partition])
-        con.execute("INSERT INTO raw.loaded_files VALUES (?, ?, ?, ?, 0, ?)", [spec.name, partition, day, len(records), ctx.now])
+        con.execute(
+            "INSERT INTO raw.loaded_files VALUES (?, ?, ?, ?, 0, ?)", [spec.name, partition, day, len(records), ctx.now]
+        )
         results.append(result)
     return results
-

@@ -18,8 +18,9 @@ from segflow.extract.readers import Batch
 
 log = logging.getLogger(__name__)
 
-METADATA_COLUMNS = ("_source VARCHAR, _source_file VARCHAR, _file_date DATE, _row_ref VARCHAR, _run_id VARCHAR, "
-                    "_loaded_at TIMESTAMP")
+METADATA_COLUMNS = (
+    "_source VARCHAR, _source_file VARCHAR, _file_date DATE, _row_ref VARCHAR, _run_id VARCHAR, _loaded_at TIMESTAMP"
+)
 
 SYSTEM_DDL = """
 CREATE SCHEMA IF NOT EXISTS raw;
@@ -63,7 +64,9 @@ def ensure_tables(con) -> None:
         con.execute(f"CREATE TABLE IF NOT EXISTS raw.{dataset.raw_table} ({cols}, {METADATA_COLUMNS})")
         # Warehouses created by earlier versions: add columns the contract gained since.
         for c in dataset.columns:
-            con.execute(f"ALTER TABLE raw.{dataset.raw_table} ADD COLUMN IF NOT EXISTS {quote_ident(c.name)} {c.sql_type}")
+            con.execute(
+                f"ALTER TABLE raw.{dataset.raw_table} ADD COLUMN IF NOT EXISTS {quote_ident(c.name)} {c.sql_type}"
+            )
         con.execute(f"ALTER TABLE raw.{dataset.raw_table} ADD COLUMN IF NOT EXISTS _source VARCHAR")
 
 
@@ -77,13 +80,28 @@ def _checks(plan: MappingPlan, dataset: Dataset) -> list[tuple[str, str, str]]:
             out.append((f"{raw_value} IS NULL", label, "'missing required value'"))
         if c.sql_type != "VARCHAR":
             typed = quote_ident("t:" + c.name)
-            out.append((f"{raw_value} IS NOT NULL AND {typed} IS NULL", label,
-                        f"'cannot parse ''' || left({raw_value}, 100) || ''' as {c.sql_type.lower()}'"))
+            out.append(
+                (
+                    f"{raw_value} IS NOT NULL AND {typed} IS NULL",
+                    label,
+                    f"'cannot parse ''' || left({raw_value}, 100) || ''' as {c.sql_type.lower()}'",
+                )
+            )
     return out
 
 
-def load_batch(con, ctx: LoadContext, source: str, dataset: Dataset, plan: MappingPlan, batch: Batch, partition: str,
-               file_date: date | None, mode: str = "replace", version_column: str | None = None) -> BatchResult:
+def load_batch(
+    con,
+    ctx: LoadContext,
+    source: str,
+    dataset: Dataset,
+    plan: MappingPlan,
+    batch: Batch,
+    partition: str,
+    file_date: date | None,
+    mode: str = "replace",
+    version_column: str | None = None,
+) -> BatchResult:
     """Validate `batch_source` and load it.
 
     mode "replace": the partition's previous rows and quarantine entries are replaced (files, API days).
@@ -97,12 +115,18 @@ def load_batch(con, ctx: LoadContext, source: str, dataset: Dataset, plan: Mappi
     canonical = plan.select_sql("batch_source", raw_expr)
     row_ref = ""
     if mode == "versions":
-        key = " || '/' || ".join(f"{quote_literal(k + '=')} || coalesce({quote_ident(k)}, '<null>')" for k in dataset.key)
+        key = " || '/' || ".join(
+            f"{quote_literal(k + '=')} || coalesce({quote_ident(k)}, '<null>')" for k in dataset.key
+        )
         row_ref = f" REPLACE ({key} AS _row_ref)"
-    typed = ", ".join(f"{plan.typed_expr(c)} AS {quote_ident('t:' + c.name)}" for c in dataset.columns if c.sql_type != "VARCHAR")
+    typed = ", ".join(
+        f"{plan.typed_expr(c)} AS {quote_ident('t:' + c.name)}" for c in dataset.columns if c.sql_type != "VARCHAR"
+    )
     # One pass: canonical columns and their typed values (a separate canonical table cost a second copy per batch).
-    con.execute(f"CREATE OR REPLACE TEMP TABLE batch_checked AS SELECT *{row_ref}{', ' + typed if typed else ''} "
-                f"FROM ({canonical}) AS canonical")
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE batch_checked AS SELECT *{row_ref}{', ' + typed if typed else ''} "
+        f"FROM ({canonical}) AS canonical"
+    )
     checks = _checks(plan, dataset)
     failing = " OR ".join(f"({cond})" for cond, _, _ in checks) or "false"
 
@@ -111,7 +135,9 @@ def load_batch(con, ctx: LoadContext, source: str, dataset: Dataset, plan: Mappi
         con.execute(f"DELETE FROM {table} WHERE _source = ? AND _source_file = ?", [source, partition])
         con.execute("DELETE FROM raw.quarantine WHERE source = ? AND source_file = ?", [source, partition])
     else:
-        con.execute("DELETE FROM raw.quarantine WHERE source = ? AND row_ref IN (SELECT _row_ref FROM batch_checked)", [source])
+        con.execute(
+            "DELETE FROM raw.quarantine WHERE source = ? AND row_ref IN (SELECT _row_ref FROM batch_checked)", [source]
+        )
 
     def value(c, alias: str = "") -> str:
         if c.sql_type != "VARCHAR":
@@ -122,33 +148,57 @@ def load_batch(con, ctx: LoadContext, source: str, dataset: Dataset, plan: Mappi
     names = ", ".join(quote_ident(c.name) for c in dataset.columns)
     good = f"SELECT * FROM batch_checked AS b WHERE NOT ({failing})"
     if mode == "versions" and version_column:
-        same = " AND ".join(f"r.{quote_ident(k)} IS NOT DISTINCT FROM {value(dataset.column(k), 'b.')}"
-                            for k in (*dataset.key, version_column))
+        same = " AND ".join(
+            f"r.{quote_ident(k)} IS NOT DISTINCT FROM {value(dataset.column(k), 'b.')}"
+            for k in (*dataset.key, version_column)
+        )
         good += f" AND NOT EXISTS (SELECT 1 FROM {table} AS r WHERE r._source = {quote_literal(source)} AND {same})"
     new_rows = con.execute(
         f"INSERT INTO {table} ({names}, _source, _source_file, _file_date, _row_ref, _run_id, _loaded_at) "
-        f"SELECT {values}, ?, ?, ?, _row_ref, ?, ? FROM ({good})", [source, partition, file_date, ctx.run_id, ctx.now]
+        f"SELECT {values}, ?, ?, ?, _row_ref, ?, ? FROM ({good})",
+        [source, partition, file_date, ctx.run_id, ctx.now],
     ).fetchall()[0][0]
     if checks:
         union = " UNION ALL ".join(
             f"SELECT _row_ref, {label} AS column_name, {reason} AS reason, _raw FROM batch_checked WHERE {cond}"
-            for cond, label, reason in checks)
-        con.execute(f"INSERT INTO raw.quarantine SELECT ?, ?, ?, _row_ref, column_name, reason, _raw, ? FROM ({union})",
-                    [*params, ctx.now])
+            for cond, label, reason in checks
+        )
+        con.execute(
+            f"INSERT INTO raw.quarantine SELECT ?, ?, ?, _row_ref, column_name, reason, _raw, ? FROM ({union})",
+            [*params, ctx.now],
+        )
     if batch.rejects:
-        con.executemany("INSERT INTO raw.quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [[*params, r.row_ref, r.column, r.reason, r.raw, ctx.now] for r in batch.rejects])
+        con.executemany(
+            "INSERT INTO raw.quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [[*params, r.row_ref, r.column, r.reason, r.raw, ctx.now] for r in batch.rejects],
+        )
     structurally_ok = con.execute("SELECT count(*) FROM batch_checked").fetchall()[0][0]
     # Replacing a partition inserts every good row; versions skip those already loaded, so count them.
-    loaded = new_rows if mode == "replace" else con.execute(f"SELECT count(*) FROM batch_checked WHERE NOT ({failing})").fetchall()[0][0]
+    loaded = (
+        new_rows
+        if mode == "replace"
+        else con.execute(f"SELECT count(*) FROM batch_checked WHERE NOT ({failing})").fetchall()[0][0]
+    )
     rows_in = structurally_ok + len(batch.rejects)
     notes = list(batch.notes)
     if plan.ignored:
         notes.append("ignored columns: " + ", ".join(plan.ignored))
-    con.execute("INSERT INTO raw.load_audit (run_id, as_of, source, source_file, rows_in, rows_loaded, rows_quarantined, "
-                "loaded_at, dataset, notes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [ctx.run_id, ctx.as_of, source, partition, rows_in, loaded, rows_in - loaded, ctx.now, dataset.name,
-                 "; ".join(notes) or None])
+    con.execute(
+        "INSERT INTO raw.load_audit (run_id, as_of, source, source_file, rows_in, rows_loaded, rows_quarantined, "
+        "loaded_at, dataset, notes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            ctx.run_id,
+            ctx.as_of,
+            source,
+            partition,
+            rows_in,
+            loaded,
+            rows_in - loaded,
+            ctx.now,
+            dataset.name,
+            "; ".join(notes) or None,
+        ],
+    )
     for table_name in ("batch_checked", "batch_source"):
         con.execute(f"DROP TABLE IF EXISTS {table_name}")
     return BatchResult(partition, rows_in, loaded, rows_in - loaded, new_rows, notes)

@@ -58,7 +58,7 @@ class Mapping:
     decimal: str = "."
 
     @classmethod
-    def from_config(cls, cfg: dict | None, dataset: Dataset, where: str) -> "Mapping":
+    def from_config(cls, cfg: dict | None, dataset: Dataset, where: str) -> Mapping:
         """Validate a source's `mapping` section; errors name the source and the offending key."""
         cfg = cfg or {}
         unknown = set(cfg) - MAPPING_KEYS
@@ -69,8 +69,10 @@ class Mapping:
         def check_targets(section: str, names) -> None:
             bad = [n for n in names if n not in canonical]
             if bad:
-                raise ValueError(f"{where}.mapping.{section}: {bad} are not columns of the {dataset.name} dataset "
-                                 f"({', '.join(dataset.names)})")
+                raise ValueError(
+                    f"{where}.mapping.{section}: {bad} are not columns of the {dataset.name} dataset "
+                    f"({', '.join(dataset.names)})"
+                )
 
         rename = {str(k): str(v) for k, v in (cfg.get("rename") or {}).items()}
         check_targets("rename", rename.values())
@@ -80,7 +82,9 @@ class Mapping:
         check_targets("derive", derive)
         for target, rule in derive.items():
             if not isinstance(rule, dict) or len(rule) != 1 or next(iter(rule)) not in DERIVE_RULES:
-                raise ValueError(f"{where}.mapping.derive.{target}: expected one of {DERIVE_RULES} as the only key, got {rule!r}")
+                raise ValueError(
+                    f"{where}.mapping.derive.{target}: expected one of {DERIVE_RULES} as the only key, got {rule!r}"
+                )
         values = {k: {str(a): str(b) for a, b in (v or {}).items()} for k, v in (cfg.get("values") or {}).items()}
         check_targets("values", values)
         formats = {k: ([v] if isinstance(v, str) else list(v)) for k, v in (cfg.get("formats") or {}).items()}
@@ -90,7 +94,7 @@ class Mapping:
             raise ValueError(f"{where}.mapping.decimal must be '.' or ','")
         return cls(rename, constants, derive, values, formats, cfg.get("timezone"), decimal)
 
-    def plan(self, dataset: Dataset, present: list[str], origin: str) -> "MappingPlan":
+    def plan(self, dataset: Dataset, present: list[str], origin: str) -> MappingPlan:
         return MappingPlan(self, dataset, present, origin)
 
 
@@ -109,7 +113,7 @@ class MappingPlan:
 
     def __init__(self, mapping: Mapping, dataset: Dataset, present: list[str], origin: str):
         self.mapping, self.dataset, self.origin = mapping, dataset, origin
-        self.by_name = {}
+        self.by_name: dict[str, str] = {}
         for name in present:
             self.by_name.setdefault(normalise_name(name), name)
         self.renamed_to = {target: src for src, target in mapping.rename.items()}
@@ -122,14 +126,18 @@ class MappingPlan:
             if expr is None and col.required:
                 missing.append(col.name if source is None else f"{col.name} (mapped from {source})")
             if col.name in mapping.values and expr is not None:
-                cases = " ".join(f"WHEN {quote_literal(k.strip().lower())} THEN {quote_literal(v)}"
-                                 for k, v in mapping.values[col.name].items())
+                cases = " ".join(
+                    f"WHEN {quote_literal(k.strip().lower())} THEN {quote_literal(v)}"
+                    for k, v in mapping.values[col.name].items()
+                )
                 expr = f"CASE lower(trim({expr})) {cases} ELSE {expr} END"
             self.exprs[col.name] = expr if expr is not None else "NULL::VARCHAR"
             self.sources[col.name] = source
         if missing:
-            raise ExtractError(f"{origin}: missing required column(s) {', '.join(missing)}; "
-                               f"columns present: {', '.join(present) or '(none)'}")
+            raise ExtractError(
+                f"{origin}: missing required column(s) {', '.join(missing)}; "
+                f"columns present: {', '.join(present) or '(none)'}"
+            )
         used = {normalise_name(s) for s in self._referenced()}
         self.ignored = [name for name in present if normalise_name(name) not in used]
 
@@ -145,7 +153,7 @@ class MappingPlan:
     def _expr(self, col: Column) -> tuple[str | None, str | None]:
         m = self.mapping
         if col.name in m.derive:
-            (rule, arg), = m.derive[col.name].items()
+            ((rule, arg),) = m.derive[col.name].items()
             self.derived.add(col.name)
             return self._derive(col.name, rule, arg), _describe_rule(rule, arg)
         if col.name in m.constants:
@@ -169,18 +177,24 @@ class MappingPlan:
         if rule == "integer":
             col = self._need(arg, target)
             # Identifiers exported as floats (17850.0) keep their integer spelling; anything else stays as is.
-            return (f"CASE WHEN regexp_full_match(trim({col}), '-?\\d+\\.0*') THEN regexp_replace(trim({col}), '\\.0*$', '') "
-                    f"ELSE {col} END")
+            return (
+                f"CASE WHEN regexp_full_match(trim({col}), '-?\\d+\\.0*') THEN regexp_replace(trim({col}), '\\.0*$', '') "
+                f"ELSE {col} END"
+            )
         if rule in ("prefix", "lookup"):
             col = self._need(arg["column"], target)
             default = quote_literal(arg["default"]) if arg.get("default") is not None else col
             values = sorted((arg.get("values") or {}).items(), key=lambda kv: -len(str(kv[0])))
             if rule == "prefix":
-                cases = " ".join(f"WHEN starts_with(upper(trim({col})), {quote_literal(str(k).upper())}) THEN {quote_literal(v)}"
-                                 for k, v in values)
+                cases = " ".join(
+                    f"WHEN starts_with(upper(trim({col})), {quote_literal(str(k).upper())}) THEN {quote_literal(v)}"
+                    for k, v in values
+                )
             else:
-                cases = " ".join(f"WHEN upper(trim({col})) = {quote_literal(str(k).upper())} THEN {quote_literal(v)}"
-                                 for k, v in values)
+                cases = " ".join(
+                    f"WHEN upper(trim({col})) = {quote_literal(str(k).upper())} THEN {quote_literal(v)}"
+                    for k, v in values
+                )
             return f"CASE WHEN {col} IS NULL THEN NULL {cases} ELSE {default} END" if cases else default
         raise AssertionError(rule)
 
@@ -190,10 +204,13 @@ class MappingPlan:
         return f"trim({expr})"
 
     def _referenced(self) -> list[str]:
-        names = [self.renamed_to.get(c.name, c.name) for c in self.dataset.columns
-                 if c.name not in self.mapping.derive and c.name not in self.mapping.constants]
+        names = [
+            self.renamed_to.get(c.name, c.name)
+            for c in self.dataset.columns
+            if c.name not in self.mapping.derive and c.name not in self.mapping.constants
+        ]
         for rule in self.mapping.derive.values():
-            (kind, arg), = rule.items()
+            ((kind, arg),) = rule.items()
             if kind in ("prefix", "lookup"):
                 names.append(arg["column"])
             elif isinstance(arg, list):
@@ -204,7 +221,9 @@ class MappingPlan:
 
     def select_sql(self, view: str, raw_expr: str) -> str:
         """Canonical VARCHAR columns (plus _row_ref and the raw record) from the batch's source columns."""
-        cols = ", ".join(f"CAST({self.exprs[c.name]} AS VARCHAR) AS {quote_ident(c.name)}" for c in self.dataset.columns)
+        cols = ", ".join(
+            f"CAST({self.exprs[c.name]} AS VARCHAR) AS {quote_ident(c.name)}" for c in self.dataset.columns
+        )
         return f"SELECT _row_ref, {raw_expr} AS _raw, {cols} FROM {view}"
 
     def typed_expr(self, col: Column, ref: str | None = None) -> str:
@@ -222,8 +241,10 @@ class MappingPlan:
                 # A format may carry %z; strptime then returns a zoned value.
                 naive = f"CAST({naive} AS TIMESTAMP)"
             local = f"timezone('UTC', timezone({quote_literal(tz)}, {naive}))" if tz else naive
-            epoch = (f"CASE WHEN regexp_full_match({v}, '\\d{{9,10}}(\\.\\d+)?') THEN timezone('UTC', to_timestamp(TRY_CAST({v} AS DOUBLE))) "
-                     f"WHEN regexp_full_match({v}, '\\d{{12,13}}') THEN timezone('UTC', to_timestamp(TRY_CAST({v} AS BIGINT) / 1000.0)) END")
+            epoch = (
+                f"CASE WHEN regexp_full_match({v}, '\\d{{9,10}}(\\.\\d+)?') THEN timezone('UTC', to_timestamp(TRY_CAST({v} AS DOUBLE))) "
+                f"WHEN regexp_full_match({v}, '\\d{{12,13}}') THEN timezone('UTC', to_timestamp(TRY_CAST({v} AS BIGINT) / 1000.0)) END"
+            )
             if not tz and not formats:
                 # Naive values are UTC: one cast handles ISO with or without an offset (the session is in UTC).
                 return f"coalesce({with_offset}, {epoch})"
@@ -233,18 +254,25 @@ class MappingPlan:
                 return f"CAST(try_strptime({v}, [{', '.join(quote_literal(f) for f in formats)}]) AS DATE)"
             return f"TRY_CAST(left({v}, 10) AS DATE)"
         if col.sql_type == "BOOLEAN":
-            return (f"CASE lower({v}) WHEN 'true' THEN true WHEN 't' THEN true WHEN '1' THEN true WHEN 'yes' THEN true "
-                    f"WHEN 'y' THEN true WHEN 'false' THEN false WHEN 'f' THEN false WHEN '0' THEN false WHEN 'no' THEN false "
-                    f"WHEN 'n' THEN false END")
+            return (
+                f"CASE lower({v}) WHEN 'true' THEN true WHEN 't' THEN true WHEN '1' THEN true WHEN 'yes' THEN true "
+                f"WHEN 'y' THEN true WHEN 'false' THEN false WHEN 'f' THEN false WHEN '0' THEN false WHEN 'no' THEN false "
+                f"WHEN 'n' THEN false END"
+            )
         if col.sql_type in ("DOUBLE", "INTEGER", "BIGINT"):
             # Derived numbers (quantity x price) are already written with a decimal point.
-            value = v if self.mapping.decimal == "." or col.name in self.derived else \
-                f"replace(replace({v}, '.', ''), ',', '.')"
+            value = (
+                v
+                if self.mapping.decimal == "." or col.name in self.derived
+                else f"replace(replace({v}, '.', ''), ',', '.')"
+            )
             if col.sql_type == "DOUBLE":
                 return f"TRY_CAST({value} AS DOUBLE)"
             # Integers written as 2.0 are accepted; 2.5 is not an integer.
-            return (f"CASE WHEN TRY_CAST({value} AS DOUBLE) = round(TRY_CAST({value} AS DOUBLE)) "
-                    f"THEN TRY_CAST(TRY_CAST({value} AS DOUBLE) AS {col.sql_type}) END")
+            return (
+                f"CASE WHEN TRY_CAST({value} AS DOUBLE) = round(TRY_CAST({value} AS DOUBLE)) "
+                f"THEN TRY_CAST(TRY_CAST({value} AS DOUBLE) AS {col.sql_type}) END"
+            )
         if col.sql_type == "VARCHAR":
             return v
         return f"TRY_CAST({v} AS {col.sql_type})"

@@ -21,8 +21,16 @@ import pyarrow as pa
 from segflow.extract.errors import ExtractError
 from segflow.extract.mapping import normalise_name, quote_ident
 
-FORMATS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-           ".parquet": "parquet", ".pq": "parquet"}
+FORMATS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".txt": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 DELIMITER_CANDIDATES = (",", ";", "\t", "|")
 RAW_RECORD_LIMIT = 2000  # characters of a refused row kept in the quarantine
 
@@ -83,8 +91,9 @@ def decode(data: bytes, encoding: str, origin: str) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ExtractError(
-            f"{origin}: line {line}: bytes {data[exc.start:exc.end]!r} at offset {exc.start} are not valid {encoding}; "
-            "if the file uses another encoding set `encoding:` for this source (e.g. latin-1, cp1252)") from exc
+            f"{origin}: line {line}: bytes {data[exc.start : exc.end]!r} at offset {exc.start} are not valid {encoding}; "
+            "if the file uses another encoding set `encoding:` for this source (e.g. latin-1, cp1252)"
+        ) from exc
     except LookupError as exc:
         raise ExtractError(f"{origin}: unknown encoding {encoding!r}") from exc
     return text.lstrip("\ufeff")
@@ -111,7 +120,7 @@ def _check_names(names: list[str], origin: str) -> None:
 
 def sniff_delimiter(header_line: str) -> str:
     counts = {d: header_line.count(d) for d in DELIMITER_CANDIDATES}
-    best = max(counts, key=counts.get)
+    best = max(counts, key=lambda d: counts[d])
     return best if counts[best] else ","
 
 
@@ -141,11 +150,19 @@ def read_csv(con, path: Path, text: str, delimiter: str | None = None) -> Batch:
                 continue
             last_bad = None
             if len(fields) == len(header) and [normalise_name(f) for f in fields] == normalised:
-                rejects.append(Reject(f"line {start}", None, "repeated header row", delim.join(fields)[:RAW_RECORD_LIMIT]))
+                rejects.append(
+                    Reject(f"line {start}", None, "repeated header row", delim.join(fields)[:RAW_RECORD_LIMIT])
+                )
             elif len(fields) != len(header):
                 last_bad = (start, len(fields))
-                rejects.append(Reject(f"line {start}", None, f"expected {len(header)} fields, found {len(fields)}",
-                                      delim.join(fields)[:RAW_RECORD_LIMIT]))
+                rejects.append(
+                    Reject(
+                        f"line {start}",
+                        None,
+                        f"expected {len(header)} fields, found {len(fields)}",
+                        delim.join(fields)[:RAW_RECORD_LIMIT],
+                    )
+                )
             else:
                 rows.append(fields)
                 refs.append(f"line {start}")
@@ -153,11 +170,17 @@ def read_csv(con, path: Path, text: str, delimiter: str | None = None) -> Batch:
         raise ExtractError(f"{origin}: line {reader.line_num}: malformed CSV ({exc})") from exc
     assert header is not None
     if last_bad and last_bad[1] < len(header) and not text.endswith(("\n", "\r")):
-        raise ExtractError(f"{origin}: truncated file: the last line ({last_bad[0]}) has {last_bad[1]} of "
-                           f"{len(header)} fields and no line end")
-    columns = list(zip(*rows)) if rows else [() for _ in header]
-    table = pa.table({"_row_ref": pa.array(refs, pa.string()),
-                      **{name: pa.array(list(values), pa.string()) for name, values in zip(header, columns)}})
+        raise ExtractError(
+            f"{origin}: truncated file: the last line ({last_bad[0]}) has {last_bad[1]} of "
+            f"{len(header)} fields and no line end"
+        )
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in header]
+    table = pa.table(
+        {
+            "_row_ref": pa.array(refs, pa.string()),
+            **{name: pa.array(list(values), pa.string()) for name, values in zip(header, columns, strict=True)},
+        }
+    )
     _register(con, table)
     notes = [f"delimiter {delim!r}"] if delim != "," else []
     return Batch(origin, header, len(rows), rejects, notes)
@@ -166,8 +189,10 @@ def read_csv(con, path: Path, text: str, delimiter: str | None = None) -> Batch:
 def read_jsonl(con, path: Path, text: str) -> Batch:
     origin = str(path)
     lines = text.split("\n")
-    con.register("batch_lines", pa.table({"line_no": pa.array(range(1, len(lines) + 1), pa.int64()),
-                                          "line": pa.array(lines, pa.string())}))
+    con.register(
+        "batch_lines",
+        pa.table({"line_no": pa.array(range(1, len(lines) + 1), pa.int64()), "line": pa.array(lines, pa.string())}),
+    )
     try:
         # One JSON parse per line tells valid and object apart (try() turns a parse error into NULL).
         con.execute("""CREATE OR REPLACE TEMP TABLE batch_json AS
@@ -180,12 +205,20 @@ def read_jsonl(con, path: Path, text: str) -> Batch:
         raise ExtractError(f"{origin}: empty file (no records) where data is expected")
     last_line = con.execute("SELECT max(line_no) FROM batch_json").fetchall()[0][0]
     if bad and bad[-1][0] == last_line and not bad[-1][2] and not text.endswith("\n"):
-        raise ExtractError(f"{origin}: truncated file: the last line ({last_line}) is incomplete JSON and has no line end")
-    rejects = [Reject(f"line {n}", None, "invalid JSON" if not is_json else "not a JSON object", line[:RAW_RECORD_LIMIT])
-               for n, line, is_json in bad]
-    keys = [r[0] for r in con.execute(
-        "SELECT k FROM (SELECT unnest(json_keys(line)) AS k, line_no FROM batch_json WHERE is_object) "
-        "GROUP BY k ORDER BY min(line_no), k").fetchall()]
+        raise ExtractError(
+            f"{origin}: truncated file: the last line ({last_line}) is incomplete JSON and has no line end"
+        )
+    rejects = [
+        Reject(f"line {n}", None, "invalid JSON" if not is_json else "not a JSON object", line[:RAW_RECORD_LIMIT])
+        for n, line, is_json in bad
+    ]
+    keys = [
+        r[0]
+        for r in con.execute(
+            "SELECT k FROM (SELECT unnest(json_keys(line)) AS k, line_no FROM batch_json WHERE is_object) "
+            "GROUP BY k ORDER BY min(line_no), k"
+        ).fetchall()
+    ]
     _check_names(keys, origin)
     if keys:
         spec = json.dumps({k: "VARCHAR" for k in keys}).replace("'", "''")
@@ -195,7 +228,9 @@ def read_jsonl(con, path: Path, text: str) -> Batch:
                         FROM (SELECT line_no, json_transform(line, '{spec}') AS s FROM batch_json WHERE is_object)
                         ORDER BY line_no""")
     else:
-        con.execute("CREATE OR REPLACE TEMP TABLE batch_source AS SELECT 'line ' || line_no AS _row_ref FROM batch_json WHERE is_object")
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE batch_source AS SELECT 'line ' || line_no AS _row_ref FROM batch_json WHERE is_object"
+        )
     rows = con.execute("SELECT count(*) FROM batch_source").fetchall()[0][0]
     con.execute("DROP TABLE batch_json")
     return Batch(origin, keys, rows, rejects)
@@ -217,8 +252,12 @@ def read_parquet(con, path: Path, data: bytes) -> Batch:
     except (pa.ArrowException, OSError) as exc:
         raise ExtractError(f"{origin}: unreadable Parquet ({exc})") from exc
     _check_names(table.column_names, origin)
-    strings = pa.table({"_row_ref": pa.array([f"row {i}" for i in range(1, table.num_rows + 1)], pa.string()),
-                        **{name: _as_strings(table.column(name)) for name in table.column_names}})
+    strings = pa.table(
+        {
+            "_row_ref": pa.array([f"row {i}" for i in range(1, table.num_rows + 1)], pa.string()),
+            **{name: _as_strings(table.column(name)) for name in table.column_names},
+        }
+    )
     _register(con, strings)
     return Batch(origin, table.column_names, table.num_rows)
 
@@ -246,7 +285,7 @@ def flatten(record: dict, prefix: str = "") -> dict:
     return out
 
 
-def read_records(con, records: list[dict], origin: str, empty_columns: list[str] = ()) -> Batch:
+def read_records(con, records: list[dict], origin: str, empty_columns: tuple[str, ...] | list[str] = ()) -> Batch:
     """Records from an API (dicts), nested objects flattened to dotted column names."""
     records = [flatten(r) for r in records]
     keys: list[str] = [] if records else list(empty_columns)
@@ -267,7 +306,11 @@ def read_records(con, records: list[dict], origin: str, empty_columns: list[str]
             return "true" if value else "false"
         return str(value)
 
-    table = pa.table({"_row_ref": pa.array([f"record {i + 1}" for i in range(len(records))], pa.string()),
-                      **{k: pa.array([text(r.get(k)) for r in records], pa.string()) for k in keys}})
+    table = pa.table(
+        {
+            "_row_ref": pa.array([f"record {i + 1}" for i in range(len(records))], pa.string()),
+            **{k: pa.array([text(r.get(k)) for r in records], pa.string()) for k in keys},
+        }
+    )
     _register(con, table)
     return Batch(origin, keys, len(records))

@@ -58,8 +58,10 @@ def source_specs(settings: Settings) -> list[SourceSpec]:
             raise ValueError(f"sources.{name}.kind: unknown kind {kind!r} (sql, files, http)")
         unknown = set(cfg) - KIND_KEYS[kind] - COMMON_KEYS
         if unknown:
-            raise ValueError(f"sources.{name}: unknown key(s) {sorted(unknown)} for a {kind} source; "
-                             f"allowed: {sorted(KIND_KEYS[kind] | COMMON_KEYS)}")
+            raise ValueError(
+                f"sources.{name}: unknown key(s) {sorted(unknown)} for a {kind} source; "
+                f"allowed: {sorted(KIND_KEYS[kind] | COMMON_KEYS)}"
+            )
         dataset_name = cfg.get("dataset") or DEFAULT_DATASET.get(name)
         if dataset_name not in DATASETS:
             raise ValueError(f"sources.{name}.dataset: expected one of {sorted(DATASETS)}, got {dataset_name!r}")

@@ -38,35 +38,44 @@ def extract_sql(con, spec: SourceSpec, ctx: LoadContext) -> list[BatchResult]:
 
     version_column = spec.get("watermark_column", "updated_at")
     if version_column not in spec.dataset.names:
-        raise ValueError(f"sources.{spec.name}.watermark_column: {version_column!r} is not a {spec.dataset.name} column")
+        raise ValueError(
+            f"sources.{spec.name}.watermark_column: {version_column!r} is not a {spec.dataset.name} column"
+        )
     table_name = spec.get("table", "contacts")
     url = source_url(spec)
     engine = sa.create_engine(url)
     safe_url = engine.url.render_as_string(hide_password=True)
     origin = f"{safe_url} table {table_name}"
-    watermark = con.execute(f"SELECT max({version_column}) FROM raw.{spec.dataset.raw_table} WHERE _source = ?",
-                            [spec.name]).fetchall()[0][0]
+    watermark = con.execute(
+        f"SELECT max({version_column}) FROM raw.{spec.dataset.raw_table} WHERE _source = ?", [spec.name]
+    ).fetchall()[0][0]
     upper = datetime.combine(ctx.as_of, datetime.min.time()) + timedelta(days=1)
-    lower = watermark - timedelta(hours=float(spec.get("lookback_hours", DEFAULT_LOOKBACK_HOURS))) if watermark else None
+    lower = (
+        watermark - timedelta(hours=float(spec.get("lookback_hours", DEFAULT_LOOKBACK_HOURS))) if watermark else None
+    )
     try:
         try:
             table = sa.Table(table_name, sa.MetaData(), schema=spec.get("schema"), autoload_with=engine)
         except sa.exc.NoSuchTableError as exc:
             raise ExtractError(f"{origin}: table '{table_name}' does not exist") from exc
         columns = {c.name.strip().lower(): c for c in table.columns}
-        source_name = next((src for src, target in spec.mapping.rename.items() if target == version_column), version_column)
+        source_name = next(
+            (src for src, target in spec.mapping.rename.items() if target == version_column), version_column
+        )
         wcol = columns.get(source_name.strip().lower())
         if wcol is None:
-            raise ExtractError(f"{origin}: missing watermark column '{source_name}' (for {version_column}); "
-                               f"columns present: {', '.join(c.name for c in table.columns)}")
+            raise ExtractError(
+                f"{origin}: missing watermark column '{source_name}' (for {version_column}); "
+                f"columns present: {', '.join(c.name for c in table.columns)}"
+            )
         window = wcol < sa.literal(_timestamp_literal(upper))
         if lower is not None:
             window = sa.and_(window, wcol >= sa.literal(_timestamp_literal(lower)))
         query = sa.select(table).where(sa.or_(window, wcol.is_(None)))
         with engine.connect() as conn:
-            result = conn.execute(query)
-            names = list(result.keys())
-            rows = result.fetchall()
+            cursor = conn.execute(query)
+            names = list(cursor.keys())
+            rows = cursor.fetchall()
     except sa.exc.SQLAlchemyError as exc:
         raise ExtractError(f"{origin}: cannot read: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from exc
     finally:
@@ -86,8 +95,18 @@ def extract_sql(con, spec: SourceSpec, ctx: LoadContext) -> list[BatchResult]:
     batch = Batch(origin, names, len(rows))
     plan = spec.mapping.plan(spec.dataset, names, origin)
     partition = f"{table_name}@{spec.name}"
-    result = load_batch(con, ctx, spec.name, spec.dataset, plan, batch, partition, ctx.as_of, mode="versions",
-                        version_column=version_column)
+    result = load_batch(
+        con,
+        ctx,
+        spec.name,
+        spec.dataset,
+        plan,
+        batch,
+        partition,
+        ctx.as_of,
+        mode="versions",
+        version_column=version_column,
+    )
     window_note = f"window [{_timestamp_literal(lower) if lower else 'start'}, {_timestamp_literal(upper)})"
     result.notes.append(window_note)
     return [result]

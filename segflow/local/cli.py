@@ -15,10 +15,12 @@ import re
 import sys
 import threading
 import time
-from datetime import date, datetime, time as dtime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
 from pathlib import Path
 
 from segflow.core.config import REPO_ROOT, load_settings
+
 
 def _console(file=None):
     """The console; `file` keeps it on the real terminal while a DAG's output is redirected to its log."""
@@ -34,17 +36,36 @@ def cmd_generate(args) -> int:
 
     out = Path(args.out)
     started = time.time()
-    with Progress(TextColumn("generating"), BarColumn(), TextColumn("{task.completed}/{task.total} days"), TimeElapsedColumn(),
-                  console=_console(), transient=True, disable=not sys.stdout.isatty()) as progress:
+    with Progress(
+        TextColumn("generating"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} days"),
+        TimeElapsedColumn(),
+        console=_console(),
+        transient=True,
+        disable=not sys.stdout.isatty(),
+    ) as progress:
         bar = progress.add_task("days", total=args.days)
-        optional = {"end_date": date.fromisoformat(args.end_date) if args.end_date else None,
-                    "horizon_days": args.horizon_days, "event_scale": args.event_scale,
-                    "purchase_scale": args.purchase_scale}  # unset: the generator's own defaults
-        result = generate(out, users=args.users, days=args.days, seed=args.seed, dirty_rate=args.dirty_rate,
-                          crm_url=args.crm_url, progress=lambda _s, done, _t: progress.update(bar, completed=done),
-                          **{k: v for k, v in optional.items() if v is not None})
-    print(f"generated {result.users:,} users ({result.contacts_rows:,} CRM rows), {result.events:,} events, "
-          f"{result.orders:,} orders, {result.start_date} .. {result.end_date} into {out} in {time.time() - started:.1f}s")
+        optional = {
+            "end_date": date.fromisoformat(args.end_date) if args.end_date else None,
+            "horizon_days": args.horizon_days,
+            "event_scale": args.event_scale,
+            "purchase_scale": args.purchase_scale,
+        }  # unset: the generator's own defaults
+        result = generate(
+            out,
+            users=args.users,
+            days=args.days,
+            seed=args.seed,
+            dirty_rate=args.dirty_rate,
+            crm_url=args.crm_url,
+            progress=lambda _s, done, _t: progress.update(bar, completed=done),
+            **{k: v for k, v in optional.items() if v is not None},
+        )
+    print(
+        f"generated {result.users:,} users ({result.contacts_rows:,} CRM rows), {result.events:,} events, "
+        f"{result.orders:,} orders, {result.start_date} .. {result.end_date} into {out} in {time.time() - started:.1f}s"
+    )
     return 0
 
 
@@ -59,8 +80,10 @@ def _prepare_airflow(config: str | None):
 
 def cmd_init(args) -> int:
     settings = _prepare_airflow(args.config)
-    print(f"Airflow metadata DB and pool ready (AIRFLOW_HOME={os.environ['AIRFLOW_HOME']}, "
-          f"warehouse={settings.warehouse_path})")
+    print(
+        f"Airflow metadata DB and pool ready (AIRFLOW_HOME={os.environ['AIRFLOW_HOME']}, "
+        f"warehouse={settings.warehouse_path})"
+    )
     return 0
 
 
@@ -128,8 +151,9 @@ class ProgressPrinter:
         return write_fd, thread
 
 
-def run_dag(dag_id: str, as_of: date, log_file: Path, full_refresh: bool = False,
-            progress: ProgressPrinter | None = None) -> tuple[str, list[str]]:
+def run_dag(
+    dag_id: str, as_of: date, log_file: Path, full_refresh: bool = False, progress: ProgressPrinter | None = None
+) -> tuple[str, list[str]]:
     """Run one DAG for `as_of` with Airflow's DAG test runner (same task code as a scheduled run).
     Returns the run state and the failed task ids; Airflow's own log goes to `log_file`; task events go to
     `progress` as they happen."""
@@ -138,7 +162,7 @@ def run_dag(dag_id: str, as_of: date, log_file: Path, full_refresh: bool = False
     from segflow.airflow.progress import PROGRESS_FD_ENV
     from segflow.core.resources import DAGS_FOLDER
 
-    logical_date = datetime.combine(as_of + timedelta(days=1), dtime(), tzinfo=timezone.utc)
+    logical_date = datetime.combine(as_of + timedelta(days=1), dtime(), tzinfo=UTC)
     write_fd, reader = progress.listen() if progress else (None, None)
     if write_fd is not None:
         os.environ[PROGRESS_FD_ENV] = str(write_fd)
@@ -174,7 +198,9 @@ def cmd_run(args) -> int:
     as_of = resolve_as_of(args.as_of)  # the same rule the DAGs use (explicit date, else yesterday in UTC)
     log_file = Path(os.environ["AIRFLOW_HOME"]) / "logs" / f"segflow-run-{as_of}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    console.print(f"segflow run as of [bold]{as_of}[/bold] (config: {settings.config_file or 'defaults'}; Airflow log: {log_file})")
+    console.print(
+        f"segflow run as of [bold]{as_of}[/bold] (config: {settings.config_file or 'defaults'}; Airflow log: {log_file})"
+    )
     plan = ["segflow_build"]
     if args.retrain == "always" or (args.retrain == "auto" and not _has_champions(settings)):
         plan.append("segflow_train")
@@ -183,17 +209,24 @@ def cmd_run(args) -> int:
         step = time.time()
         console.print(f"→ {dag_id}")
         progress = ProgressPrinter(console)
-        state, failed = run_dag(dag_id, as_of, log_file, full_refresh=args.full_refresh and dag_id == "segflow_build",
-                                progress=progress)
+        state, failed = run_dag(
+            dag_id, as_of, log_file, full_refresh=args.full_refresh and dag_id == "segflow_build", progress=progress
+        )
         if state != "success":
             reason = _failure_reason(log_file, progress)
             detail = next((e["error"] for e in progress.failures if e.get("error")), "")
             if "\n" in detail.strip():  # e.g. every failed expectation of a gate, one per line
                 console.print("\n".join(detail.strip().splitlines()[:20]), markup=False, highlight=False)
-            console.print(f"[red]✗ {dag_id} {state}[/red] after {time.time() - step:.0f}s; failed tasks: "
-                          f"{', '.join(failed) or '-'}; full log: {log_file}", highlight=False)
-            console.print(f"error: {dag_id} failed at {failed[0] if failed else 'an unknown task'}: {reason}",
-                          markup=False, highlight=False)
+            console.print(
+                f"[red]✗ {dag_id} {state}[/red] after {time.time() - step:.0f}s; failed tasks: "
+                f"{', '.join(failed) or '-'}; full log: {log_file}",
+                highlight=False,
+            )
+            console.print(
+                f"error: {dag_id} failed at {failed[0] if failed else 'an unknown task'}: {reason}",
+                markup=False,
+                highlight=False,
+            )
             return 1
         console.print(f"[green]✓[/green] {dag_id} ({time.time() - step:.0f}s)")
     from segflow.local.summary import print_summary
@@ -298,13 +331,23 @@ def cmd_datasets(args) -> int:
     settings = load_settings(args.config)
     folder = Path(args.dir) if args.dir else datasets.default_folder(settings, args.name)
     try:
-        result = datasets.fetch(args.name, folder, source=args.source, url=args.url, force=args.force,
-                                progress=lambda line: print(line, flush=True))
+        result = datasets.fetch(
+            args.name,
+            folder,
+            source=args.source,
+            url=args.url,
+            force=args.force,
+            progress=lambda line: print(line, flush=True),
+        )
     except datasets.DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"{result.path} ({result.rows:,} rows); set SEGFLOW_ONLINE_RETAIL_PATH={result.path} or keep it where the "
-          f"example configuration looks" if args.name == "online-retail" else str(result.path))
+    print(
+        f"{result.path} ({result.rows:,} rows); set SEGFLOW_ONLINE_RETAIL_PATH={result.path} or keep it where the "
+        f"example configuration looks"
+        if args.name == "online-retail"
+        else str(result.path)
+    )
     return 0
 
 
@@ -318,8 +361,14 @@ def cmd_bench(args) -> int:
     for users in sizes:
         print(f"benchmark: {users:,} users ({args.days} days of data)", flush=True)
         try:
-            result = run_size(users, Path(args.cache_dir), Path(args.work_dir), days=args.days, airflow=not args.skip_airflow,
-                              progress=lambda line: print(line, flush=True))
+            result = run_size(
+                users,
+                Path(args.cache_dir),
+                Path(args.work_dir),
+                days=args.days,
+                airflow=not args.skip_airflow,
+                progress=lambda line: print(line, flush=True),
+            )
         except StageFailed as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -331,7 +380,9 @@ def cmd_bench(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     config_help = "segflow.yml to use (default: $SEGFLOW_CONFIG, ./segflow.yml)"
-    parser = argparse.ArgumentParser(prog="segflow", description="User segmentation pipeline (Airflow + dbt + GX + MLflow).")
+    parser = argparse.ArgumentParser(
+        prog="segflow", description="User segmentation pipeline (Airflow + dbt + GX + MLflow)."
+    )
     parser.add_argument("--version", action="version", version=f"segflow {version()}")
     parser.add_argument("--config", default=None, help=config_help)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of configuration errors")
@@ -340,7 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", parents=[common], help="generate synthetic CRM, analytics and transaction extracts")
+    gen = sub.add_parser(
+        "generate", parents=[common], help="generate synthetic CRM, analytics and transaction extracts"
+    )
     gen.add_argument("--users", type=int, default=10_000)
     gen.add_argument("--days", type=int, default=180)
     gen.add_argument("--seed", type=int, default=42)
@@ -355,38 +408,63 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", parents=[common], help="run the pipeline DAGs for one date through Airflow")
     run.add_argument("--as-of", default=None, help="date to compute everything as of (default: yesterday)")
-    run.add_argument("--full-refresh", action="store_true",
-                     help="reload every source file up to the date and rebuild dbt's incremental event models")
-    run.add_argument("--retrain", choices=["auto", "always", "never"], default="auto",
-                     help="auto: train only when no champion model exists yet")
+    run.add_argument(
+        "--full-refresh",
+        action="store_true",
+        help="reload every source file up to the date and rebuild dbt's incremental event models",
+    )
+    run.add_argument(
+        "--retrain",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="auto: train only when no champion model exists yet",
+    )
     run.set_defaults(func=cmd_run)
 
-    sub.add_parser("summary", parents=[common], help="print segments, personas and churn-risk bands").set_defaults(func=cmd_summary)
-    sub.add_parser("init", parents=[common], help="prepare the Airflow metadata DB and pool").set_defaults(func=cmd_init)
-    ui = sub.add_parser("ui", parents=[common], help="start/stop the local Airflow, MLflow and docs UIs (make ui / make ui-stop)")
+    sub.add_parser("summary", parents=[common], help="print segments, personas and churn-risk bands").set_defaults(
+        func=cmd_summary
+    )
+    sub.add_parser("init", parents=[common], help="prepare the Airflow metadata DB and pool").set_defaults(
+        func=cmd_init
+    )
+    ui = sub.add_parser(
+        "ui", parents=[common], help="start/stop the local Airflow, MLflow and docs UIs (make ui / make ui-stop)"
+    )
     ui.add_argument("action", choices=["start", "stop", "status"])
     ui.add_argument("--docs", action="store_true", help="rebuild the dbt docs and GX Data Docs sites before starting")
     ui.set_defaults(func=cmd_ui)
-    bench = sub.add_parser("bench", parents=[common], help="benchmark every stage at several sizes (make bench; BENCHMARKS.md)")
+    bench = sub.add_parser(
+        "bench", parents=[common], help="benchmark every stage at several sizes (make bench; BENCHMARKS.md)"
+    )
     bench.add_argument("--sizes", default="10000,100000,1000000", help="users per dataset, comma-separated")
     bench.add_argument("--days", type=int, default=366, help="days of data (the last one is the incremental run's)")
     bench.add_argument("--cache-dir", default=str(REPO_ROOT / "bench" / "cache"), help="generated datasets, reused")
-    bench.add_argument("--work-dir", default=str(REPO_ROOT / "bench" / "work"), help="warehouses, logs (replaced per size)")
+    bench.add_argument(
+        "--work-dir", default=str(REPO_ROOT / "bench" / "work"), help="warehouses, logs (replaced per size)"
+    )
     bench.add_argument("--results-dir", default=str(REPO_ROOT / "bench" / "results"))
     bench.add_argument("--report", default=str(REPO_ROOT / "BENCHMARKS.md"))
     bench.add_argument("--notes", default=str(REPO_ROOT / "bench" / "NOTES.md"), help="text appended to the report")
     bench.add_argument("--skip-airflow", action="store_true", help="leave out the whole pipeline through Airflow")
     bench.add_argument("--report-only", action="store_true", help="only re-render the report from the results files")
     bench.set_defaults(func=cmd_bench)
-    sub.add_parser("env", parents=[common], help="print the environment (export lines) Airflow runs with").set_defaults(func=cmd_env)
-    config = sub.add_parser("config", parents=[common], help="check the configuration, show it resolved, or list every key")
+    sub.add_parser("env", parents=[common], help="print the environment (export lines) Airflow runs with").set_defaults(
+        func=cmd_env
+    )
+    config = sub.add_parser(
+        "config", parents=[common], help="check the configuration, show it resolved, or list every key"
+    )
     config.add_argument("action", choices=["check", "show", "reference"])
     config.set_defaults(func=cmd_config)
     datasets = sub.add_parser("datasets", parents=[common], help="public example datasets (fetch, verify, convert)")
     datasets.add_argument("action", choices=["fetch", "list"])
     datasets.add_argument("name", nargs="?", help="dataset to fetch (segflow datasets list)")
-    datasets.add_argument("--from", dest="source", default=None,
-                          help="a local copy of the published archive (or workbook) instead of downloading it")
+    datasets.add_argument(
+        "--from",
+        dest="source",
+        default=None,
+        help="a local copy of the published archive (or workbook) instead of downloading it",
+    )
     datasets.add_argument("--url", default=None, help="download from this address instead of the publisher's")
     datasets.add_argument("--dir", default=None, help="data folder (default: <root>/data/<dataset>)")
     datasets.add_argument("--force", action="store_true", help="fetch again even if the converted file exists")

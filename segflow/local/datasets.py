@@ -16,10 +16,10 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from segflow.core.config import Settings
 
@@ -55,7 +55,7 @@ ONLINE_RETAIL = PublicDataset(
     filename="online_retail.parquet",
     licence="CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/)",
     citation="Chen, D. (2015). Online Retail [Dataset]. UCI Machine Learning Repository. "
-             "https://doi.org/10.24432/C5BW33",
+    "https://doi.org/10.24432/C5BW33",
 )
 DATASETS = {ONLINE_RETAIL.name: ONLINE_RETAIL}
 
@@ -80,8 +80,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, target: Path, progress: Callable[[str], None] = lambda _line: None,
-             timeout: float = 60.0) -> str:
+def download(
+    url: str, target: Path, progress: Callable[[str], None] = lambda _line: None, timeout: float = 60.0
+) -> str:
     """Stream `url` into `target` (via a temporary file beside it); returns the SHA-256 of what arrived."""
     digest = hashlib.sha256()
     request = urllib.request.Request(url, headers={"User-Agent": "segflow-datasets"})
@@ -109,9 +110,19 @@ def read_online_retail(workbook: io.BufferedIOBase | Path):
     'YYYY-MM-DD HH:MM:SS' text, Quantity integer, UnitPrice and CustomerID floats."""
     import pandas as pd
 
-    frame = pd.read_excel(workbook, engine="openpyxl",
-                          dtype={"InvoiceNo": str, "StockCode": str, "Description": str, "Country": str})
-    expected = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country"]
+    frame = pd.read_excel(
+        workbook, engine="openpyxl", dtype={"InvoiceNo": str, "StockCode": str, "Description": str, "Country": str}
+    )
+    expected = [
+        "InvoiceNo",
+        "StockCode",
+        "Description",
+        "Quantity",
+        "InvoiceDate",
+        "UnitPrice",
+        "CustomerID",
+        "Country",
+    ]
     if list(frame.columns) != expected:
         raise DatasetError(f"unexpected columns in the workbook: {list(frame.columns)} (expected {expected})")
     frame["InvoiceDate"] = pd.to_datetime(frame["InvoiceDate"]).dt.strftime("%Y-%m-%d %H:%M:%S")
@@ -124,17 +135,25 @@ def read_online_retail(workbook: io.BufferedIOBase | Path):
 
 
 def _provenance(spec: PublicDataset, source: str, archive_sha: str, rows: int) -> str:
-    return (f"# {spec.title}\n\n"
-            f"`{spec.filename}` was converted by `segflow datasets fetch {spec.name}` on "
-            f"{datetime.now(timezone.utc):%Y-%m-%d} from\n{source}\n(SHA-256 {archive_sha}), member "
-            f"`{spec.member}`: {rows:,} rows.\n\n"
-            f"- Dataset page: {spec.page}\n- Licence: {spec.licence}\n- Cite as: {spec.citation}\n\n"
-            "Converted without changing a value: codes kept as text, InvoiceDate written as 'YYYY-MM-DD HH:MM:SS'.\n")
+    return (
+        f"# {spec.title}\n\n"
+        f"`{spec.filename}` was converted by `segflow datasets fetch {spec.name}` on "
+        f"{datetime.now(UTC):%Y-%m-%d} from\n{source}\n(SHA-256 {archive_sha}), member "
+        f"`{spec.member}`: {rows:,} rows.\n\n"
+        f"- Dataset page: {spec.page}\n- Licence: {spec.licence}\n- Cite as: {spec.citation}\n\n"
+        "Converted without changing a value: codes kept as text, InvoiceDate written as 'YYYY-MM-DD HH:MM:SS'.\n"
+    )
 
 
-def fetch(name: str, folder: Path, source: str | os.PathLike | None = None, url: str | None = None,
-          force: bool = False, sha256: str | None = None,
-          progress: Callable[[str], None] = lambda _line: None) -> FetchResult:
+def fetch(
+    name: str,
+    folder: Path,
+    source: str | os.PathLike | None = None,
+    url: str | None = None,
+    force: bool = False,
+    sha256: str | None = None,
+    progress: Callable[[str], None] = lambda _line: None,
+) -> FetchResult:
     """Fetch dataset `name` into `folder`: download (or take `source`, a local copy of the archive or of the
     workbook), verify its SHA-256 (`sha256` overrides the publisher's, for mirrors of other content and tests),
     convert to Parquet atomically and write PROVENANCE.md with the licence and citation.
@@ -166,8 +185,10 @@ def fetch(name: str, folder: Path, source: str | os.PathLike | None = None, url:
         is_workbook = not zipfile.is_zipfile(archive) or _is_xlsx(archive)
         wanted = sha256 or (spec.member_sha256 if is_workbook else spec.sha256)
         if got != wanted:
-            raise DatasetError(f"SHA-256 mismatch for {origin}: expected {wanted}, got {got} - the file is corrupt or "
-                               f"not the published {spec.title} {'workbook' if is_workbook else 'archive'}; nothing was kept")
+            raise DatasetError(
+                f"SHA-256 mismatch for {origin}: expected {wanted}, got {got} - the file is corrupt or "
+                f"not the published {spec.title} {'workbook' if is_workbook else 'archive'}; nothing was kept"
+            )
         progress(f"verified SHA-256 {got}; converting {spec.member} to Parquet (about a minute)")
         if is_workbook:
             frame = read_online_retail(archive)

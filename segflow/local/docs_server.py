@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import html
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,8 +23,15 @@ def validation_pages(gx_site: Path) -> list[dict]:
     root = gx_site / "validations"
     for page in root.glob("*/*/*/*.html") if root.is_dir() else []:
         suite, run_name, run_time = page.relative_to(root).parts[:3]
-        pages.append({"suite": suite, "run_name": run_name, "run_time": run_time,
-                      "path": page.relative_to(gx_site).as_posix(), "mtime": page.stat().st_mtime})
+        pages.append(
+            {
+                "suite": suite,
+                "run_name": run_name,
+                "run_time": run_time,
+                "path": page.relative_to(gx_site).as_posix(),
+                "mtime": page.stat().st_mtime,
+            }
+        )
     return sorted(pages, key=lambda p: (p["run_time"], p["mtime"]), reverse=True)
 
 
@@ -32,15 +39,22 @@ def render_index(gx_site: Path) -> str:
     pages = validation_pages(gx_site)
     rows = "\n".join(
         f"<tr><td>{html.escape(p['run_time'])}</td><td>{html.escape(p['suite'])}</td><td>{html.escape(p['run_name'])}</td>"
-        f"<td><a href=\"{html.escape(p['path'])}\">result</a></td></tr>" for p in pages)
-    latest = (f"<p>Latest validation: <a id=\"latest\" href=\"{html.escape(pages[0]['path'])}\">{html.escape(pages[0]['suite'])}, "
-              f"run {html.escape(pages[0]['run_name'])} at {html.escape(pages[0]['run_time'])}</a></p>") if pages else \
-        "<p>No validation yet: run the pipeline (make demo).</p>"
+        f'<td><a href="{html.escape(p["path"])}">result</a></td></tr>'
+        for p in pages
+    )
+    latest = (
+        (
+            f'<p>Latest validation: <a id="latest" href="{html.escape(pages[0]["path"])}">{html.escape(pages[0]["suite"])}, '
+            f"run {html.escape(pages[0]['run_name'])} at {html.escape(pages[0]['run_time'])}</a></p>"
+        )
+        if pages
+        else "<p>No validation yet: run the pipeline (make demo).</p>"
+    )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>GX Data Docs - validation results</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}</style>
 </head><body><h1>Great Expectations Data Docs: validation results</h1>
 {latest}
-<p>{len(pages)} validation results, newest first (listed {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC).
+<p>{len(pages)} validation results, newest first (listed {datetime.now(UTC):%Y-%m-%d %H:%M} UTC).
 GX's own index (its scripts load from the internet): <a href="index.html">index.html</a>.</p>
 <table><tr><th>run time (UTC)</th><th>suite</th><th>run</th><th></th></tr>
 {rows}
@@ -48,7 +62,7 @@ GX's own index (its scripts load from the internet): <a href="index.html">index.
 
 
 class DocsHandler(SimpleHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         if self.path.split("?")[0] in ("/gx", "/gx/"):
             body = render_index(Path(self.directory) / "gx").encode()
             self.send_response(200)
@@ -59,7 +73,7 @@ class DocsHandler(SimpleHTTPRequestHandler):
             return
         super().do_GET()
 
-    def log_message(self, format, *args):  # noqa: A002
+    def log_message(self, format, *args):
         pass
 
 

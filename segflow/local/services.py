@@ -9,6 +9,7 @@ and logs to `<ui.state_dir>/logs`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -40,8 +41,12 @@ def ui_settings(settings: Settings) -> dict:
 def urls(settings: Settings) -> dict[str, str]:
     ui = ui_settings(settings)
     host = ui["host"]
-    return {"airflow": f"http://{host}:{ui['airflow_port']}/", "mlflow": f"http://{host}:{ui['mlflow_port']}/",
-            "dbt_docs": f"http://{host}:{ui['docs_port']}/", "gx_data_docs": f"http://{host}:{ui['docs_port']}/gx/"}
+    return {
+        "airflow": f"http://{host}:{ui['airflow_port']}/",
+        "mlflow": f"http://{host}:{ui['mlflow_port']}/",
+        "dbt_docs": f"http://{host}:{ui['docs_port']}/",
+        "gx_data_docs": f"http://{host}:{ui['docs_port']}/gx/",
+    }
 
 
 def passwords_file(settings: Settings) -> Path:
@@ -70,8 +75,7 @@ def service_environ(settings: Settings, environ: dict[str, str] | None = None) -
     # Tasks that write the warehouse run one at a time anyway (pool duckdb_writer): a few workers suffice.
     env.setdefault("AIRFLOW__CORE__PARALLELISM", "4")
     env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", f"{AIRFLOW_USER}:admin")
-    env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE",
-                   str(passwords_file(settings)))
+    env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords_file(settings)))
     return env
 
 
@@ -87,18 +91,46 @@ def services(settings: Settings) -> list[Service]:
     airflow = str(bin_dir / "airflow")
     artifact_root = str(settings.get("mlflow", "artifact_root"))
     return [
-        Service("airflow-api-server", [airflow, "api-server", "--host", host, "--port", str(ui["airflow_port"]), "--workers", "1"],
-                f"http://{host}:{ui['airflow_port']}/api/v2/monitor/health"),
+        Service(
+            "airflow-api-server",
+            [airflow, "api-server", "--host", host, "--port", str(ui["airflow_port"]), "--workers", "1"],
+            f"http://{host}:{ui['airflow_port']}/api/v2/monitor/health",
+        ),
         Service("airflow-scheduler", [airflow, "scheduler"]),
         Service("airflow-dag-processor", [airflow, "dag-processor"]),
         Service("airflow-triggerer", [airflow, "triggerer"]),
-        Service("mlflow", [str(bin_dir / "mlflow"), "server", "--backend-store-uri", settings.mlflow_tracking_uri,
-                           "--default-artifact-root", artifact_root, "--host", host, "--port", str(ui["mlflow_port"]),
-                           "--workers", "1"],
-                f"http://{host}:{ui['mlflow_port']}/health"),
-        Service("docs", [sys.executable, "-m", "segflow.local.docs_server", str(ui["docs_port"]), "--bind", host,
-                         "--directory", str(ui["docs_dir"])],
-                f"http://{host}:{ui['docs_port']}/"),
+        Service(
+            "mlflow",
+            [
+                str(bin_dir / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                settings.mlflow_tracking_uri,
+                "--default-artifact-root",
+                artifact_root,
+                "--host",
+                host,
+                "--port",
+                str(ui["mlflow_port"]),
+                "--workers",
+                "1",
+            ],
+            f"http://{host}:{ui['mlflow_port']}/health",
+        ),
+        Service(
+            "docs",
+            [
+                sys.executable,
+                "-m",
+                "segflow.local.docs_server",
+                str(ui["docs_port"]),
+                "--bind",
+                host,
+                "--directory",
+                str(ui["docs_dir"]),
+            ],
+            f"http://{host}:{ui['docs_port']}/",
+        ),
     ]
 
 
@@ -131,7 +163,7 @@ def _start_ticks(pid: int) -> int | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
     return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
@@ -166,10 +198,16 @@ def start(settings: Settings, timeout: float = 180.0, environ: dict[str, str] | 
     already = {r["name"]: r for r in running(settings)}
     wanted = [s for s in services(settings) if s.name not in already]
     ui = ui_settings(settings)
-    for name, port in (("airflow-api-server", ui["airflow_port"]), ("mlflow", ui["mlflow_port"]), ("docs", ui["docs_port"])):
+    for name, port in (
+        ("airflow-api-server", ui["airflow_port"]),
+        ("mlflow", ui["mlflow_port"]),
+        ("docs", ui["docs_port"]),
+    ):
         if name not in already and not _port_free(ui["host"], int(port)):
-            raise RuntimeError(f"port {ui['host']}:{port} for {name} is taken by another program: "
-                               f"free it or set ui.{'airflow_port' if name.startswith('airflow') else name + '_port'}")
+            raise RuntimeError(
+                f"port {ui['host']}:{port} for {name} is taken by another program: "
+                f"free it or set ui.{'airflow_port' if name.startswith('airflow') else name + '_port'}"
+            )
     env = service_environ(settings, environ)
     os.environ.update({k: v for k, v in env.items() if k.startswith(("AIRFLOW", "SEGFLOW", "MLFLOW"))})
     ensure_metadata_db(settings)
@@ -185,14 +223,28 @@ def start(settings: Settings, timeout: float = 180.0, environ: dict[str, str] | 
     return records
 
 
-def _launch(settings: Settings, wanted: list[Service], records: list[dict], env: dict[str, str], logs: Path,
-            timeout: float) -> None:
+def _launch(
+    settings: Settings, wanted: list[Service], records: list[dict], env: dict[str, str], logs: Path, timeout: float
+) -> None:
     for service in wanted:
         with open(logs / f"{service.name}.log", "ab") as log:
-            process = subprocess.Popen(service.argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
-        records.append({"name": service.name, "pid": process.pid, "started": _start_ticks(process.pid),
-                        "argv": service.argv, "health_url": service.health_url})
+            process = subprocess.Popen(
+                service.argv,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        records.append(
+            {
+                "name": service.name,
+                "pid": process.pid,
+                "started": _start_ticks(process.pid),
+                "argv": service.argv,
+                "health_url": service.health_url,
+            }
+        )
         state_file(settings).write_text(json.dumps(records, indent=2))
     deadline = time.monotonic() + timeout
     for record in records:
@@ -221,9 +273,7 @@ def stop(settings: Settings, timeout: float = 30.0) -> list[str]:
         while _alive(record) and time.monotonic() < deadline:
             time.sleep(0.2)
         if _alive(record):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(record["pid"], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     state_file(settings).unlink(missing_ok=True)
     return stopped

@@ -11,6 +11,7 @@ from segflow.core.warehouse import connect
 
 def summary_data(settings: Settings) -> dict:
     with connect(settings.warehouse_path, read_only=True) as con:
+
         def rows(sql):
             return con.execute(sql).fetchall()
 
@@ -23,11 +24,15 @@ def summary_data(settings: Settings) -> dict:
                                 FROM marts.user_scores GROUP BY 1, 2 ORDER BY 1"""),
             "risk": rows("""SELECT churn_risk_band, count(*) FROM marts.user_scores GROUP BY 1
                             ORDER BY array_position(['high', 'medium', 'low', 'prospect'], churn_risk_band)"""),
-            "versions": rows("SELECT any_value(clusterer_version), any_value(churn_model_version) FROM marts.user_scores")[0],
+            "versions": rows(
+                "SELECT any_value(clusterer_version), any_value(churn_model_version) FROM marts.user_scores"
+            )[0],
             "monitoring": rows("""SELECT "check", model_name, subject, value, reference_value, threshold FROM ml.model_monitoring
                                   WHERE status = 'warning' AND as_of = (SELECT max(as_of) FROM marts.user_scores)
-                                  ORDER BY 1, value DESC""") if rows("""SELECT count(*) FROM information_schema.tables
-                                  WHERE table_schema = 'ml' AND table_name = 'model_monitoring'""")[0][0] else [],
+                                  ORDER BY 1, value DESC""")
+            if rows("""SELECT count(*) FROM information_schema.tables
+                                  WHERE table_schema = 'ml' AND table_name = 'model_monitoring'""")[0][0]
+            else [],
         }
 
 
@@ -65,9 +70,12 @@ def print_summary(settings: Settings, console: Console | None = None) -> None:
     console.print(
         "Where to look next:\n"
         f"  warehouse     duckdb {settings.warehouse_path}  (marts.user_features, user_segments, user_scores)\n"
-        + (f"  CRM table     {wb.get('crm_table', 'crm_segments')} in {wb['crm_url']}\n" if wb.get("crm_url")
-           else "  CRM table     (no write-back: writeback.crm_url is not set)\n") +
-        f"  activation    {wb['export_dir']}/as_of={data['as_of']}/segments.csv|parquet\n"
+        + (
+            f"  CRM table     {wb.get('crm_table', 'crm_segments')} in {wb['crm_url']}\n"
+            if wb.get("crm_url")
+            else "  CRM table     (no write-back: writeback.crm_url is not set)\n"
+        )
+        + f"  activation    {wb['export_dir']}/as_of={data['as_of']}/segments.csv|parquet\n"
         f"  UIs           make ui  -> Airflow {links['airflow']}, MLflow {links['mlflow']}, dbt docs {links['dbt_docs']},\n"
         f"                GX Data Docs {links['gx_data_docs']}  (make ui-stop stops them)",
         soft_wrap=True,

@@ -22,8 +22,16 @@ from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_s
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 
-from segflow.ml.features import (BOOLEAN_FEATURES, CATEGORICAL_FEATURES, COUNT_FEATURES, MODEL_FEATURES, SCORE_FEATURES, observed,
-                         prepare, preprocessor)
+from segflow.ml.features import (
+    BOOLEAN_FEATURES,
+    CATEGORICAL_FEATURES,
+    COUNT_FEATURES,
+    MODEL_FEATURES,
+    SCORE_FEATURES,
+    observed,
+    prepare,
+    preprocessor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +41,23 @@ RFM_FEATURES = ["recency_days", "frequency_365d", "monetary_365d"]
 
 def _candidate(kind: str, seed: int, X: pd.DataFrame) -> Pipeline:
     if kind == "rfm_logistic_regression":  # baseline: three classic columns, no calibration step
-        return Pipeline([("prep", preprocessor(observed(RFM_FEATURES, X), [], [])),
-                         ("model", LogisticRegression(max_iter=2000))])
-    prep = preprocessor(observed(COUNT_FEATURES, X), observed(SCORE_FEATURES + BOOLEAN_FEATURES, X), CATEGORICAL_FEATURES)
+        return Pipeline(
+            [("prep", preprocessor(observed(RFM_FEATURES, X), [], [])), ("model", LogisticRegression(max_iter=2000))]
+        )
+    prep = preprocessor(
+        observed(COUNT_FEATURES, X), observed(SCORE_FEATURES + BOOLEAN_FEATURES, X), CATEGORICAL_FEATURES
+    )
     if kind == "logistic_regression":
         clf = LogisticRegression(max_iter=2000, C=1.0)
     elif kind == "gradient_boosting":
-        clf = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15, l2_regularization=1.0,
-                                             min_samples_leaf=40, random_state=seed)
+        clf = HistGradientBoostingClassifier(
+            max_iter=200,
+            learning_rate=0.05,
+            max_leaf_nodes=15,
+            l2_regularization=1.0,
+            min_samples_leaf=40,
+            random_state=seed,
+        )
     else:
         raise ValueError(f"unknown churn candidate {kind!r}; choose from {', '.join(CANDIDATES)}")
     # The 3 folds' calibrated models are averaged (ensemble): one refitted model (ensemble=False) scored 3x faster
@@ -57,9 +74,14 @@ def lift_top_decile(y: np.ndarray, p: np.ndarray) -> float:
 
 def evaluate(y: np.ndarray, p: np.ndarray, probabilities: bool = True) -> dict[str, float]:
     """Holdout metrics of a score; the Brier score only where the score is a probability."""
-    return {"roc_auc": float(roc_auc_score(y, p)), "pr_auc": float(average_precision_score(y, p)),
-            "brier": float(brier_score_loss(y, p)) if probabilities else float("nan"),
-            "lift_top_decile": lift_top_decile(y, p), "positive_rate": float(y.mean()), "n": int(len(y))}
+    return {
+        "roc_auc": float(roc_auc_score(y, p)),
+        "pr_auc": float(average_precision_score(y, p)),
+        "brier": float(brier_score_loss(y, p)) if probabilities else float("nan"),
+        "lift_top_decile": lift_top_decile(y, p),
+        "positive_rate": float(y.mean()),
+        "n": int(len(y)),
+    }
 
 
 def expected_auc(true_p: np.ndarray, score: np.ndarray) -> float:
@@ -85,7 +107,11 @@ def time_split(training: pd.DataFrame, holdout_share: float, seed: int) -> tuple
     snapshots = pd.to_datetime(training["as_of"]) if "as_of" in training else pd.Series(pd.NaT, index=training.index)
     if snapshots.nunique() >= 2:
         holdout = (snapshots == snapshots.max()).to_numpy()
-        return ~holdout, holdout, f"time: snapshot {snapshots.max().date()} held out, trained on {snapshots.nunique() - 1} earlier"
+        return (
+            ~holdout,
+            holdout,
+            f"time: snapshot {snapshots.max().date()} held out, trained on {snapshots.nunique() - 1} earlier",
+        )
     log.warning("churn training set has a single snapshot: falling back to a random holdout")
     y = training["churned"].astype(bool).to_numpy()
     idx_train, _ = train_test_split(np.arange(len(training)), test_size=holdout_share, stratify=y, random_state=seed)
@@ -108,15 +134,21 @@ class ChurnResult:
     extra: dict = field(default_factory=dict)
 
 
-def train_churn(training: pd.DataFrame, seed: int = 42, holdout_share: float = 0.25,
-                candidates: tuple[str, ...] = CANDIDATES, refit_on_all: bool = True) -> ChurnResult:
+def train_churn(
+    training: pd.DataFrame,
+    seed: int = 42,
+    holdout_share: float = 0.25,
+    candidates: tuple[str, ...] = CANDIDATES,
+    refit_on_all: bool = True,
+) -> ChurnResult:
     """Fit the candidates on the earlier snapshots, pick the best on the holdout, report it; then (by default)
     refit the winner with the same settings on every snapshot, so the registered model knows the latest
     behaviour. Reported metrics are those of the holdout evaluation."""
     y = training["churned"].astype(bool).to_numpy().astype(int)
     if len(training) < 40 or y.min() == y.max():
-        raise ValueError(f"churn training needs at least 40 rows and both classes; got {len(training)} rows, "
-                         f"{int(y.sum())} churned")
+        raise ValueError(
+            f"churn training needs at least 40 rows and both classes; got {len(training)} rows, {int(y.sum())} churned"
+        )
     X = prepare(training, MODEL_FEATURES)
     train_mask, hold_mask, split = time_split(training, holdout_share, seed)
     X_train, X_test, y_train, y_test = X[train_mask], X[hold_mask], y[train_mask], y[hold_mask]
@@ -134,15 +166,28 @@ def train_churn(training: pd.DataFrame, seed: int = 42, holdout_share: float = 0
     rfm = _candidate("rfm_logistic_regression", seed, X_train).fit(X_train, y_train)
     baselines["rfm_logistic_regression"] = evaluate(y_test, rfm.predict_proba(X_test)[:, 1])
     sample = min(len(X_test), 3000)
-    imp = permutation_importance(model, X_test.iloc[:sample], y_test[:sample], scoring="roc_auc", n_repeats=3, random_state=seed)
-    importance = pd.DataFrame({"feature": X_test.columns, "importance_mean": imp.importances_mean,
-                               "importance_std": imp.importances_std}).sort_values("importance_mean", ascending=False)
+    imp = permutation_importance(
+        model, X_test.iloc[:sample], y_test[:sample], scoring="roc_auc", n_repeats=3, random_state=seed
+    )
+    importance = pd.DataFrame(
+        {"feature": X_test.columns, "importance_mean": imp.importances_mean, "importance_std": imp.importances_std}
+    ).sort_values("importance_mean", ascending=False)
     holdout = X_test.copy()
     holdout["churned"] = y_test
     if refit_on_all:
         model = _candidate(best, seed, X).fit(X, y)
-    return ChurnResult(model, best, results[best], results, baselines, holdout, pred, importance, split,
-                       {"train_rows": int(len(X_train)), "holdout_rows": int(len(X_test)), "refit_on_all": refit_on_all})
+    return ChurnResult(
+        model,
+        best,
+        results[best],
+        results,
+        baselines,
+        holdout,
+        pred,
+        importance,
+        split,
+        {"train_rows": int(len(X_train)), "holdout_rows": int(len(X_test)), "refit_on_all": refit_on_all},
+    )
 
 
 def risk_band(p: np.ndarray, medium: float, high: float) -> np.ndarray:

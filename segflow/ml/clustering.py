@@ -19,7 +19,14 @@ from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, silhou
 from sklearn.mixture import GaussianMixture
 from sklearn.pipeline import Pipeline
 
-from segflow.ml.features import CLUSTER_LOG_FEATURES, CLUSTER_PLAIN_FEATURES, PROFILE_FEATURES, observed, prepare, preprocessor
+from segflow.ml.features import (
+    CLUSTER_LOG_FEATURES,
+    CLUSTER_PLAIN_FEATURES,
+    PROFILE_FEATURES,
+    observed,
+    prepare,
+    preprocessor,
+)
 
 CLUSTER_COLUMNS = CLUSTER_LOG_FEATURES + CLUSTER_PLAIN_FEATURES
 ALGORITHMS = ("kmeans", "minibatch_kmeans", "gaussian_mixture")
@@ -35,8 +42,17 @@ TRAIT_WORDS = {
     "engagement_score": ("Highly Engaged", "Disengaged"),
     "email_clicks_30d": ("Email Responsive", "Email Silent"),
 }
-NOUNS = {"Big Spenders", "Low Spenders", "Frequent Buyers", "Rare Buyers", "Daily Visitors", "Infrequent Visitors",
-         "Avid Browsers", "Light Browsers", "Newcomers"}
+NOUNS = {
+    "Big Spenders",
+    "Low Spenders",
+    "Frequent Buyers",
+    "Rare Buyers",
+    "Daily Visitors",
+    "Infrequent Visitors",
+    "Avid Browsers",
+    "Light Browsers",
+    "Newcomers",
+}
 TRAIT_THRESHOLD = 0.4  # |z| of a cluster mean against the population for a trait to name it
 MIN_STABILITY = 0.6  # bootstrap ARI below this means the partition is noise, not personas
 
@@ -75,8 +91,9 @@ def _silhouette(Z: np.ndarray, labels: np.ndarray, seed: int) -> float:
     return float(silhouette_score(Z, labels, sample_size=min(5000, len(Z)), random_state=seed))
 
 
-def evaluate_candidates(X: pd.DataFrame, k_min: int, k_max: int, seed: int,
-                        algorithms: tuple[str, ...] = ALGORITHMS) -> pd.DataFrame:
+def evaluate_candidates(
+    X: pd.DataFrame, k_min: int, k_max: int, seed: int, algorithms: tuple[str, ...] = ALGORITHMS
+) -> pd.DataFrame:
     """Fit every (algorithm, k) on `X` (a sample) and score it in the shared standardised space."""
     # Every candidate's pipeline starts with the same preprocessing of the same sample: transform once.
     Z = cluster_pipeline(algorithms[0], k_min, seed, X).named_steps["prep"].fit_transform(X)
@@ -86,11 +103,16 @@ def evaluate_candidates(X: pd.DataFrame, k_min: int, k_max: int, seed: int,
             estimator = _estimator(algorithm, k, seed, len(X)).fit(Z)
             labels = estimator.predict(Z)
             distinct = len(np.unique(labels))
-            rows.append({
-                "algorithm": algorithm, "k": k, "clusters_found": distinct, "silhouette": _silhouette(Z, labels, seed),
-                "calinski_harabasz": float(calinski_harabasz_score(Z, labels)) if distinct > 1 else 0.0,
-                "bic": float(estimator.bic(Z)) if algorithm == "gaussian_mixture" else np.nan,
-            })
+            rows.append(
+                {
+                    "algorithm": algorithm,
+                    "k": k,
+                    "clusters_found": distinct,
+                    "silhouette": _silhouette(Z, labels, seed),
+                    "calinski_harabasz": float(calinski_harabasz_score(Z, labels)) if distinct > 1 else 0.0,
+                    "bic": float(estimator.bic(Z)) if algorithm == "gaussian_mixture" else np.nan,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -103,10 +125,14 @@ def rank_candidates(selection: pd.DataFrame) -> pd.DataFrame:
             best.append(group.sort_values("bic").iloc[0])
         else:
             top = group["silhouette"].max()
-            best.append(group[group["silhouette"] >= top - 0.01].sort_values("calinski_harabasz", ascending=False).iloc[0])
+            best.append(
+                group[group["silhouette"] >= top - 0.01].sort_values("calinski_harabasz", ascending=False).iloc[0]
+            )
     ranked = pd.DataFrame(best)
     ranked["silhouette_bucket"] = (ranked["silhouette"] / 0.01).round()
-    return ranked.sort_values(["silhouette_bucket", "calinski_harabasz"], ascending=False).drop(columns="silhouette_bucket")
+    return ranked.sort_values(["silhouette_bucket", "calinski_harabasz"], ascending=False).drop(
+        columns="silhouette_bucket"
+    )
 
 
 def bootstrap_stability(X: pd.DataFrame, algorithm: str, k: int, seed: int, rounds: int = 3) -> float:
@@ -149,10 +175,12 @@ def name_personas(profile: pd.DataFrame) -> tuple[list[str], list[str]]:
     """A readable name from each cluster's two strongest traits; where two clusters read the same, the next
     trait is added until the names differ (the cluster id only as a last resort)."""
     traits = [_traits(row) for _, row in profile.iterrows()]
-    words = [[TRAIT_WORDS[c][0 if z > 0 else 1] for c, z in t if abs(z) >= TRAIT_THRESHOLD] or ["Typical Customers"]
-             for t in traits]
+    words = [
+        [TRAIT_WORDS[c][0 if z > 0 else 1] for c, z in t if abs(z) >= TRAIT_THRESHOLD] or ["Typical Customers"]
+        for t in traits
+    ]
     used = [min(2, len(w)) for w in words]
-    names = [_compose(w[:u]) for w, u in zip(words, used)]
+    names = [_compose(w[:u]) for w, u in zip(words, used, strict=True)]
     for _ in range(len(TRAIT_WORDS)):
         dup = pd.Series(names).duplicated(keep=False)
         if not dup.any():
@@ -160,25 +188,38 @@ def name_personas(profile: pd.DataFrame) -> tuple[list[str], list[str]]:
         for i in np.flatnonzero(dup):
             if used[i] < len(words[i]):
                 used[i] += 1
-                names[i] = _compose(words[i][:used[i]])
+                names[i] = _compose(words[i][: used[i]])
     dup = pd.Series(names).duplicated(keep=False)
-    names = [f"{n} #{int(cid)}" if d else n for n, d, cid in zip(names, dup, profile["cluster_id"])]
+    names = [f"{n} #{int(cid)}" if d else n for n, d, cid in zip(names, dup, profile["cluster_id"], strict=True)]
     descriptions = []
-    for (_, row), t in zip(profile.iterrows(), traits):
-        shown = ", ".join(f"{c.replace('_', ' ')} {'above' if z > 0 else 'below'} average ({z:+.1f} sd)" for c, z in t[:3])
-        descriptions.append(f"{int(row['size']):,} users ({row['share']:.0%}); {shown or 'close to the population average'}.")
+    for (_, row), t in zip(profile.iterrows(), traits, strict=True):
+        shown = ", ".join(
+            f"{c.replace('_', ' ')} {'above' if z > 0 else 'below'} average ({z:+.1f} sd)" for c, z in t[:3]
+        )
+        descriptions.append(
+            f"{int(row['size']):,} users ({row['share']:.0%}); {shown or 'close to the population average'}."
+        )
     return names, descriptions
 
 
 def _compose(words: list[str]) -> str:
     """Adjectives first, then the noun phrases ("Young Frequent Buyers"); "Customers" when there is no noun."""
     adjectives = [w for w in words if w not in NOUNS and w != "Typical Customers"]
-    nouns = [w for w in words if w in NOUNS] or (["Typical Customers"] if "Typical Customers" in words else ["Customers"])
+    nouns = [w for w in words if w in NOUNS] or (
+        ["Typical Customers"] if "Typical Customers" in words else ["Customers"]
+    )
     return " ".join(adjectives + [" & ".join(nouns)])
 
 
-def train_clustering(features: pd.DataFrame, k_min: int = 3, k_max: int = 8, sample_size: int = 20000, seed: int = 42,
-                     algorithms: tuple[str, ...] = ALGORITHMS, min_stability: float = MIN_STABILITY) -> ClusteringResult:
+def train_clustering(
+    features: pd.DataFrame,
+    k_min: int = 3,
+    k_max: int = 8,
+    sample_size: int = 20000,
+    seed: int = 42,
+    algorithms: tuple[str, ...] = ALGORITHMS,
+    min_stability: float = MIN_STABILITY,
+) -> ClusteringResult:
     if len(features) < max(10, k_min + 1):
         raise ValueError(f"clustering needs at least {max(10, k_min + 1)} users, got {len(features)}")
     X = prepare(features, CLUSTER_COLUMNS)
@@ -199,13 +240,20 @@ def train_clustering(features: pd.DataFrame, k_min: int = 3, k_max: int = 8, sam
         key = max(stabilities, key=stabilities.get)
     algorithm, k = key
     selection["chosen"] = (selection["algorithm"] == algorithm) & (selection["k"] == k)
-    selection["stability_ari"] = [stabilities.get((a, int(kk)), np.nan) for a, kk in zip(selection["algorithm"], selection["k"])]
+    selection["stability_ari"] = [
+        stabilities.get((a, int(kk)), np.nan) for a, kk in zip(selection["algorithm"], selection["k"], strict=True)
+    ]
     model = cluster_pipeline(algorithm, k, seed, X).fit(X)
     labels = model.predict(X)
     profile = profile_clusters(features, labels)
     chosen = selection[selection["chosen"]].iloc[0]
-    metrics = {"k": k, "silhouette": float(chosen["silhouette"]), "calinski_harabasz": float(chosen["calinski_harabasz"]),
-               "stability_ari": stabilities[key], "n_users": len(X)}
+    metrics = {
+        "k": k,
+        "silhouette": float(chosen["silhouette"]),
+        "calinski_harabasz": float(chosen["calinski_harabasz"]),
+        "stability_ari": stabilities[key],
+        "n_users": len(X),
+    }
     if algorithm == "gaussian_mixture":
         metrics["bic"] = float(chosen["bic"])
     return ClusteringResult(model, k, algorithm, selection, profile, stabilities[key], labels, metrics)

@@ -16,8 +16,18 @@ from segflow.core.warehouse import connect
 
 # Heavy-tailed counts and amounts are log-scaled before standardising.
 COUNT_FEATURES = [
-    "frequency_365d", "monetary_365d", "lifetime_orders", "lifetime_spend", "orders_30d", "orders_90d",
-    "active_days_30d", "sessions_30d", "email_opens_30d", "email_clicks_30d", "intent_score_30d", "tenure_days",
+    "frequency_365d",
+    "monetary_365d",
+    "lifetime_orders",
+    "lifetime_spend",
+    "orders_30d",
+    "orders_90d",
+    "active_days_30d",
+    "sessions_30d",
+    "email_opens_30d",
+    "email_clicks_30d",
+    "intent_score_30d",
+    "tenure_days",
 ]
 # Linear as they are: churn hazard grows steadily with days since the last purchase.
 SCORE_FEATURES = ["recency_days", "engagement_score", "top_category_share", "age"]
@@ -30,9 +40,17 @@ MODEL_FEATURES = COUNT_FEATURES + SCORE_FEATURES + CATEGORICAL_FEATURES + BOOLEA
 CLUSTER_LOG_FEATURES = ["tenure_days", "active_days_30d", "frequency_365d", "monetary_365d"]
 CLUSTER_PLAIN_FEATURES = ["age"]
 # What a persona's profile reports (means against the population).
-PROFILE_FEATURES = CLUSTER_LOG_FEATURES + CLUSTER_PLAIN_FEATURES + [
-    "recency_days", "sessions_30d", "engagement_score", "email_clicks_30d", "orders_90d",
-]
+PROFILE_FEATURES = (
+    CLUSTER_LOG_FEATURES
+    + CLUSTER_PLAIN_FEATURES
+    + [
+        "recency_days",
+        "sessions_30d",
+        "engagement_score",
+        "email_clicks_30d",
+        "orders_90d",
+    ]
+)
 
 
 def read_features(warehouse: str | Path, as_of: date | str | None = None) -> pd.DataFrame:
@@ -71,15 +89,31 @@ def observed(columns: list[str], frame: pd.DataFrame) -> list[str]:
 def preprocessor(numeric_log: list[str], numeric_plain: list[str], categorical: list[str]) -> ColumnTransformer:
     parts = []
     if numeric_log:
-        parts.append(("log", Pipeline([
-            ("impute", SimpleImputer(strategy="median")),
-            ("log1p", FunctionTransformer(np.log1p, feature_names_out="one-to-one")),
-            ("scale", StandardScaler()),
-        ]), numeric_log))
+        parts.append(
+            (
+                "log",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="median")),
+                        ("log1p", FunctionTransformer(np.log1p, feature_names_out="one-to-one")),
+                        ("scale", StandardScaler()),
+                    ]
+                ),
+                numeric_log,
+            )
+        )
     if numeric_plain:
-        parts.append(("num", Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]), numeric_plain))
+        parts.append(
+            (
+                "num",
+                Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]),
+                numeric_plain,
+            )
+        )
     if categorical:
-        parts.append(("cat", OneHotEncoder(handle_unknown="ignore", min_frequency=0.01, sparse_output=False), categorical))
+        parts.append(
+            ("cat", OneHotEncoder(handle_unknown="ignore", min_frequency=0.01, sparse_output=False), categorical)
+        )
     return ColumnTransformer(parts, verbose_feature_names_out=False)
 
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import numpy as np
 import pandas as pd
 
-from segflow.ml.clustering import CLUSTER_COLUMNS
-from segflow.ml.features import CATEGORICAL_FEATURES, MODEL_FEATURES, prepare
 from segflow.core.config import Settings
 from segflow.core.tables import MONITORING_DDL
 from segflow.core.warehouse import connect, transaction
+from segflow.ml.clustering import CLUSTER_COLUMNS
+from segflow.ml.features import CATEGORICAL_FEATURES, MODEL_FEATURES, prepare
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,13 @@ def save_reference(settings: Settings, model_name: str, version: str, frame: pd.
     with connect(settings.warehouse_path) as con:
         con.execute(REFERENCES_DDL)
         with transaction(con):
-            con.execute("DELETE FROM ml.model_references WHERE model_name = ? AND model_version = ?", [model_name, str(version)])
-            con.execute("INSERT INTO ml.model_references VALUES (?, ?, ?, ?, ?)",
-                        [model_name, str(version), len(frame), json.dumps(reference), _now()])
+            con.execute(
+                "DELETE FROM ml.model_references WHERE model_name = ? AND model_version = ?", [model_name, str(version)]
+            )
+            con.execute(
+                "INSERT INTO ml.model_references VALUES (?, ?, ?, ?, ?)",
+                [model_name, str(version), len(frame), json.dumps(reference), _now()],
+            )
     import mlflow
 
     if mlflow.active_run() is not None:
@@ -92,7 +96,7 @@ def save_reference(settings: Settings, model_name: str, version: str, frame: pd.
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 @dataclass
@@ -103,8 +107,12 @@ class MonitoringReport:
 
     def summary(self) -> dict:
         drift = self.rows[self.rows["check"] == "feature_psi"]
-        return {"as_of": self.as_of, "checks": int(len(self.rows)), "warnings": self.warnings,
-                "max_psi": float(drift["value"].max()) if len(drift) else 0.0}
+        return {
+            "as_of": self.as_of,
+            "checks": int(len(self.rows)),
+            "warnings": self.warnings,
+            "max_psi": float(drift["value"].max()) if len(drift) else 0.0,
+        }
 
 
 def monitor(settings: Settings, as_of: date, scores: pd.DataFrame, features: pd.DataFrame) -> MonitoringReport:
@@ -116,16 +124,29 @@ def monitor(settings: Settings, as_of: date, scores: pd.DataFrame, features: pd.
     rows: list[dict] = []
     with connect(settings.warehouse_path) as con:
         con.execute(REFERENCES_DDL)
-        refs = {(n, v): json.loads(r) for n, v, r in con.execute(
-            "SELECT model_name, model_version, reference FROM ml.model_references").fetchall()}
-        previous = con.execute("""
+        refs = {
+            (n, v): json.loads(r)
+            for n, v, r in con.execute(
+                "SELECT model_name, model_version, reference FROM ml.model_references"
+            ).fetchall()
+        }
+        previous = (
+            con.execute(
+                """
             SELECT * FROM marts.user_scores_history
             WHERE as_of = (SELECT max(as_of) FROM marts.user_scores_history WHERE as_of < ?::DATE)
-        """, [as_of.isoformat()]).df() if _has_table(con, "marts", "user_scores_history") else pd.DataFrame()
+        """,
+                [as_of.isoformat()],
+            ).df()
+            if _has_table(con, "marts", "user_scores_history")
+            else pd.DataFrame()
+        )
 
     buyers = features[features["lifetime_orders"].fillna(0) > 0]
-    for model_name, version_col, population in (("user_churn", "churn_model_version", buyers),
-                                                 ("user_segments_clusterer", "clusterer_version", features)):
+    for model_name, version_col, population in (
+        ("user_churn", "churn_model_version", buyers),
+        ("user_segments_clusterer", "clusterer_version", features),
+    ):
         version = str(scores[version_col].iloc[0])
         reference = refs.get((model_name, version))
         if reference is None:
@@ -137,15 +158,28 @@ def monitor(settings: Settings, as_of: date, scores: pd.DataFrame, features: pd.
     churn_version = str(scores["churn_model_version"].iloc[0])
     mean_now = float(scores["churn_probability"].mean())
     mean_before = float(previous["churn_probability"].mean()) if len(previous) else np.nan
-    rows.append(_row(as_of, "score_mean", "user_churn", churn_version, "churn_probability", mean_now, mean_before, mean_limit))
-    for check, column, model_name, version in (("risk_band_share", "churn_risk_band", "user_churn", churn_version),
-                                                ("persona_share", "persona", "user_segments_clusterer",
-                                                 str(scores["clusterer_version"].iloc[0]))):
+    rows.append(
+        _row(as_of, "score_mean", "user_churn", churn_version, "churn_probability", mean_now, mean_before, mean_limit)
+    )
+    for check, column, model_name, version in (
+        ("risk_band_share", "churn_risk_band", "user_churn", churn_version),
+        ("persona_share", "persona", "user_segments_clusterer", str(scores["clusterer_version"].iloc[0])),
+    ):
         now = scores[column].value_counts(normalize=True)
         before = previous[column].value_counts(normalize=True) if len(previous) else pd.Series(dtype=float)
         for subject in sorted(set(now.index) | set(before.index)):
-            rows.append(_row(as_of, check, model_name, version, str(subject), float(now.get(subject, 0.0)),
-                             float(before.get(subject, np.nan)) if len(previous) else np.nan, share_limit))
+            rows.append(
+                _row(
+                    as_of,
+                    check,
+                    model_name,
+                    version,
+                    str(subject),
+                    float(now.get(subject, 0.0)),
+                    float(before.get(subject, np.nan)) if len(previous) else np.nan,
+                    share_limit,
+                )
+            )
     frame = pd.DataFrame(rows)
     warnings = [_describe(r) for r in frame[frame["status"] == "warning"].itertuples()]
     for message in warnings:
@@ -156,10 +190,21 @@ def monitor(settings: Settings, as_of: date, scores: pd.DataFrame, features: pd.
 
 
 def _row(as_of, check, model_name, version, subject, value, reference_value, threshold) -> dict:
-    change = value if check == "feature_psi" else abs(value - reference_value) if reference_value == reference_value else 0.0
-    return {"as_of": as_of, "check": check, "model_name": model_name, "model_version": version, "subject": subject,
-            "value": float(value), "reference_value": reference_value, "threshold": threshold,
-            "status": "warning" if change > threshold else "ok", "computed_at": _now()}
+    change = (
+        value if check == "feature_psi" else abs(value - reference_value) if reference_value == reference_value else 0.0
+    )
+    return {
+        "as_of": as_of,
+        "check": check,
+        "model_name": model_name,
+        "model_version": version,
+        "subject": subject,
+        "value": float(value),
+        "reference_value": reference_value,
+        "threshold": threshold,
+        "status": "warning" if change > threshold else "ok",
+        "computed_at": _now(),
+    }
 
 
 def _describe(r) -> str:
@@ -169,8 +214,11 @@ def _describe(r) -> str:
 
 
 def _has_table(con, schema: str, table: str) -> bool:
-    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-                            [schema, table]).fetchone()[0])
+    return bool(
+        con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [schema, table]
+        ).fetchone()[0]
+    )
 
 
 def _store(settings: Settings, as_of: date, frame: pd.DataFrame) -> None:
@@ -185,8 +233,10 @@ def _log_to_mlflow(settings: Settings, as_of: date, frame: pd.DataFrame, warning
     from segflow.ml.registry import configure_mlflow
 
     mlflow = configure_mlflow(settings)
-    with mlflow.start_run(run_name=f"monitoring {as_of}", tags={"model": "monitoring", "as_of": as_of.isoformat(),
-                                                                 "drift_warning": str(bool(warnings)).lower()}):
+    with mlflow.start_run(
+        run_name=f"monitoring {as_of}",
+        tags={"model": "monitoring", "as_of": as_of.isoformat(), "drift_warning": str(bool(warnings)).lower()},
+    ):
         metrics = {f"{r.check}.{r.model_name}.{r.subject}"[:250]: r.value for r in frame.itertuples()}
         mlflow.log_metrics({_metric_key(k): v for k, v in metrics.items() if v == v})
         mlflow.log_table(frame.astype({"as_of": str, "computed_at": str}), "monitoring.json")

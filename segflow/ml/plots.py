@@ -5,11 +5,11 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.calibration import calibration_curve  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 
 def k_selection(selection: pd.DataFrame, chosen: pd.Series):
@@ -17,8 +17,14 @@ def k_selection(selection: pd.DataFrame, chosen: pd.Series):
     fig, (ax, ax_bic) = plt.subplots(1, 2, figsize=(10, 4))
     for algorithm, group in selection.groupby("algorithm", sort=False):
         ax.plot(group["k"], group["silhouette"], marker="o", label=algorithm)
-    ax.scatter([chosen["k"]], [chosen["silhouette"]], s=160, facecolors="none", edgecolors="black",
-               label=f"chosen: {chosen['algorithm']} k={int(chosen['k'])}")
+    ax.scatter(
+        [chosen["k"]],
+        [chosen["silhouette"]],
+        s=160,
+        facecolors="none",
+        edgecolors="black",
+        label=f"chosen: {chosen['algorithm']} k={int(chosen['k'])}",
+    )
     ax.set_xlabel("k"), ax.set_ylabel("silhouette (sample)"), ax.legend(fontsize=8)
     ax.set_title("Choosing the number of personas")
     gmm = selection[selection["bic"].notna()]
@@ -62,7 +68,9 @@ def calibration(y: np.ndarray, p: np.ndarray):
 
 def confusion(y: np.ndarray, p: np.ndarray, threshold: float = 0.5):
     fig, ax = plt.subplots(figsize=(4, 4))
-    ConfusionMatrixDisplay.from_predictions(y, (p >= threshold).astype(int), display_labels=["retained", "churned"], ax=ax, colorbar=False)
+    ConfusionMatrixDisplay.from_predictions(
+        y, (p >= threshold).astype(int), display_labels=["retained", "churned"], ax=ax, colorbar=False
+    )
     ax.set_title(f"Confusion matrix (threshold {threshold})")
     return fig
 

@@ -11,15 +11,16 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
+from segflow.core.config import Settings
+from segflow.core.tables import SCORES_DDL
+from segflow.core.warehouse import connect, transaction
 from segflow.ml.churn import risk_band
 from segflow.ml.clustering import CLUSTER_COLUMNS
 from segflow.ml.features import MODEL_FEATURES, prepare, read_features
 from segflow.ml.registry import CHURN_MODEL, CLUSTER_MODEL, load_champion
-from segflow.core.config import Settings
-from segflow.core.tables import SCORES_DDL
-from segflow.core.warehouse import connect, transaction
 
 log = logging.getLogger(__name__)
+
 
 def features_as_of(settings: Settings, as_of: date) -> pd.DataFrame:
     features = read_features(settings.warehouse_path)
@@ -43,24 +44,27 @@ def compute_scores(settings: Settings, as_of: date) -> tuple[pd.DataFrame, str, 
     proba = np.where(buyer, np.clip(proba, 0.0, 1.0), np.nan)
     bands = settings.raw["churn"]["risk_bands"]
     band = np.where(buyer, risk_band(np.nan_to_num(proba), float(bands["medium"]), float(bands["high"])), "prospect")
-    scores = pd.DataFrame({
-        "user_id": features["user_id"].astype(str),
-        "as_of": pd.to_datetime(features["as_of"]).dt.date,
-        "cluster_id": cluster_id,
-        "persona": [personas.get(str(c), f"Cluster {c}") for c in cluster_id],
-        "churn_probability": proba,
-        "churn_risk_band": band,
-        "clusterer_version": str(cluster_version.version),
-        "churn_model_version": str(churn_version.version),
-    })
+    scores = pd.DataFrame(
+        {
+            "user_id": features["user_id"].astype(str),
+            "as_of": pd.to_datetime(features["as_of"]).dt.date,
+            "cluster_id": cluster_id,
+            "persona": [personas.get(str(c), f"Cluster {c}") for c in cluster_id],
+            "churn_probability": proba,
+            "churn_risk_band": band,
+            "clusterer_version": str(cluster_version.version),
+            "churn_model_version": str(churn_version.version),
+        }
+    )
     return scores, str(cluster_version.version), str(churn_version.version)
 
 
 def read_scores(settings: Settings, as_of: date) -> pd.DataFrame:
     """The published scores of `as_of` (from the history, so a past date can be monitored too)."""
     with connect(settings.warehouse_path, read_only=True) as con:
-        scores = con.execute("SELECT * FROM marts.user_scores_history WHERE as_of = ?::DATE ORDER BY user_id",
-                             [as_of.isoformat()]).df()
+        scores = con.execute(
+            "SELECT * FROM marts.user_scores_history WHERE as_of = ?::DATE ORDER BY user_id", [as_of.isoformat()]
+        ).df()
     if scores.empty:
         raise LookupError(f"no scores as of {as_of}: run the scoring DAG (segflow_score) for that date first")
     return scores
@@ -72,9 +76,13 @@ def publish_scores(settings: Settings, scores: pd.DataFrame, as_of: date) -> int
     earlier date never changes the current scores and readers never see a half-written date."""
     with connect(settings.warehouse_path) as con:
         con.execute(SCORES_DDL)
-        segments = con.execute("SELECT count(*) FROM marts.user_segment_history WHERE as_of = ?::DATE", [as_of.isoformat()]).fetchall()[0][0]
+        segments = con.execute(
+            "SELECT count(*) FROM marts.user_segment_history WHERE as_of = ?::DATE", [as_of.isoformat()]
+        ).fetchall()[0][0]
         if not segments:
-            raise LookupError(f"marts.user_segment_history holds no memberships as of {as_of}: run the build DAG for that date first")
+            raise LookupError(
+                f"marts.user_segment_history holds no memberships as of {as_of}: run the build DAG for that date first"
+            )
         with transaction(con, scores_df=scores):
             con.execute("DELETE FROM scoring.user_scores WHERE as_of = ?::DATE", [as_of.isoformat()])
             con.execute("""
@@ -87,5 +95,11 @@ def publish_scores(settings: Settings, scores: pd.DataFrame, as_of: date) -> int
             """)
             latest = con.execute("SELECT max(as_of) FROM scoring.user_scores").fetchone()[0]
             if latest != as_of:
-                log.info("scores as of %s stored in the history; marts.user_scores stays as of %s (the latest)", as_of, latest)
-        return con.execute("SELECT count(*) FROM scoring.user_scores WHERE as_of = ?::DATE", [as_of.isoformat()]).fetchone()[0]
+                log.info(
+                    "scores as of %s stored in the history; marts.user_scores stays as of %s (the latest)",
+                    as_of,
+                    latest,
+                )
+        return con.execute(
+            "SELECT count(*) FROM scoring.user_scores WHERE as_of = ?::DATE", [as_of.isoformat()]
+        ).fetchone()[0]

@@ -10,15 +10,15 @@ from datetime import date, timedelta
 
 import pandas as pd
 
+from segflow.core.config import Settings
+from segflow.core.dbt import dbt_vars, run_dbt
+from segflow.core.warehouse import connect
 from segflow.ml import plots
 from segflow.ml.churn import CANDIDATES, evaluate, train_churn
 from segflow.ml.clustering import ALGORITHMS, CLUSTER_COLUMNS, silhouette_of, train_clustering
 from segflow.ml.features import MODEL_FEATURES, prepare, read_features, read_training_set, synthetic_example
 from segflow.ml.monitoring import save_reference
 from segflow.ml.registry import CHURN_MODEL, CLUSTER_MODEL, configure_mlflow, current_champion, decide_alias, git_commit
-from segflow.core.config import Settings
-from segflow.core.dbt import dbt_vars, run_dbt
-from segflow.core.warehouse import connect
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,22 @@ class TrainingSummary:
 def ensure_feature_partition(settings: Settings, as_of: date) -> None:
     """Build marts.user_features_history for `as_of` (from data known then) unless it exists already."""
     with connect(settings.warehouse_path, read_only=True) as con:
-        exists = con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema='marts' AND table_name='user_features_history'"
-        ).fetchone()[0] and con.execute(
-            "SELECT count(*) FROM marts.user_features_history WHERE as_of = ?::DATE", [str(as_of)]).fetchone()[0]
+        exists = (
+            con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema='marts' AND table_name='user_features_history'"
+            ).fetchone()[0]
+            and con.execute(
+                "SELECT count(*) FROM marts.user_features_history WHERE as_of = ?::DATE", [str(as_of)]
+            ).fetchone()[0]
+        )
     if not exists:
         log.info("building feature partition as of %s", as_of)
         # Past dates are built in their own audit schema so they never race the daily build's candidates.
-        run_dbt(settings, ["run", "--select", "tag:features", "audit_user_features", "user_features_history"],
-                vars=dbt_vars(as_of.isoformat(), settings, audit_schema="audit_training"))
+        run_dbt(
+            settings,
+            ["run", "--select", "tag:features", "audit_user_features", "user_features_history"],
+            vars=dbt_vars(as_of.isoformat(), settings, audit_schema="audit_training"),
+        )
 
 
 def snapshot_dates(settings: Settings, as_of: date) -> list[date]:
@@ -57,8 +64,11 @@ def build_training_data(settings: Settings, as_of: date, dates: list[date]) -> p
     """ml.churn_training_set over the snapshot `dates`, building any missing feature partition first."""
     for day in [as_of, *dates]:
         ensure_feature_partition(settings, day)
-    run_dbt(settings, ["run", "--select", "churn_training_set"],
-            vars=dbt_vars(as_of.isoformat(), settings, feature_dates=[d.isoformat() for d in dates]))
+    run_dbt(
+        settings,
+        ["run", "--select", "churn_training_set"],
+        vars=dbt_vars(as_of.isoformat(), settings, feature_dates=[d.isoformat() for d in dates]),
+    )
     return read_training_set(settings.warehouse_path)
 
 
@@ -70,15 +80,20 @@ def _log_figure(mlflow, fig, name: str) -> None:
 
 
 def _register(mlflow, client, model, name: str, example: pd.DataFrame, tags: dict) -> str:
-    from mlflow.models import infer_signature
-
     import skops.io
+    from mlflow.models import infer_signature
 
     output = model.predict_proba(example)[:, 1] if hasattr(model, "predict_proba") else model.predict(example)
     # skops refuses types it does not know; these are the types of our own freshly fitted pipeline.
     trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
-    info = mlflow.sklearn.log_model(model, name=name, registered_model_name=name, input_example=example,
-                                    signature=infer_signature(example, output), skops_trusted_types=trusted)
+    info = mlflow.sklearn.log_model(
+        model,
+        name=name,
+        registered_model_name=name,
+        input_example=example,
+        signature=infer_signature(example, output),
+        skops_trusted_types=trusted,
+    )
     version = str(info.registered_model_version)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
@@ -100,16 +115,33 @@ def train_models(settings: Settings, as_of: date) -> TrainingSummary:
     return TrainingSummary(as_of.isoformat(), cluster_summary, churn_summary)
 
 
-def train_clusterer(settings: Settings, mlflow, client, features: pd.DataFrame, as_of: date, lineage: dict, seed: int) -> dict:
+def train_clusterer(
+    settings: Settings, mlflow, client, features: pd.DataFrame, as_of: date, lineage: dict, seed: int
+) -> dict:
     cfg = settings.raw["clustering"]
     tolerance = float(cfg.get("champion_tolerance", 0.0))
     algorithms = tuple(cfg.get("algorithms") or ALGORITHMS)
-    tags = {**lineage, "model": CLUSTER_MODEL, "data_window_start": as_of.isoformat(), "data_window_end": as_of.isoformat()}
+    tags = {
+        **lineage,
+        "model": CLUSTER_MODEL,
+        "data_window_start": as_of.isoformat(),
+        "data_window_end": as_of.isoformat(),
+    }
     with mlflow.start_run(run_name=f"clusterer {as_of}", tags=tags):
-        result = train_clustering(features, int(cfg["k_min"]), int(cfg["k_max"]), int(cfg["sample_size"]), seed, algorithms)
-        mlflow.log_params({"algorithm": result.algorithm, "candidates": ",".join(algorithms), "k_min": cfg["k_min"],
-                           "k_max": cfg["k_max"], "sample_size": cfg["sample_size"], "features": ",".join(CLUSTER_COLUMNS),
-                           "seed": seed})
+        result = train_clustering(
+            features, int(cfg["k_min"]), int(cfg["k_max"]), int(cfg["sample_size"]), seed, algorithms
+        )
+        mlflow.log_params(
+            {
+                "algorithm": result.algorithm,
+                "candidates": ",".join(algorithms),
+                "k_min": cfg["k_min"],
+                "k_max": cfg["k_max"],
+                "sample_size": cfg["sample_size"],
+                "features": ",".join(CLUSTER_COLUMNS),
+                "seed": seed,
+            }
+        )
         mlflow.log_metrics({k: float(v) for k, v in result.metrics.items()})
         mlflow.log_table(result.selection, "k_selection.json")
         mlflow.log_table(result.profile, "cluster_profile.json")
@@ -119,9 +151,20 @@ def train_clusterer(settings: Settings, mlflow, client, features: pd.DataFrame, 
         X = prepare(features, CLUSTER_COLUMNS)
         personas = {str(r.cluster_id): r.persona for r in result.profile.itertuples()}
         descriptions = {str(r.cluster_id): r.description for r in result.profile.itertuples()}
-        version = _register(mlflow, client, result.model, CLUSTER_MODEL, synthetic_example(X),
-                            {**tags, "algorithm": result.algorithm, "personas": json.dumps(personas),
-                             "persona_descriptions": json.dumps(descriptions), "silhouette": result.metrics["silhouette"]})
+        version = _register(
+            mlflow,
+            client,
+            result.model,
+            CLUSTER_MODEL,
+            synthetic_example(X),
+            {
+                **tags,
+                "algorithm": result.algorithm,
+                "personas": json.dumps(personas),
+                "persona_descriptions": json.dumps(descriptions),
+                "silhouette": result.metrics["silhouette"],
+            },
+        )
         # Champion and challenger are compared on the same users: each one's silhouette on today's features.
         champion = current_champion(client, CLUSTER_MODEL)
         champion_metric = None
@@ -129,13 +172,27 @@ def train_clusterer(settings: Settings, mlflow, client, features: pd.DataFrame, 
             champ_model = mlflow.sklearn.load_model(f"models:/{CLUSTER_MODEL}/{champion.version}")
             champion_metric = silhouette_of(champ_model, X, seed)
         new_metric = silhouette_of(result.model, X, seed)
-        decision = decide_alias(client, CLUSTER_MODEL, version, new_metric, champion_metric, tolerance,
-                                metric_name="silhouette", champion_version=getattr(champion, "version", None))
+        decision = decide_alias(
+            client,
+            CLUSTER_MODEL,
+            version,
+            new_metric,
+            champion_metric,
+            tolerance,
+            metric_name="silhouette",
+            champion_version=getattr(champion, "version", None),
+        )
         mlflow.log_dict(decision.__dict__, "promotion_decision.json")
         mlflow.set_tag("promotion_decision", decision.alias)
         save_reference(settings, CLUSTER_MODEL, version, features)
-    return {"version": version, "alias": decision.alias, "reason": decision.reason, "algorithm": result.algorithm,
-            **result.metrics, "personas": personas}
+    return {
+        "version": version,
+        "alias": decision.alias,
+        "reason": decision.reason,
+        "algorithm": result.algorithm,
+        **result.metrics,
+        "personas": personas,
+    }
 
 
 def cap_rows(training: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
@@ -147,21 +204,44 @@ def cap_rows(training: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
     return training.sample(n=limit, random_state=seed).sort_index()
 
 
-def train_churn_model(settings: Settings, mlflow, client, training: pd.DataFrame, snapshots: list[date], as_of: date,
-                      lineage: dict, seed: int) -> dict:
+def train_churn_model(
+    settings: Settings,
+    mlflow,
+    client,
+    training: pd.DataFrame,
+    snapshots: list[date],
+    as_of: date,
+    lineage: dict,
+    seed: int,
+) -> dict:
     cfg = settings.raw.get("churn", {})
     tolerance = float(cfg.get("champion_tolerance", 0.0))
     candidates = tuple(cfg.get("candidates") or CANDIDATES)
-    tags = {**lineage, "model": CHURN_MODEL, "data_window_start": snapshots[0].isoformat(), "data_window_end": as_of.isoformat(),
-            "feature_snapshots": ",".join(d.isoformat() for d in snapshots)}
+    tags = {
+        **lineage,
+        "model": CHURN_MODEL,
+        "data_window_start": snapshots[0].isoformat(),
+        "data_window_end": as_of.isoformat(),
+        "feature_snapshots": ",".join(d.isoformat() for d in snapshots),
+    }
     available = len(training)
     training = cap_rows(training, int(cfg.get("max_training_rows") or 0), seed)
     with mlflow.start_run(run_name=f"churn {as_of}", tags=tags):
-        churn = train_churn(training, seed=seed, candidates=candidates, refit_on_all=bool(cfg.get("refit_on_all", True)))
-        mlflow.log_params({"selected": churn.kind, "candidates": ",".join(candidates), "holdout": churn.split,
-                           "calibration": "isotonic", "training_rows": len(training), "training_rows_available": available,
-                           **churn.extra,
-                           "features": ",".join(MODEL_FEATURES)})
+        churn = train_churn(
+            training, seed=seed, candidates=candidates, refit_on_all=bool(cfg.get("refit_on_all", True))
+        )
+        mlflow.log_params(
+            {
+                "selected": churn.kind,
+                "candidates": ",".join(candidates),
+                "holdout": churn.split,
+                "calibration": "isotonic",
+                "training_rows": len(training),
+                "training_rows_available": available,
+                **churn.extra,
+                "features": ",".join(MODEL_FEATURES),
+            }
+        )
         mlflow.log_metrics({f"holdout_{k}": v for k, v in churn.metrics.items()})
         for kind, metrics in {**churn.candidates, **{f"baseline_{k}": v for k, v in churn.baselines.items()}}.items():
             mlflow.log_metrics({f"{kind}_{k}": v for k, v in metrics.items() if v == v})  # NaN (no Brier) left out
@@ -172,18 +252,38 @@ def train_churn_model(settings: Settings, mlflow, client, training: pd.DataFrame
         _log_figure(mlflow, plots.importance(churn.importance), "feature_importance.png")
         mlflow.log_table(churn.importance, "feature_importance.json")
         X_hold = churn.holdout[MODEL_FEATURES]
-        version = _register(mlflow, client, churn.model, CHURN_MODEL, synthetic_example(X_hold),
-                            {**tags, "algorithm": churn.kind, "holdout_roc_auc": churn.metrics["roc_auc"]})
+        version = _register(
+            mlflow,
+            client,
+            churn.model,
+            CHURN_MODEL,
+            synthetic_example(X_hold),
+            {**tags, "algorithm": churn.kind, "holdout_roc_auc": churn.metrics["roc_auc"]},
+        )
         champion = current_champion(client, CHURN_MODEL)
         champion_metric = None
         if champion is not None and str(champion.version) != version:
             champ_model = mlflow.sklearn.load_model(f"models:/{CHURN_MODEL}/{champion.version}")
             champion_metric = evaluate(y, champ_model.predict_proba(X_hold)[:, 1])["roc_auc"]
-        decision = decide_alias(client, CHURN_MODEL, version, churn.metrics["roc_auc"], champion_metric, tolerance,
-                                metric_name="holdout ROC-AUC", champion_version=getattr(champion, "version", None))
+        decision = decide_alias(
+            client,
+            CHURN_MODEL,
+            version,
+            churn.metrics["roc_auc"],
+            champion_metric,
+            tolerance,
+            metric_name="holdout ROC-AUC",
+            champion_version=getattr(champion, "version", None),
+        )
         mlflow.log_dict(decision.__dict__, "promotion_decision.json")
         mlflow.set_tag("promotion_decision", decision.alias)
         save_reference(settings, CHURN_MODEL, version, training)
-    return {"version": version, "alias": decision.alias, "reason": decision.reason, "algorithm": churn.kind,
-            "holdout": churn.split, **churn.metrics,
-            **{f"baseline_{k}_roc_auc": v["roc_auc"] for k, v in churn.baselines.items()}}
+    return {
+        "version": version,
+        "alias": decision.alias,
+        "reason": decision.reason,
+        "algorithm": churn.kind,
+        "holdout": churn.split,
+        **churn.metrics,
+        **{f"baseline_{k}_roc_auc": v["roc_auc"] for k, v in churn.baselines.items()},
+    }

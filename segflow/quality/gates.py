@@ -15,19 +15,20 @@ Row-level parsing problems never reach GX: the extract quarantines them (see doc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from segflow.core.config import Settings
-from segflow.core.tables import VALIDATION_RESULTS_DDL
 from segflow.core.dbt import currency_rates
+from segflow.core.tables import VALIDATION_RESULTS_DDL
 from segflow.core.warehouse import connect
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,9 @@ def load_suite(settings: Settings, name: str):
     suite = gx.ExpectationSuite(name=doc["name"], expectations=doc["expectations"], meta=doc.get("meta"))
     # GX logs and skips invalid expectations; a typo in a suite must fail loudly instead.
     if len(suite.expectations) != len(doc["expectations"]):
-        raise ValueError(f"expectations/{name}.json: {len(doc['expectations']) - len(suite.expectations)} invalid expectation(s)")
+        raise ValueError(
+            f"expectations/{name}.json: {len(doc['expectations']) - len(suite.expectations)} invalid expectation(s)"
+        )
     return suite, doc.get("meta", {}).get("key_column")
 
 
@@ -83,7 +86,7 @@ def gx_context(settings: Settings):
     root = Path(settings.get("quality", "gx_dir"))
     root.mkdir(parents=True, exist_ok=True)
     context = gx.get_context(mode="file", project_root_dir=str(root))
-    context.variables.progress_bars = {"globally": False, "metric_calculations": False}
+    context.variables.progress_bars = {"globally": False, "metric_calculations": False}  # type: ignore[assignment]
     return context
 
 
@@ -93,10 +96,9 @@ def data_docs_index(settings: Settings) -> Path:
 
 def _replace(collection, obj):
     """Store `obj` under its name, replacing a stored one (keeps GX's store in sync with expectations/)."""
-    try:
+    # GX raises different types for "not found" across its stores.
+    with contextlib.suppress(Exception):
         collection.delete(obj.name)
-    except Exception:  # noqa: BLE001 - GX raises different types for "not found" across stores
-        pass
     return collection.add(obj)
 
 
@@ -115,8 +117,13 @@ def _batch_definition(context, asset_name: str):
         return asset.add_batch_definition_whole_dataframe("batch")
 
 
-def validate_frame(settings: Settings, suite_name: str, frame: pd.DataFrame, parameters: dict[str, Any] | None = None,
-                   run_name: str | None = None) -> list[ExpectationOutcome]:
+def validate_frame(
+    settings: Settings,
+    suite_name: str,
+    frame: pd.DataFrame,
+    parameters: dict[str, Any] | None = None,
+    run_name: str | None = None,
+) -> list[ExpectationOutcome]:
     """Validate `frame` with the suite as a GX Checkpoint (result stored, Data Docs updated). `run_name` names
     the result in the Data Docs (the pipeline passes the as-of date and the Airflow run id)."""
     import re
@@ -128,14 +135,22 @@ def validate_frame(settings: Settings, suite_name: str, frame: pd.DataFrame, par
     suite, key = load_suite(settings, suite_name)
     context = gx_context(settings)
     suite = _replace(context.suites, suite)
-    definition = _replace(context.validation_definitions,
-                          gx.ValidationDefinition(name=suite_name, data=_batch_definition(context, suite_name), suite=suite))
+    definition = _replace(
+        context.validation_definitions,
+        gx.ValidationDefinition(name=suite_name, data=_batch_definition(context, suite_name), suite=suite),
+    )
     result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
     if key and key in frame.columns:
         result_format["unexpected_index_column_names"] = [key]
-    checkpoint = _replace(context.checkpoints, gx.Checkpoint(
-        name=suite_name, validation_definitions=[definition], result_format=result_format,
-        actions=[UpdateDataDocsAction(name="update_data_docs")]))
+    checkpoint = _replace(
+        context.checkpoints,
+        gx.Checkpoint(
+            name=suite_name,
+            validation_definitions=[definition],
+            result_format=result_format,
+            actions=[UpdateDataDocsAction(name="update_data_docs")],
+        ),
+    )
     run_id = RunIdentifier(run_name=re.sub(r"[^A-Za-z0-9_.=-]+", "_", run_name)) if run_name else None
     run = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters or {}, run_id=run_id)
     result = next(iter(run.run_results.values()))
@@ -145,22 +160,56 @@ def validate_frame(settings: Settings, suite_name: str, frame: pd.DataFrame, par
         res = r.result or {}
         observed = res.get("observed_value")
         if observed is None and res.get("unexpected_count") is not None:
-            observed = f"{res['unexpected_count']} unexpected of {res.get('element_count')} ({res.get('unexpected_percent') or 0:.2f}%)" \
-                       f"; e.g. {res.get('partial_unexpected_list', [])[:3]}"
+            observed = (
+                f"{res['unexpected_count']} unexpected of {res.get('element_count')} ({res.get('unexpected_percent') or 0:.2f}%)"
+                f"; e.g. {res.get('partial_unexpected_list', [])[:3]}"
+            )
         info = r.exception_info or {}
-        errors = [info] if info.get("raised_exception") else [v for v in info.values() if isinstance(v, dict) and v.get("exception_message")]
+        errors = (
+            [info]
+            if info.get("raised_exception")
+            else [v for v in info.values() if isinstance(v, dict) and v.get("exception_message")]
+        )
         if errors:  # GX reports metric errors as a failed expectation: say so instead of "observed None"
             observed = f"error: {errors[0].get('exception_message')}"
-        sample = [str(i.get(key)) for i in res.get("partial_unexpected_index_list") or [] if isinstance(i, dict) and key in i]
-        outcomes.append(ExpectationOutcome(suite_name, cfg.type, cfg.kwargs.get("column"), (cfg.meta or {}).get("severity", "critical"),
-                                           bool(r.success), str(observed), res.get("unexpected_count"), res.get("element_count"), sample[:5]))
+        sample = [
+            str(i.get(key)) for i in res.get("partial_unexpected_index_list") or [] if isinstance(i, dict) and key in i
+        ]
+        outcomes.append(
+            ExpectationOutcome(
+                suite_name,
+                cfg.type,
+                cfg.kwargs.get("column"),
+                (cfg.meta or {}).get("severity", "critical"),
+                bool(r.success),
+                str(observed),
+                res.get("unexpected_count"),
+                res.get("element_count"),
+                sample[:5],
+            )
+        )
     return outcomes
 
 
 def record(settings: Settings, outcomes: list[ExpectationOutcome], as_of: date, run_id: str) -> None:
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
-    rows = [(run_id, as_of, o.suite, o.expectation, o.column, o.severity, o.success, o.observed, o.unexpected_count,
-             o.element_count, json.dumps(o.sample_keys), now) for o in outcomes]
+    now = datetime.now(UTC).replace(tzinfo=None)
+    rows = [
+        (
+            run_id,
+            as_of,
+            o.suite,
+            o.expectation,
+            o.column,
+            o.severity,
+            o.success,
+            o.observed,
+            o.unexpected_count,
+            o.element_count,
+            json.dumps(o.sample_keys),
+            now,
+        )
+        for o in outcomes
+    ]
     with connect(settings.warehouse_path) as con:
         con.execute(RESULTS_DDL)
         if rows:
@@ -173,7 +222,9 @@ def enforce(outcomes: list[ExpectationOutcome]) -> dict[str, int]:
             log.warning("quality warning: %s", o.describe())
     critical = [o for o in outcomes if not o.success and o.severity == "critical"]
     if critical:
-        raise QualityGateError("critical quality check(s) failed, nothing was published:\n" + "\n".join(o.describe() for o in critical))
+        raise QualityGateError(
+            "critical quality check(s) failed, nothing was published:\n" + "\n".join(o.describe() for o in critical)
+        )
     return {"checked": len(outcomes), "warnings": sum(not o.success for o in outcomes)}
 
 
@@ -201,19 +252,24 @@ RAW_BATCHES = {
 def validate_raw_tables(settings: Settings, as_of: date, run_id: str) -> dict:
     """Validate the rows this run loaded (the run's batch) for each raw source that received any."""
     max_ts = pd.Timestamp(as_of + timedelta(days=2))
-    params = {"raw_transactions": {"max_ts": max_ts, "currencies": sorted(currency_rates())},
-              "raw_events": {"max_ts": max_ts},
-              "raw_crm_contacts": {"min_birth_date": pd.Timestamp("1900-01-01"), "as_of": pd.Timestamp(as_of)}}
+    params: dict[str, dict[str, Any]] = {
+        "raw_transactions": {"max_ts": max_ts, "currencies": sorted(currency_rates())},
+        "raw_events": {"max_ts": max_ts},
+        "raw_crm_contacts": {"min_birth_date": pd.Timestamp("1900-01-01"), "as_of": pd.Timestamp(as_of)},
+    }
     outcomes: list[ExpectationOutcome] = []
     with connect(settings.warehouse_path, read_only=True) as con:
         for suite, sql in RAW_BATCHES.items():
             for files in raw_chunks(con, sql, run_id):
-                frame = con.execute(f"SELECT * FROM ({sql}) WHERE _source_file IN (SELECT unnest(?::VARCHAR[]))",
-                                    [run_id, files]).df()
+                frame = con.execute(
+                    f"SELECT * FROM ({sql}) WHERE _source_file IN (SELECT unnest(?::VARCHAR[]))", [run_id, files]
+                ).df()
                 if "birth_date" in frame:
                     frame["birth_date"] = pd.to_datetime(frame["birth_date"])
                 if len(frame):
-                    outcomes.extend(validate_frame(settings, suite, frame, params[suite], run_name=f"as_of={as_of}_{run_id}"))
+                    outcomes.extend(
+                        validate_frame(settings, suite, frame, params[suite], run_name=f"as_of={as_of}_{run_id}")
+                    )
     record(settings, outcomes, as_of, run_id)
     return enforce(outcomes)
 
@@ -248,19 +304,26 @@ def validate_mart_tables(settings: Settings, as_of: date, run_id: str) -> dict:
         features = con.execute(f"SELECT * FROM {schema}.audit_user_features").df()
         segments = con.execute(f"SELECT * FROM {schema}.audit_user_segments").df()
         rules = [r[0] for r in con.execute("SELECT segment_name FROM reference.segment_rules").fetchall()]
-        has_previous = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'marts' "
-                                   "AND table_name = 'user_segment_history'").fetchall()[0][0]
+        has_previous = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'marts' "
+            "AND table_name = 'user_segment_history'"
+        ).fetchall()[0][0]
         # Compared with the latest published date before this one (a backfill compares with its own past).
-        previous = (f"SELECT rule_name AS segment_name, count(*) AS previous_members FROM marts.user_segment_history "
-                    f"WHERE as_of = (SELECT max(as_of) FROM marts.user_segment_history WHERE as_of < DATE '{as_of.isoformat()}') "
-                    f"GROUP BY 1")
+        previous = (
+            f"SELECT rule_name AS segment_name, count(*) AS previous_members FROM marts.user_segment_history "
+            f"WHERE as_of = (SELECT max(as_of) FROM marts.user_segment_history WHERE as_of < DATE '{as_of.isoformat()}') "
+            f"GROUP BY 1"
+        )
         sizes = con.execute(f"""
             WITH cand AS (SELECT rule_name AS segment_name, count(*) AS members FROM {schema}.audit_user_segments GROUP BY 1),
-                 prev AS ({previous if has_previous else 'SELECT NULL::VARCHAR AS segment_name, NULL::BIGINT AS previous_members WHERE false'})
+                 prev AS ({previous if has_previous else "SELECT NULL::VARCHAR AS segment_name, NULL::BIGINT AS previous_members WHERE false"})
             SELECT segment_name, coalesce(members, 0) AS members, previous_members,
                    coalesce(members, 0) / previous_members::DOUBLE AS size_ratio
             FROM prev LEFT JOIN cand USING (segment_name)""").df()
-    batches = {"marts_user_features": (features, {}), "marts_user_segments": (segments, {"segment_rules": rules})}
+    batches: dict[str, tuple[pd.DataFrame, dict[str, Any]]] = {
+        "marts_user_features": (features, {}),
+        "marts_user_segments": (segments, {"segment_rules": rules}),
+    }
     if len(sizes):
         batches["marts_segment_sizes"] = (sizes, {"min_ratio": float(bounds["min"]), "max_ratio": float(bounds["max"])})
     return _run_suites(settings, batches, as_of, run_id)
@@ -270,8 +333,10 @@ def validate_scores(settings: Settings, scores: pd.DataFrame, as_of: date, run_i
     """Validate scores in memory, before they are published."""
     with connect(settings.warehouse_path, read_only=True) as con:
         # The features scored: the published table for its date, else that date's history partition.
-        feature_rows = con.execute("""
+        feature_rows = con.execute(
+            """
             SELECT coalesce(nullif((SELECT count(*) FROM marts.user_features WHERE as_of = ?::DATE), 0),
                             (SELECT count(*) FROM marts.user_features_history WHERE as_of = ?::DATE))""",
-                                   [as_of.isoformat(), as_of.isoformat()]).fetchall()[0][0]
+            [as_of.isoformat(), as_of.isoformat()],
+        ).fetchall()[0][0]
     return _run_suites(settings, {"marts_user_scores": (scores, {"feature_rows": feature_rows})}, as_of, run_id)

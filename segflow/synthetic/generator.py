@@ -19,10 +19,10 @@ import queue
 import shutil
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -31,26 +31,97 @@ import pyarrow as pa
 from segflow.core.dbt import currency_rates
 
 DEFAULT_END_DATE = date(2026, 9, 30)
-CURRENCY_BY_COUNTRY = {"DE": "EUR", "FR": "EUR", "ES": "EUR", "IT": "EUR", "NL": "EUR", "GB": "GBP", "US": "USD", "CH": "CHF", "SE": "SEK"}
+CURRENCY_BY_COUNTRY = {
+    "DE": "EUR",
+    "FR": "EUR",
+    "ES": "EUR",
+    "IT": "EUR",
+    "NL": "EUR",
+    "GB": "GBP",
+    "US": "USD",
+    "CH": "CHF",
+    "SE": "SEK",
+}
 # Local-currency units per EUR, from the dbt seed the pipeline converts with.
 RATES_PER_EUR = currency_rates()
 COUNTRIES = np.array(list(CURRENCY_BY_COUNTRY))
-CITIES = {"DE": ["Berlin", "Hamburg", "Munich"], "FR": ["Paris", "Lyon"], "ES": ["Madrid", "Barcelona"], "IT": ["Rome", "Milan"],
-          "NL": ["Amsterdam", "Utrecht"], "GB": ["London", "Manchester"], "US": ["New York", "Chicago", "Austin"], "CH": ["Zurich"], "SE": ["Stockholm"]}
+CITIES = {
+    "DE": ["Berlin", "Hamburg", "Munich"],
+    "FR": ["Paris", "Lyon"],
+    "ES": ["Madrid", "Barcelona"],
+    "IT": ["Rome", "Milan"],
+    "NL": ["Amsterdam", "Utrecht"],
+    "GB": ["London", "Manchester"],
+    "US": ["New York", "Chicago", "Austin"],
+    "CH": ["Zurich"],
+    "SE": ["Stockholm"],
+}
 INCOME_BANDS = np.array(["<25k", "25-50k", "50-100k", "100k+"])
 DEVICES = np.array(["mobile", "desktop", "tablet"])
 CHANNELS = np.array(["email", "organic", "paid_search", "social", "direct"])
 CATEGORIES = np.array(["electronics", "fashion", "home", "beauty", "sports", "books", "toys", "grocery"])
-BROWSE_EVENTS = np.array(["page_view", "product_view", "search", "add_to_cart", "begin_checkout", "wishlist_add", "email_open", "email_click", "login"])
+BROWSE_EVENTS = np.array(
+    [
+        "page_view",
+        "product_view",
+        "search",
+        "add_to_cart",
+        "begin_checkout",
+        "wishlist_add",
+        "email_open",
+        "email_click",
+        "login",
+    ]
+)
 EVENT_TYPES = np.append(BROWSE_EVENTS, "purchase")
 PURCHASE_CODE = len(BROWSE_EVENTS)
 ENGAGEMENT_FLOOR = 0.6  # share of browsing a long-lapsed user keeps
 EMAIL_CLICK_CODE = int(np.flatnonzero(EVENT_TYPES == "email_click")[0])
-LOGGED_IN_CODES = [int(np.flatnonzero(EVENT_TYPES == t)[0]) for t in ("login", "purchase", "email_open", "email_click")]
-NO_CATEGORY_CODES = [int(np.flatnonzero(EVENT_TYPES == t)[0]) for t in ("page_view", "login", "email_open")]
-FUTURE_TS = int(datetime(2099, 1, 1, tzinfo=timezone.utc).timestamp())
-FIRST_NAMES = np.array(["Anna", "Ben", "Clara", "David", "Emma", "Felix", "Greta", "Hugo", "Ida", "Jonas", "Lea", "Max", "Nora", "Oskar", "Paula", "Ravi", "Sofia", "Tom", "Uma", "Yara"])
-LAST_NAMES = np.array(["Muller", "Schmidt", "Martin", "Garcia", "Rossi", "Smith", "Jansen", "Berg", "Novak", "Silva", "Kowalski", "Dubois", "Brown", "Larsen"])
+LOGGED_IN_CODES = [int(np.flatnonzero(t == EVENT_TYPES)[0]) for t in ("login", "purchase", "email_open", "email_click")]
+NO_CATEGORY_CODES = [int(np.flatnonzero(t == EVENT_TYPES)[0]) for t in ("page_view", "login", "email_open")]
+FUTURE_TS = int(datetime(2099, 1, 1, tzinfo=UTC).timestamp())
+FIRST_NAMES = np.array(
+    [
+        "Anna",
+        "Ben",
+        "Clara",
+        "David",
+        "Emma",
+        "Felix",
+        "Greta",
+        "Hugo",
+        "Ida",
+        "Jonas",
+        "Lea",
+        "Max",
+        "Nora",
+        "Oskar",
+        "Paula",
+        "Ravi",
+        "Sofia",
+        "Tom",
+        "Uma",
+        "Yara",
+    ]
+)
+LAST_NAMES = np.array(
+    [
+        "Muller",
+        "Schmidt",
+        "Martin",
+        "Garcia",
+        "Rossi",
+        "Smith",
+        "Jansen",
+        "Berg",
+        "Novak",
+        "Silva",
+        "Kowalski",
+        "Dubois",
+        "Brown",
+        "Larsen",
+    ]
+)
 DOMAINS = np.array(["example.com", "mail.example", "inbox.example", "post.example"])
 
 
@@ -74,16 +145,91 @@ class Persona:
 
 
 PERSONAS = [
-    Persona("bargain_hunter", 0.25, 30, 4, (0.45, 0.4, 0.13, 0.02), (0.8, 0.12, 0.08), (0.1, 0.2, 0.3, 0.35, 0.05),
-            (0.1, 0.35, 0.1, 0.2, 0.05, 0.05, 0.05, 0.1), (0.3, 0.3, 0.25, 0.08, 0.03, 0.02, 0.005, 0.005, 0.01), 0.22, -4.0, 3.0, 0.4, 0.0, 0.6),
-    Persona("premium_loyalist", 0.15, 56, 6, (0.02, 0.1, 0.38, 0.5), (0.15, 0.75, 0.1), (0.5, 0.15, 0.05, 0.05, 0.25),
-            (0.35, 0.1, 0.3, 0.05, 0.05, 0.1, 0.02, 0.03), (0.2, 0.3, 0.05, 0.1, 0.05, 0.03, 0.15, 0.1, 0.02), 0.35, -4.5, 5.0, 0.5, 0.0, 0.9),
-    Persona("window_shopper", 0.25, 40, 4, (0.2, 0.45, 0.3, 0.05), (0.55, 0.3, 0.15), (0.05, 0.35, 0.2, 0.3, 0.1),
-            (0.15, 0.3, 0.15, 0.15, 0.1, 0.05, 0.05, 0.05), (0.3, 0.35, 0.1, 0.12, 0.04, 0.07, 0.01, 0.005, 0.005), 1.0, 0.5, 3.6, 0.5, 0.0, 0.5),
-    Persona("dormant", 0.15, 46, 10, (0.25, 0.35, 0.3, 0.1), (0.4, 0.5, 0.1), (0.2, 0.3, 0.1, 0.1, 0.3),
-            (0.1, 0.1, 0.3, 0.05, 0.05, 0.1, 0.05, 0.25), (0.5, 0.2, 0.1, 0.02, 0.01, 0.01, 0.1, 0.01, 0.05), 0.01, 2.5, 3.5, 0.6, 0.0, 0.4),
-    Persona("new_explorer", 0.20, 22, 3, (0.5, 0.35, 0.13, 0.02), (0.7, 0.2, 0.1), (0.1, 0.25, 0.15, 0.4, 0.1),
-            (0.2, 0.25, 0.05, 0.25, 0.15, 0.02, 0.03, 0.05), (0.25, 0.3, 0.15, 0.08, 0.03, 0.04, 0.05, 0.05, 0.05), 0.1, -1.5, 3.3, 0.5, 1.0, 0.7),
+    Persona(
+        "bargain_hunter",
+        0.25,
+        30,
+        4,
+        (0.45, 0.4, 0.13, 0.02),
+        (0.8, 0.12, 0.08),
+        (0.1, 0.2, 0.3, 0.35, 0.05),
+        (0.1, 0.35, 0.1, 0.2, 0.05, 0.05, 0.05, 0.1),
+        (0.3, 0.3, 0.25, 0.08, 0.03, 0.02, 0.005, 0.005, 0.01),
+        0.22,
+        -4.0,
+        3.0,
+        0.4,
+        0.0,
+        0.6,
+    ),
+    Persona(
+        "premium_loyalist",
+        0.15,
+        56,
+        6,
+        (0.02, 0.1, 0.38, 0.5),
+        (0.15, 0.75, 0.1),
+        (0.5, 0.15, 0.05, 0.05, 0.25),
+        (0.35, 0.1, 0.3, 0.05, 0.05, 0.1, 0.02, 0.03),
+        (0.2, 0.3, 0.05, 0.1, 0.05, 0.03, 0.15, 0.1, 0.02),
+        0.35,
+        -4.5,
+        5.0,
+        0.5,
+        0.0,
+        0.9,
+    ),
+    Persona(
+        "window_shopper",
+        0.25,
+        40,
+        4,
+        (0.2, 0.45, 0.3, 0.05),
+        (0.55, 0.3, 0.15),
+        (0.05, 0.35, 0.2, 0.3, 0.1),
+        (0.15, 0.3, 0.15, 0.15, 0.1, 0.05, 0.05, 0.05),
+        (0.3, 0.35, 0.1, 0.12, 0.04, 0.07, 0.01, 0.005, 0.005),
+        1.0,
+        0.5,
+        3.6,
+        0.5,
+        0.0,
+        0.5,
+    ),
+    Persona(
+        "dormant",
+        0.15,
+        46,
+        10,
+        (0.25, 0.35, 0.3, 0.1),
+        (0.4, 0.5, 0.1),
+        (0.2, 0.3, 0.1, 0.1, 0.3),
+        (0.1, 0.1, 0.3, 0.05, 0.05, 0.1, 0.05, 0.25),
+        (0.5, 0.2, 0.1, 0.02, 0.01, 0.01, 0.1, 0.01, 0.05),
+        0.01,
+        2.5,
+        3.5,
+        0.6,
+        0.0,
+        0.4,
+    ),
+    Persona(
+        "new_explorer",
+        0.20,
+        22,
+        3,
+        (0.5, 0.35, 0.13, 0.02),
+        (0.7, 0.2, 0.1),
+        (0.1, 0.25, 0.15, 0.4, 0.1),
+        (0.2, 0.25, 0.05, 0.25, 0.15, 0.02, 0.03, 0.05),
+        (0.25, 0.3, 0.15, 0.08, 0.03, 0.04, 0.05, 0.05, 0.05),
+        0.1,
+        -1.5,
+        3.3,
+        0.5,
+        1.0,
+        0.7,
+    ),
 ]
 PERSONA_NAMES = np.array([p.name for p in PERSONAS])
 
@@ -108,7 +254,9 @@ def sigmoid(x):
 
 def no_purchase_probability(base, recency_days, recent_purchases, recent_clicks):
     """True P(no completed purchase in the next H days) given observed behaviour (see module doc)."""
-    return sigmoid(base + 0.025 * np.minimum(recency_days, 365) - 0.6 * np.log1p(recent_purchases) - 0.3 * np.log1p(recent_clicks))
+    return sigmoid(
+        base + 0.025 * np.minimum(recency_days, 365) - 0.6 * np.log1p(recent_purchases) - 0.3 * np.log1p(recent_clicks)
+    )
 
 
 @dataclass
@@ -122,10 +270,19 @@ class GenerateResult:
     end_date: date
 
 
-def generate(out: str | Path, users: int = 10_000, days: int = 180, seed: int = 42, dirty_rate: float = 0.0,
-             end_date: date = DEFAULT_END_DATE, horizon_days: int = 90, crm_url: str | None = None,
-             progress: Callable[[str, int, int], None] | None = None, event_scale: float = 1.0,
-             purchase_scale: float = 1.0) -> GenerateResult:
+def generate(
+    out: str | Path,
+    users: int = 10_000,
+    days: int = 180,
+    seed: int = 42,
+    dirty_rate: float = 0.0,
+    end_date: date = DEFAULT_END_DATE,
+    horizon_days: int = 90,
+    crm_url: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    event_scale: float = 1.0,
+    purchase_scale: float = 1.0,
+) -> GenerateResult:
     """`event_scale` multiplies every user's browsing rate; `purchase_scale` s makes the daily purchase
     probability 1 - p ** (s / H), so P(no purchase in H days) is p ** s and the ground truth follows it (the
     benchmark uses both to reach its data volumes per user)."""
@@ -194,16 +351,18 @@ def generate(out: str | Path, users: int = 10_000, days: int = 180, seed: int = 
         customer_ref = np.where(ref_is_email, emails[buyer], contact_ids[buyer]) if m else np.array([], dtype=str)
         order_cat = _pick(rng, cum_category, persona[buyer])
         order_secs = rng.integers(0, 86400, m)
-        orders = pd.DataFrame({
-            "order_id": [f"O{order_counter + i:09d}" for i in range(m)],
-            "customer_ref": customer_ref,
-            "order_ts": pd.to_datetime(day0 + timedelta(days=d)) + pd.to_timedelta(order_secs, unit="s"),
-            "amount": amount,
-            "currency": currency,
-            "status": status,
-            "category": CATEGORIES[order_cat],
-            "item_count": 1 + rng.poisson(1.2, m),
-        })
+        orders = pd.DataFrame(
+            {
+                "order_id": [f"O{order_counter + i:09d}" for i in range(m)],
+                "customer_ref": customer_ref,
+                "order_ts": pd.to_datetime(day0 + timedelta(days=d)) + pd.to_timedelta(order_secs, unit="s"),
+                "amount": amount,
+                "currency": currency,
+                "status": status,
+                "category": CATEGORIES[order_cat],
+                "item_count": 1 + rng.poisson(1.2, m),
+            }
+        )
         order_counter += m
         completed = buyer[status == "completed"]
 
@@ -218,23 +377,25 @@ def generate(out: str | Path, users: int = 10_000, days: int = 180, seed: int = 
         device_idx = np.where(rng.random(e) < 0.8, fav_device[ev_user], rng.integers(0, 3, e))
         # Before login on a device the analytics tool only knows the anonymous id.
         logged_in = np.isin(ev_type, LOGGED_IN_CODES) | (rng.random(e) < 0.6)
-        ev_ts = int((day0 + timedelta(days=d)).replace(tzinfo=timezone.utc).timestamp()) + ev_secs
+        ev_ts = int((day0 + timedelta(days=d)).replace(tzinfo=UTC).timestamp()) + ev_secs
         type_missing = np.zeros(e, dtype=bool)
         if dirty_rate:
             ev_ts = np.where(rng.random(e) < dirty_rate / 2, FUTURE_TS, ev_ts)
             type_missing = rng.random(e) < dirty_rate / 2
             orders = _dirty_orders(rng, orders, dirty_rate)
-        events = pa.table({
-            "event_id": pa.array(np.arange(event_counter, event_counter + e)),
-            "contact_idx": pa.array(ev_user),
-            "logged_in": pa.array(logged_in),
-            "session": pa.array(ev_secs // 1800),
-            "event_ts": pa.array(ev_ts.astype("datetime64[s]")),
-            "event_type": _dictionary(ev_type, EVENT_TYPES, type_missing),
-            "product_category": _dictionary(ev_cat, CATEGORIES, np.isin(ev_type, NO_CATEGORY_CODES)),
-            "device": _dictionary(device_idx, DEVICES),
-            "channel": _dictionary(_pick(rng, cum_channel, persona[ev_user]), CHANNELS),
-        })
+        events = pa.table(
+            {
+                "event_id": pa.array(np.arange(event_counter, event_counter + e)),
+                "contact_idx": pa.array(ev_user),
+                "logged_in": pa.array(logged_in),
+                "session": pa.array(ev_secs // 1800),
+                "event_ts": pa.array(ev_ts.astype("datetime64[s]")),
+                "event_type": _dictionary(ev_type, EVENT_TYPES, type_missing),
+                "product_category": _dictionary(ev_cat, CATEGORIES, np.isin(ev_type, NO_CATEGORY_CODES)),
+                "device": _dictionary(device_idx, DEVICES),
+                "channel": _dictionary(_pick(rng, cum_channel, persona[ev_user]), CHANNELS),
+            }
+        )
         event_counter += e
         writer.submit(day, orders, events)
 
@@ -252,20 +413,35 @@ def generate(out: str | Path, users: int = 10_000, days: int = 180, seed: int = 
     # Ground truth beyond the window: the same process, state frozen at the last day.
     p_end = no_purchase_probability(base, days_since_purchase, recent_purchases, recent_clicks) ** purchase_scale
     churned = rng.random(n) < p_end
-    pd.DataFrame({"contact_id": contact_ids, "persona": PERSONA_NAMES[persona], "churn_probability": p_end,
-                  "churned": churned}).to_parquet(out / "ground_truth.parquet", index=False)
+    pd.DataFrame(
+        {"contact_id": contact_ids, "persona": PERSONA_NAMES[persona], "churn_probability": p_end, "churned": churned}
+    ).to_parquet(out / "ground_truth.parquet", index=False)
 
     contacts = _contacts(rng, n, persona, signup, start_date, end_date, contact_ids, emails, fav_device, seed)
     if dirty_rate:
         contacts = _dirty_contacts(rng, contacts, dirty_rate, end_date)
     url = crm_url or f"sqlite:///{(out / 'crm.sqlite').resolve()}"
     write_contacts(contacts, url)
-    (out / "manifest.json").write_text(json.dumps({
-        "users": n, "days": days, "seed": seed, "dirty_rate": dirty_rate, "start_date": start_date.isoformat(),
-        "end_date": end_date.isoformat(), "horizon_days": horizon_days, "crm_url": url if crm_url else "crm.sqlite",
-        "event_scale": event_scale,
-        "purchase_scale": purchase_scale, "events": event_counter, "orders": order_counter, "personas": list(PERSONA_NAMES),
-    }, indent=2))
+    (out / "manifest.json").write_text(
+        json.dumps(
+            {
+                "users": n,
+                "days": days,
+                "seed": seed,
+                "dirty_rate": dirty_rate,
+                "start_date": start_date.isoformat(),
+                "end_date": end_date.isoformat(),
+                "horizon_days": horizon_days,
+                "crm_url": url if crm_url else "crm.sqlite",
+                "event_scale": event_scale,
+                "purchase_scale": purchase_scale,
+                "events": event_counter,
+                "orders": order_counter,
+                "personas": list(PERSONA_NAMES),
+            },
+            indent=2,
+        )
+    )
     return GenerateResult(out, n, len(contacts), event_counter, order_counter, start_date, end_date)
 
 
@@ -284,36 +460,49 @@ def _emails(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _contacts(rng, n, persona, signup, start_date, end_date, contact_ids, emails, fav_device, seed) -> pd.DataFrame:
-    ages = np.clip(rng.normal(np.array([p.age_mean for p in PERSONAS])[persona], np.array([p.age_sd for p in PERSONAS])[persona]), 18, 90)
+    ages = np.clip(
+        rng.normal(np.array([p.age_mean for p in PERSONAS])[persona], np.array([p.age_sd for p in PERSONAS])[persona]),
+        18,
+        90,
+    )
     birth = pd.Timestamp(end_date) - pd.to_timedelta((ages * 365.25).astype(int), unit="D")
-    created = pd.Timestamp(start_date) + pd.to_timedelta(signup, unit="D") + pd.to_timedelta(rng.integers(0, 86400, n), unit="s")
+    created = (
+        pd.Timestamp(start_date)
+        + pd.to_timedelta(signup, unit="D")
+        + pd.to_timedelta(rng.integers(0, 86400, n), unit="s")
+    )
     span = (pd.Timestamp(end_date) - created).days.to_numpy().clip(min=0)
     updated = created + pd.to_timedelta((rng.random(n) * span).astype(int), unit="D")
     country = COUNTRIES[_country_idx(persona, seed)]
     city = np.array([CITIES[c][i % len(CITIES[c])] for i, c in enumerate(country)])
     cum_income = _cum([p.income_p for p in PERSONAS])
     cum_category = _cum([p.category_p for p in PERSONAS])
-    interests = [",".join(sorted({CATEGORIES[a], CATEGORIES[b]})) for a, b in zip(_pick(rng, cum_category, persona), _pick(rng, cum_category, persona))]
+    interests = [
+        ",".join(sorted({CATEGORIES[a], CATEGORIES[b]}))
+        for a, b in zip(_pick(rng, cum_category, persona), _pick(rng, cum_category, persona), strict=True)
+    ]
     first = FIRST_NAMES[np.arange(n) % len(FIRST_NAMES)]
     last = LAST_NAMES[(np.arange(n) // len(FIRST_NAMES)) % len(LAST_NAMES)]
-    return pd.DataFrame({
-        "contact_id": contact_ids,
-        "created_at": created,
-        "updated_at": updated,
-        "email": emails,
-        "phone": np.char.add("+49 15", np.char.zfill(rng.integers(0, 10**8, n).astype(str), 8)),
-        "first_name": first,
-        "last_name": last,
-        "birth_date": birth.date,
-        "gender": rng.choice(np.array(["female", "male", "diverse"]), n, p=[0.49, 0.49, 0.02]),
-        "country": country,
-        "city": city,
-        "income_band": INCOME_BANDS[_pick(rng, cum_income, persona)],
-        "consent_email_marketing": rng.random(n) < np.array([p.email_consent for p in PERSONAS])[persona],
-        "consent_tracking": rng.random(n) < 0.85,
-        "preferred_channel": CHANNELS[_pick(rng, _cum([p.channel_p for p in PERSONAS]), persona)],
-        "interests": interests,
-    })
+    return pd.DataFrame(
+        {
+            "contact_id": contact_ids,
+            "created_at": created,
+            "updated_at": updated,
+            "email": emails,
+            "phone": np.char.add("+49 15", np.char.zfill(rng.integers(0, 10**8, n).astype(str), 8)),
+            "first_name": first,
+            "last_name": last,
+            "birth_date": birth.date,
+            "gender": rng.choice(np.array(["female", "male", "diverse"]), n, p=[0.49, 0.49, 0.02]),
+            "country": country,
+            "city": city,
+            "income_band": INCOME_BANDS[_pick(rng, cum_income, persona)],
+            "consent_email_marketing": rng.random(n) < np.array([p.email_consent for p in PERSONAS])[persona],
+            "consent_tracking": rng.random(n) < 0.85,
+            "preferred_channel": CHANNELS[_pick(rng, _cum([p.channel_p for p in PERSONAS]), persona)],
+            "interests": interests,
+        }
+    )
 
 
 def _dirty_contacts(rng, contacts: pd.DataFrame, rate: float, end_date: date) -> pd.DataFrame:
@@ -351,7 +540,9 @@ def _dirty_orders(rng, orders: pd.DataFrame, rate: float) -> pd.DataFrame:
         elif defect == "currency":
             o.loc[hit, "currency"] = "XYZ"
         elif defect == "unknown_customer":
-            o.loc[hit, "customer_ref"] = "C9" + pd.Series(rng.integers(0, 10**6, hit.sum())).astype(str).str.zfill(6).to_numpy()
+            o.loc[hit, "customer_ref"] = (
+                "C9" + pd.Series(rng.integers(0, 10**6, hit.sum())).astype(str).str.zfill(6).to_numpy()
+            )
         elif defect == "future":
             o.loc[hit, "order_ts"] = pd.Timestamp("2099-01-01")
         else:
@@ -383,7 +574,7 @@ class _DayWriter:
             if self.error is None:
                 try:
                     _write_day(self.con, self.out, *item)
-                except BaseException as exc:  # re-raised in the generating thread
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the generating thread
                     self.error = exc
 
     def submit(self, day: date, orders: pd.DataFrame, events) -> None:
@@ -405,14 +596,14 @@ def _write_day(con, out: Path, day: date, orders: pd.DataFrame, events) -> None:
     con.register("events_df", events)
     try:
         con.execute(f"""COPY (SELECT order_id, customer_ref, strftime(order_ts, '%Y-%m-%dT%H:%M:%S') AS order_ts, amount, currency,
-                status, category, item_count FROM orders_df) TO '{out / 'transactions' / f'{day.isoformat()}.csv'}' (HEADER, DELIMITER ',')""")
+                status, category, item_count FROM orders_df) TO '{out / "transactions" / f"{day.isoformat()}.csv"}' (HEADER, DELIMITER ',')""")
         con.execute(f"""COPY (SELECT 'ev' || e.event_id::VARCHAR AS event_id,
                 'anon-' || md5(e.contact_id || e.device)[:16] AS anonymous_id,
                 CASE WHEN e.logged_in THEN e.contact_id END AS user_id,
                 md5(e.contact_id || '{day}' || e.session::VARCHAR)[:20] AS session_id,
                 strftime(e.event_ts::TIMESTAMP, '%Y-%m-%dT%H:%M:%SZ') AS event_ts, e.event_type, e.product_category, e.device,
                 e.channel, CASE WHEN e.channel IN ('paid_search', 'social', 'email') THEN e.channel || '_campaign' END AS utm_source
-                FROM (SELECT *, 'C' || lpad((contact_idx + 1)::VARCHAR, 7, '0') AS contact_id FROM events_df) e ORDER BY e.event_ts) TO '{out / 'events' / f'{day.isoformat()}.jsonl'}' (FORMAT json)""")
+                FROM (SELECT *, 'C' || lpad((contact_idx + 1)::VARCHAR, 7, '0') AS contact_id FROM events_df) e ORDER BY e.event_ts) TO '{out / "events" / f"{day.isoformat()}.jsonl"}' (FORMAT json)""")
     finally:
         con.unregister("orders_df")
         con.unregister("events_df")
@@ -422,7 +613,7 @@ def write_contacts(contacts: pd.DataFrame, url: str, table: str = "contacts") ->
     """Write the CRM table. Any SQLAlchemy URL works (PostgreSQL is tested); SQLite files are written
     through the driver directly, which is ~10x faster than SQLAlchemy for a million rows."""
     if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
+        path = Path(url[len("sqlite:///") :])
         path.parent.mkdir(parents=True, exist_ok=True)
         with sqlite3.connect(path) as con:
             # The generator owns this CRM: start empty so re-generation is deterministic.

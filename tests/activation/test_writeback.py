@@ -11,17 +11,19 @@ AS_OF = date(2026, 9, 30)
 
 def scored(n=6, consent=None):
     consent = consent if consent is not None else [i % 2 == 0 for i in range(n)]
-    return pd.DataFrame({
-        "user_id": [f"C{i:07d}" for i in range(n)],
-        "as_of": [AS_OF] * n,
-        "persona": ["Big Spenders"] * n,
-        "primary_segment": ["Loyal Customers"] * n,
-        "churn_risk_band": ["low"] * n,
-        "churn_probability": [0.1] * n,
-        "has_email_consent": consent,
-        "is_crm_contact": [True] * (n - 1) + [False],
-        "email_sha256": ["a" * 64] * n,
-    })
+    return pd.DataFrame(
+        {
+            "user_id": [f"C{i:07d}" for i in range(n)],
+            "as_of": [AS_OF] * n,
+            "persona": ["Big Spenders"] * n,
+            "primary_segment": ["Loyal Customers"] * n,
+            "churn_risk_band": ["low"] * n,
+            "churn_probability": [0.1] * n,
+            "has_email_consent": consent,
+            "is_crm_contact": [True] * (n - 1) + [False],
+            "email_sha256": ["a" * 64] * n,
+        }
+    )
 
 
 def _check_sync(url):
@@ -39,7 +41,10 @@ def _check_sync(url):
     assert list(rows["contact_id"]) == ["C0000000", "C0000001", "C0000002", "C0000004"]
     assert rows.loc[0, "churn_risk_band"] == "high"
     no_consent = rows[~rows["marketing_allowed"].astype(bool)]
-    assert list(no_consent["contact_id"]) == ["C0000001"] and no_consent[["persona", "primary_segment", "churn_risk_band"]].isna().all().all()
+    assert (
+        list(no_consent["contact_id"]) == ["C0000001"]
+        and no_consent[["persona", "primary_segment", "churn_risk_band"]].isna().all().all()
+    )
 
 
 def test_crm_sync_sqlite_upserts_changed_rows_only_and_removes_gone_users(tmp_path):

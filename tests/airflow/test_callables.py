@@ -1,4 +1,4 @@
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -6,7 +6,7 @@ from segflow.airflow.callables import as_of_from_context, parse_as_of, resolve_a
 
 
 def test_explicit_as_of_wins():
-    assert resolve_as_of("2026-03-01", [{"as_of": "2026-05-01"}], datetime(2026, 6, 1, tzinfo=timezone.utc)) == date(2026, 3, 1)
+    assert resolve_as_of("2026-03-01", [{"as_of": "2026-05-01"}], datetime(2026, 6, 1, tzinfo=UTC)) == date(2026, 3, 1)
 
 
 def test_asset_triggered_run_takes_the_latest_event_date():
@@ -15,11 +15,11 @@ def test_asset_triggered_run_takes_the_latest_event_date():
 
 
 def test_scheduled_run_processes_the_day_before_its_logical_date():
-    assert resolve_as_of("", [], datetime(2026, 6, 2, 0, 0, tzinfo=timezone.utc)) == date(2026, 6, 1)
+    assert resolve_as_of("", [], datetime(2026, 6, 2, 0, 0, tzinfo=UTC)) == date(2026, 6, 1)
 
 
 def test_run_without_logical_date_uses_run_after_then_today():
-    assert resolve_as_of(None, None, None, datetime(2026, 6, 2, 13, 0, tzinfo=timezone.utc)) == date(2026, 6, 1)
+    assert resolve_as_of(None, None, None, datetime(2026, 6, 2, 13, 0, tzinfo=UTC)) == date(2026, 6, 1)
     assert resolve_as_of(None, None, None, None, today=date(2026, 1, 1)) == date(2025, 12, 31)
 
 
@@ -39,7 +39,11 @@ class _Event:
 
 def test_context_resolution_reads_conf_params_and_events():
     assert as_of_from_context({"dag_run": _Run(), "params": {"as_of": ""}}) == date(2026, 2, 3)
-    ctx = {"params": {"as_of": ""}, "triggering_asset_events": {"segflow.marts.user_features": [_Event()]}, "logical_date": None}
+    ctx = {
+        "params": {"as_of": ""},
+        "triggering_asset_events": {"segflow.marts.user_features": [_Event()]},
+        "logical_date": None,
+    }
     assert as_of_from_context(ctx) == date(2026, 4, 4)
 
 
@@ -78,7 +82,11 @@ def test_failure_callback_records_the_alert_and_posts_it_to_the_webhook(tmp_path
     monkeypatch.setenv("SEGFLOW_ALERT_WEBHOOK", f"http://127.0.0.1:{server.server_port}/hook")
     monkeypatch.setenv("SEGFLOW_ALERT_LOG", str(tmp_path / "alerts.jsonl"))
     ti = SimpleNamespace(dag_id="segflow_build", task_id="validate_marts", try_number=3)
-    context = {"task_instance": ti, "run_id": "scheduled__2026-06-02", "exception": ValueError("suite marts_user_features failed")}
+    context = {
+        "task_instance": ti,
+        "run_id": "scheduled__2026-06-02",
+        "exception": ValueError("suite marts_user_features failed"),
+    }
     DEFAULT_ARGS["on_failure_callback"](context)
     server.shutdown()
     recorded = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
@@ -96,11 +104,20 @@ def test_scoring_takes_every_date_its_asset_events_carry():
 
     from segflow.airflow.callables import as_of_dates_from_context
 
-    events = {"segflow.marts.user_features": [SimpleNamespace(extra={"as_of": d}) for d in ("2026-09-12", "2026-09-10", "2026-09-11")]}
+    events = {
+        "segflow.marts.user_features": [
+            SimpleNamespace(extra={"as_of": d}) for d in ("2026-09-12", "2026-09-10", "2026-09-11")
+        ]
+    }
     assert as_of_dates_from_context({"params": {"as_of": ""}, "triggering_asset_events": events}) == [
-        date(2026, 9, 10), date(2026, 9, 11), date(2026, 9, 12)]
+        date(2026, 9, 10),
+        date(2026, 9, 11),
+        date(2026, 9, 12),
+    ]
     # An explicit date (a manual run) wins over events.
-    assert as_of_dates_from_context({"params": {"as_of": "2026-01-05"}, "triggering_asset_events": events}) == [date(2026, 1, 5)]
+    assert as_of_dates_from_context({"params": {"as_of": "2026-01-05"}, "triggering_asset_events": events}) == [
+        date(2026, 1, 5)
+    ]
 
 
 def test_scoring_catches_up_published_dates_without_current_scores(tmp_path, monkeypatch):
@@ -114,17 +131,26 @@ def test_scoring_catches_up_published_dates_without_current_scores(tmp_path, mon
     d = [date(2026, 9, day) for day in (10, 11, 12, 13)]
     with duckdb.connect(str(warehouse)) as con:
         con.execute("CREATE SCHEMA marts; CREATE SCHEMA quality")
-        con.execute("CREATE TABLE marts.user_segment_history AS SELECT * FROM (VALUES ('u1', ?::DATE), ('u1', ?::DATE), "
-                    "('u1', ?::DATE), ('u1', ?::DATE)) t(user_id, as_of)", d)
+        con.execute(
+            "CREATE TABLE marts.user_segment_history AS SELECT * FROM (VALUES ('u1', ?::DATE), ('u1', ?::DATE), "
+            "('u1', ?::DATE), ('u1', ?::DATE)) t(user_id, as_of)",
+            d,
+        )
         # A training snapshot date: features only, never published by the build, so never scored.
         con.execute("CREATE TABLE marts.user_features_history AS SELECT 'u1' AS user_id, DATE '2026-05-01' AS as_of")
         con.execute("CREATE TABLE quality.validation_results (as_of DATE, suite VARCHAR, validated_at TIMESTAMP)")
-        con.execute("INSERT INTO quality.validation_results VALUES (?, 'marts_user_features', '2026-09-14 01:00'), "
-                    "(?, 'marts_user_features', '2026-09-14 01:00'), (?, 'marts_user_features', '2026-09-20 01:00'), "
-                    "(?, 'marts_user_features', '2026-09-14 01:00')", d)
+        con.execute(
+            "INSERT INTO quality.validation_results VALUES (?, 'marts_user_features', '2026-09-14 01:00'), "
+            "(?, 'marts_user_features', '2026-09-14 01:00'), (?, 'marts_user_features', '2026-09-20 01:00'), "
+            "(?, 'marts_user_features', '2026-09-14 01:00')",
+            d,
+        )
         # 10th and 12th scored after their build; the 12th was rebuilt on the 20th; the 11th and 13th never scored.
-        con.execute("CREATE TABLE marts.user_scores_history AS SELECT * FROM (VALUES (?::DATE, TIMESTAMP '2026-09-14 02:00'), "
-                    "(?::DATE, TIMESTAMP '2026-09-14 02:00')) t(as_of, scored_at)", [d[0], d[2]])
+        con.execute(
+            "CREATE TABLE marts.user_scores_history AS SELECT * FROM (VALUES (?::DATE, TIMESTAMP '2026-09-14 02:00'), "
+            "(?::DATE, TIMESTAMP '2026-09-14 02:00')) t(as_of, scored_at)",
+            [d[0], d[2]],
+        )
     assert dates_to_score([d[3]]) == [d[1], d[2], d[3]]
     assert dates_to_score([d[0]]) == [d[1], d[2], d[3]], "a handed date already scored since its build is skipped"
     assert dates_to_score([d[0]], explicit=True) == [d[0]]

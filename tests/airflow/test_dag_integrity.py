@@ -58,9 +58,16 @@ def test_no_cycles_and_retries_everywhere(dagbag, dag_id):
 
 
 def test_duckdb_writers_share_the_single_slot_pool(dagbag):
-    writers = {("segflow_build", "extract"), ("segflow_build", "validate_raw"), ("segflow_build", "dbt_build"),
-               ("segflow_build", "dbt_publish"), ("segflow_train", "train_models"), ("segflow_score", "score_users"),
-               ("segflow_score", "write_back"), ("segflow_score", "monitor_drift")}
+    writers = {
+        ("segflow_build", "extract"),
+        ("segflow_build", "validate_raw"),
+        ("segflow_build", "dbt_build"),
+        ("segflow_build", "dbt_publish"),
+        ("segflow_train", "train_models"),
+        ("segflow_score", "score_users"),
+        ("segflow_score", "write_back"),
+        ("segflow_score", "monitor_drift"),
+    }
     for dag_id, task_id in writers:
         assert dagbag.dags[dag_id].get_task(task_id).pool == "duckdb_writer"
 

@@ -21,7 +21,7 @@ def test_ntile_matches_duckdb(n):
     frame = pd.DataFrame({"user_id": [f"u{i:04d}" for i in range(n)], "value": rng.integers(0, 4, n)})
     ours = ntile(frame, ["value", "user_id"], [False, True])
     sql = duckdb.sql("SELECT user_id, ntile(5) OVER (ORDER BY value DESC, user_id) AS t FROM frame").df()
-    assert dict(zip(frame["user_id"], ours)) == dict(zip(sql["user_id"], sql["t"]))
+    assert dict(zip(frame["user_id"], ours, strict=True)) == dict(zip(sql["user_id"], sql["t"], strict=True))
 
 
 def test_round_half_away_matches_sql_round():
@@ -66,23 +66,57 @@ def test_cached_dataset_requires_the_same_parameters(tmp_path):
 
 
 def _result(users: int, seconds: float) -> dict:
-    stages = [Measurement(name, phase, seconds, seconds, 100.0 + users / 1000, users) for phase in ("full", "incremental")
-              for name in ("extract", "validate_raw", "dbt_build", "validate_marts", "dbt_publish", "train", "score")]
+    stages = [
+        Measurement(name, phase, seconds, seconds, 100.0 + users / 1000, users)
+        for phase in ("full", "incremental")
+        for name in ("extract", "validate_raw", "dbt_build", "validate_marts", "dbt_publish", "train", "score")
+    ]
     stages[-5].wall_s = seconds / 20  # a fast incremental dbt_build
-    stages.append(Measurement("pandas_baseline", "baseline", 1.0, 1.0, 10.0, users,
-                              {"compute_seconds": seconds * 6, "users": users, "equal": True, "columns_compared": 40, "mismatches": {}}))
-    stages.append(Measurement("segflow run", "airflow", seconds * 10, seconds, 50.0, None, {"dags": {"segflow_build": 1}}))
-    return {"users": users, "dataset": {"users": users, "days": 366, "start_date": "2025-09-30", "end_date": "2026-09-30",
-                                        "events": users * 30, "orders": users * 3},
-            "as_of": {"full": "2026-09-29", "incremental": "2026-09-30"}, "measured_at": "2026-11-23T00:00:00+00:00",
-            "machine": {"cores": 2, "memory_gb": 23.5, "cpu": "x", "os": "linux", "python": "3.11", "versions": {"duckdb": "2.0.0"}},
-            "stages": [m.as_dict() for m in stages]}
+    stages.append(
+        Measurement(
+            "pandas_baseline",
+            "baseline",
+            1.0,
+            1.0,
+            10.0,
+            users,
+            {"compute_seconds": seconds * 6, "users": users, "equal": True, "columns_compared": 40, "mismatches": {}},
+        )
+    )
+    stages.append(
+        Measurement("segflow run", "airflow", seconds * 10, seconds, 50.0, None, {"dags": {"segflow_build": 1}})
+    )
+    return {
+        "users": users,
+        "dataset": {
+            "users": users,
+            "days": 366,
+            "start_date": "2025-09-30",
+            "end_date": "2026-09-30",
+            "events": users * 30,
+            "orders": users * 3,
+        },
+        "as_of": {"full": "2026-09-29", "incremental": "2026-09-30"},
+        "measured_at": "2026-11-23T00:00:00+00:00",
+        "machine": {
+            "cores": 2,
+            "memory_gb": 23.5,
+            "cpu": "x",
+            "os": "linux",
+            "python": "3.11",
+            "versions": {"duckdb": "2.0.0"},
+        },
+        "stages": [m.as_dict() for m in stages],
+    }
 
 
 def test_targets_and_report_from_results():
     results = [_result(10_000, 1.0), _result(100_000, 10.0)]
     by_name = {t.name: t for t in targets(results[-1], results)}
-    assert by_name["pandas baseline / dbt feature build"].measured == 6.0 and by_name["pandas baseline / dbt feature build"].met
+    assert (
+        by_name["pandas baseline / dbt feature build"].measured == 6.0
+        and by_name["pandas baseline / dbt feature build"].met
+    )
     assert by_name["pandas baseline equals dbt output"].met is True
     assert by_name["growth exponent (whole pipeline, 10k → 1M)"].measured == pytest.approx(1.0)
     scoring = by_name["scoring (the whole stage: process start, models, predict, GX gate, publish)"]

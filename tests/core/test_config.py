@@ -51,18 +51,25 @@ def test_explicit_config_must_exist(tmp_path):
         load_settings(tmp_path / "missing.yml", environ={})
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("warehous:\n  path: x.duckdb\n", "unknown key 'warehous' (did you mean 'warehouse'?)"),
-    ("writeback:\n  crm_ulr: sqlite:///x\n", "unknown key 'writeback.crm_ulr' (did you mean 'writeback.crm_url'?)"),
-    ("sourcess: {}\n", "unknown key 'sourcess' (did you mean 'sources'?)"),
-    ("sources:\n  crm:\n    url: sqlite:///c.db\n    tabel: contacts\n",
-     "unknown key 'sources.crm.tabel' (did you mean 'sources.crm.table'?)"),
-    ("sources:\n  tx:\n    path: t\n    mapping:\n      renam: {}\n",
-     "unknown key 'sources.tx.mapping.renam' (did you mean 'sources.tx.mapping.rename'?)"),
-    ("churn:\n  horizon_days: soon\n", "churn.horizon_days: Input should be a valid integer"),
-    ("churn:\n  risk_bands: {medium: 0.7, high: 0.6}\n", "medium (0.7) must be below high (0.6)"),
-    ("monitoring:\n  on_drift: panic\n", "monitoring.on_drift: Input should be 'warn' or 'fail'"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("warehous:\n  path: x.duckdb\n", "unknown key 'warehous' (did you mean 'warehouse'?)"),
+        ("writeback:\n  crm_ulr: sqlite:///x\n", "unknown key 'writeback.crm_ulr' (did you mean 'writeback.crm_url'?)"),
+        ("sourcess: {}\n", "unknown key 'sourcess' (did you mean 'sources'?)"),
+        (
+            "sources:\n  crm:\n    url: sqlite:///c.db\n    tabel: contacts\n",
+            "unknown key 'sources.crm.tabel' (did you mean 'sources.crm.table'?)",
+        ),
+        (
+            "sources:\n  tx:\n    path: t\n    mapping:\n      renam: {}\n",
+            "unknown key 'sources.tx.mapping.renam' (did you mean 'sources.tx.mapping.rename'?)",
+        ),
+        ("churn:\n  horizon_days: soon\n", "churn.horizon_days: Input should be a valid integer"),
+        ("churn:\n  risk_bands: {medium: 0.7, high: 0.6}\n", "medium (0.7) must be below high (0.6)"),
+        ("monitoring:\n  on_drift: panic\n", "monitoring.on_drift: Input should be 'warn' or 'fail'"),
+    ],
+)
 def test_mistakes_are_refused_naming_the_file_and_key(tmp_path, text, message):
     cfg = tmp_path / "segflow.yml"
     cfg.write_text(text)
@@ -82,7 +89,9 @@ def test_invalid_yaml_names_file_line_and_column(tmp_path):
 def test_mistyped_environment_override_is_refused(tmp_path):
     cfg = tmp_path / "segflow.yml"
     cfg.write_text("churn:\n  horizon_days: 30\n")
-    with pytest.raises(ConfigError, match=r"SEGFLOW__WAREHOUS__PATH: unknown key 'warehous' \(did you mean 'warehouse'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"SEGFLOW__WAREHOUS__PATH: unknown key 'warehous' \(did you mean 'warehouse'\?\)"
+    ):
         load_settings(cfg, environ={"SEGFLOW__WAREHOUS__PATH": "/x.duckdb"})
     with pytest.raises(ConfigError, match="'churn.horizon_dayz'"):
         load_settings(cfg, environ={"SEGFLOW__CHURN__HORIZON_DAYZ": "5"})
@@ -106,14 +115,18 @@ def test_the_cli_exits_2_with_one_line_naming_the_key(tmp_path, capsys):
     cfg.write_text("writeback:\n  crm_ulr: sqlite:///x.db\n")
     assert main(["--config", str(cfg), "config", "check"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"segflow: configuration error: {cfg}: unknown key 'writeback.crm_ulr' (did you mean 'writeback.crm_url'?)"
+    assert (
+        err
+        == f"segflow: configuration error: {cfg}: unknown key 'writeback.crm_ulr' (did you mean 'writeback.crm_url'?)"
+    )
     with pytest.raises(ConfigError):
         main(["--debug", "--config", str(cfg), "summary"])
 
 
 def test_helpers():
-    assert apply_env_overrides({"churn": {"x": 1}}, {"SEGFLOW__CHURN__REFIT_ON_ALL": "true", "OTHER": "x"}) == \
-        {"churn": {"x": 1, "refit_on_all": True}}
+    assert apply_env_overrides({"churn": {"x": 1}}, {"SEGFLOW__CHURN__REFIT_ON_ALL": "true", "OTHER": "x"}) == {
+        "churn": {"x": 1, "refit_on_all": True}
+    }
     assert expand_env_refs("x${A}y", {"A": "1"}) == "x1y"
     assert resolve_sqlite_url("sqlite:////abs/x.db", Path("/r")) == "sqlite:////abs/x.db"
     assert resolve_sqlite_url("postgresql://h/db", Path("/r")) == "postgresql://h/db"

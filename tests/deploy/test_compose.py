@@ -2,7 +2,6 @@
 the file against the Compose schema and resolves every variable), plus structure and secret hygiene."""
 
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -10,31 +9,46 @@ import yaml
 
 from segflow.core.config import REPO_ROOT
 
-SECRETS = {"POSTGRES_PASSWORD": "p", "SEGFLOW_PII_SALT": "s", "MINIO_ROOT_USER": "u", "MINIO_ROOT_PASSWORD": "m",
-           "AIRFLOW_JWT_SECRET": "j", "AIRFLOW_SECRET_KEY": "k"}
+SECRETS = {
+    "POSTGRES_PASSWORD": "p",
+    "SEGFLOW_PII_SALT": "s",
+    "MINIO_ROOT_USER": "u",
+    "MINIO_ROOT_PASSWORD": "m",
+    "AIRFLOW_JWT_SECRET": "j",
+    "AIRFLOW_SECRET_KEY": "k",
+}
 
 
 def compose_config(path, env) -> subprocess.CompletedProcess:
     from tests.support.services import program
 
     binary = program("docker-compose")
-    return subprocess.run([binary, "-f", str(path), "config"], env={"PATH": "/usr/bin:/bin", **env},
-                          capture_output=True, text=True, cwd=REPO_ROOT)
+    return subprocess.run(
+        [binary, "-f", str(path), "config"],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
 
 
 def test_compose_file_is_valid_and_resolves(tmp_path):
     result = compose_config(REPO_ROOT / "docker-compose.yml", SECRETS)
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)["services"]
-    assert resolved["airflow-scheduler"]["environment"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == \
-        "postgresql+psycopg2://airflow:p@postgres/airflow"
+    assert (
+        resolved["airflow-scheduler"]["environment"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+        == "postgresql+psycopg2://airflow:p@postgres/airflow"
+    )
     assert resolved["airflow-worker"]["command"] in (["airflow", "celery", "worker"], "airflow celery worker")
     assert "airflow-init" in resolved["airflow-apiserver"]["depends_on"]
 
 
 def test_compose_validation_catches_errors(tmp_path):
     # A secret left unset is refused, naming it.
-    result = compose_config(REPO_ROOT / "docker-compose.yml", {k: v for k, v in SECRETS.items() if k != "POSTGRES_PASSWORD"})
+    result = compose_config(
+        REPO_ROOT / "docker-compose.yml", {k: v for k, v in SECRETS.items() if k != "POSTGRES_PASSWORD"}
+    )
     assert result.returncode != 0 and "POSTGRES_PASSWORD" in result.stderr
     # So is a key the Compose schema does not know.
     broken = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
@@ -49,8 +63,18 @@ def test_production_stack_services_and_no_inline_secrets():
     text = (REPO_ROOT / "docker-compose.yml").read_text()
     compose = yaml.safe_load(text)
     services = set(compose["services"])
-    assert {"postgres", "redis", "minio", "mlflow", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-            "airflow-triggerer", "airflow-worker", "airflow-init"} <= services
+    assert {
+        "postgres",
+        "redis",
+        "minio",
+        "mlflow",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "airflow-worker",
+        "airflow-init",
+    } <= services
     for name in ("airflow-scheduler", "airflow-worker"):
         env = compose["services"][name]["environment"]
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"

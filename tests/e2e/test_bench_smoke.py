@@ -18,17 +18,39 @@ pytestmark = pytest.mark.e2e
 def test_bench_harness_measures_every_stage_and_checks_the_baseline(tmp_path):
     report = tmp_path / "BENCHMARKS.md"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SEGFLOW", "AIRFLOW__", "DBT_"))}
-    cmd = [sys.executable, "-m", "segflow.local.cli", "bench", "--sizes", "1200", "--days", "140",
-           "--cache-dir", str(tmp_path / "cache"), "--work-dir", str(tmp_path / "work"),
-           "--results-dir", str(tmp_path / "results"), "--report", str(report), "--notes", str(tmp_path / "none.md"),
-           "--skip-airflow"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segflow.local.cli",
+        "bench",
+        "--sizes",
+        "1200",
+        "--days",
+        "140",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--report",
+        str(report),
+        "--notes",
+        str(tmp_path / "none.md"),
+        "--skip-airflow",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     result = json.loads((tmp_path / "results" / "users-1200.json").read_text())
     measured = {(s["phase"], s["stage"]): s for s in result["stages"]}
-    expected = {("data", "generate"), *(("full", s) for s in FULL_STAGES), *(("incremental", s) for s in INCREMENTAL_STAGES),
-                ("baseline", "baseline_inputs"), ("baseline", "pandas_baseline")}
+    expected = {
+        ("data", "generate"),
+        *(("full", s) for s in FULL_STAGES),
+        *(("incremental", s) for s in INCREMENTAL_STAGES),
+        ("baseline", "baseline_inputs"),
+        ("baseline", "pandas_baseline"),
+    }
     assert set(measured) == expected
     for stage in measured.values():
         assert stage["wall_s"] > 0 and stage["cpu_s"] > 0 and stage["peak_rss_mb"] > 50, stage

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score, roc_auc_score
 
-from segflow.ml.churn import expected_auc
 from segflow.core.config import REPO_ROOT
+from segflow.ml.churn import expected_auc
 from segflow.synthetic.generator import generate
 from tests.conftest import AS_OF, settings_env
 
@@ -26,19 +26,31 @@ def scored(tmp_path_factory):
     data = root / "data"
     generate(data, users=10_000, days=180, seed=42, end_date=AS_OF)
     env = {**os.environ, **settings_env(root, data), "SEGFLOW_TASK_RETRIES": "0", "MPLCONFIGDIR": str(root / "mpl")}
-    run = subprocess.run([sys.executable, "-m", "segflow.local.cli", "run", "--as-of", AS_OF.isoformat()], env=env, cwd=REPO_ROOT,
-                         capture_output=True, text=True, timeout=1200)
+    run = subprocess.run(
+        [sys.executable, "-m", "segflow.local.cli", "run", "--as-of", AS_OF.isoformat()],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert run.returncode == 0, f"segflow run failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
     with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
-        scores = con.execute("SELECT user_id, cluster_id, persona AS persona_name, churn_probability FROM marts.user_scores").df()
-    truth = pd.read_parquet(data / "ground_truth.parquet").rename(columns={"churn_probability": "true_churn_probability"})
+        scores = con.execute(
+            "SELECT user_id, cluster_id, persona AS persona_name, churn_probability FROM marts.user_scores"
+        ).df()
+    truth = pd.read_parquet(data / "ground_truth.parquet").rename(
+        columns={"churn_probability": "true_churn_probability"}
+    )
     return scores.merge(truth, left_on="user_id", right_on="contact_id", validate="one_to_one")
 
 
 def test_planted_personas_are_recovered(scored):
     assert len(scored) == 10_000
     ari = adjusted_rand_score(scored["persona"], scored["cluster_id"])
-    assert ari >= 0.8, f"ARI {ari:.3f} against the planted personas\n{pd.crosstab(scored['persona'], scored['persona_name'])}"
+    assert ari >= 0.8, (
+        f"ARI {ari:.3f} against the planted personas\n{pd.crosstab(scored['persona'], scored['persona_name'])}"
+    )
     assert scored["persona_name"].nunique() == scored["cluster_id"].nunique(), "one readable name per cluster"
 
 

@@ -26,8 +26,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 SEED_AS_OF = date(2026, 9, 9)  # trains the champions the backfilled days are scored with
 WINDOW = [date(2026, 9, 10) + timedelta(days=i) for i in range(14)]
 BIN = Path(sys.executable).parent
-PORTS = {"SEGFLOW__UI__AIRFLOW_PORT": "28080", "SEGFLOW__UI__MLFLOW_PORT": "25000", "SEGFLOW__UI__DOCS_PORT": "28081",
-         "SEGFLOW__UI__LOG_SERVER_PORT": "28793", "SEGFLOW__UI__TRIGGER_LOG_SERVER_PORT": "28794"}
+PORTS = {
+    "SEGFLOW__UI__AIRFLOW_PORT": "28080",
+    "SEGFLOW__UI__MLFLOW_PORT": "25000",
+    "SEGFLOW__UI__DOCS_PORT": "28081",
+    "SEGFLOW__UI__LOG_SERVER_PORT": "28793",
+    "SEGFLOW__UI__TRIGGER_LOG_SERVER_PORT": "28794",
+}
 # Per table: its key and the columns that record when, not what (left out of the comparison).
 COMPARED = {
     "marts.user_features_history": (["as_of", "user_id"], []),
@@ -55,8 +60,13 @@ def side(root: Path, seed: Path, data: Path, **extra: str) -> dict:
     for name in ("warehouse.duckdb", "mlflow.db", "gx"):
         src = seed / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
-    return {**base_environ(), **settings_env(root, root / "data"), "MPLCONFIGDIR": str(root / "mpl"),
-            "SEGFLOW__MLFLOW__ARTIFACT_ROOT": str(seed / "mlartifacts"), **extra}
+    return {
+        **base_environ(),
+        **settings_env(root, root / "data"),
+        "MPLCONFIGDIR": str(root / "mpl"),
+        "SEGFLOW__MLFLOW__ARTIFACT_ROOT": str(seed / "mlartifacts"),
+        **extra,
+    }
 
 
 def tables(warehouse: Path, days: list[date]) -> dict[str, pd.DataFrame]:
@@ -116,8 +126,13 @@ def daily(seed, tmp_path_factory):
     root = tmp_path_factory.mktemp("ops_daily")
     env = side(root, seed, seed / "data")
     with open(root / "daily.log", "w") as log:
-        process = subprocess.Popen([sys.executable, "-c", DAY_BY_DAY, *map(str, WINDOW)], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, cwd=root)
+        process = subprocess.Popen(
+            [sys.executable, "-c", DAY_BY_DAY, *map(str, WINDOW)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=root,
+        )
     yield root, process
     if process.poll() is None:
         process.kill()
@@ -135,17 +150,27 @@ def stack(seed, daily, tmp_path_factory, request, postgres_server):
         conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         conn.execute(text(f"CREATE DATABASE {name}"))
     root = tmp_path_factory.mktemp("ops_backfill")
-    env = side(root, seed, seed / "data", **PORTS,
-               AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgres_server.url(name),
-               SEGFLOW__UI__STATE_DIR=str(root / "ui"), SEGFLOW__UI__DOCS_DIR=str(root / "site"))
-    started = subprocess.run([str(BIN / "segflow"), "ui", "start"], env=env, capture_output=True, text=True, timeout=600)
+    env = side(
+        root,
+        seed,
+        seed / "data",
+        **PORTS,
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgres_server.url(name),
+        SEGFLOW__UI__STATE_DIR=str(root / "ui"),
+        SEGFLOW__UI__DOCS_DIR=str(root / "site"),
+    )
+    started = subprocess.run(
+        [str(BIN / "segflow"), "ui", "start"], env=env, capture_output=True, text=True, timeout=600
+    )
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         for dag_id in ("segflow_build", "segflow_score"):
             airflow(env, "dags", "unpause", dag_id)
         yield {"root": root, "env": env, "start_output": started.stdout}
     finally:
-        stopped = subprocess.run([str(BIN / "segflow"), "ui", "stop"], env=env, capture_output=True, text=True, timeout=120)
+        stopped = subprocess.run(
+            [str(BIN / "segflow"), "ui", "stop"], env=env, capture_output=True, text=True, timeout=120
+        )
         with admin.connect() as conn:
             conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         admin.dispose()
@@ -168,7 +193,9 @@ def runs(env: dict, dag_id: str) -> list[dict]:
     engine = create_engine(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
     try:
         with engine.connect() as conn:
-            rows = conn.execute(text("SELECT run_id, run_type, state FROM dag_run WHERE dag_id = :d ORDER BY id"), {"d": dag_id})
+            rows = conn.execute(
+                text("SELECT run_id, run_type, state FROM dag_run WHERE dag_id = :d ORDER BY id"), {"d": dag_id}
+            )
             return [dict(r._mapping) for r in rows]
     finally:
         engine.dispose()
@@ -181,8 +208,10 @@ def wait_until(condition, timeout: float, what: str, env: dict):
         if result:
             return result
         time.sleep(5)
-    raise AssertionError(f"timed out waiting for {what}; build runs: {runs(env, 'segflow_build')}; "
-                         f"score runs: {runs(env, 'segflow_score')}")
+    raise AssertionError(
+        f"timed out waiting for {what}; build runs: {runs(env, 'segflow_build')}; "
+        f"score runs: {runs(env, 'segflow_score')}"
+    )
 
 
 def settled(env: dict, build_runs: int) -> bool:
@@ -195,18 +224,34 @@ def settled(env: dict, build_runs: int) -> bool:
     assert not failed, f"failed runs: {failed}"
     engine = create_engine(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
     with engine.connect() as conn:
-        waiting = conn.execute(text("SELECT count(*) FROM asset_dag_run_queue WHERE target_dag_id = 'segflow_score'")).scalar()
+        waiting = conn.execute(
+            text("SELECT count(*) FROM asset_dag_run_queue WHERE target_dag_id = 'segflow_score'")
+        ).scalar()
     engine.dispose()
-    return (len(build) >= build_runs and all(r["state"] == "success" for r in build) and not waiting
-            and bool(score) and all(r["state"] == "success" for r in score))
+    return (
+        len(build) >= build_runs
+        and all(r["state"] == "success" for r in build)
+        and not waiting
+        and bool(score)
+        and all(r["state"] == "success" for r in score)
+    )
 
 
 @pytest.fixture(scope="module")
 def backfilled(stack, daily):
     env = stack["env"]
     # Logical date D+1 computes as of D (a run at midnight processes the day that just ended).
-    airflow(env, "backfill", "create", "--dag-id", "segflow_build", "--from-date", str(WINDOW[0] + timedelta(days=1)),
-            "--to-date", str(WINDOW[-1] + timedelta(days=1)))
+    airflow(
+        env,
+        "backfill",
+        "create",
+        "--dag-id",
+        "segflow_build",
+        "--from-date",
+        str(WINDOW[0] + timedelta(days=1)),
+        "--to-date",
+        str(WINDOW[-1] + timedelta(days=1)),
+    )
     wait_until(lambda: settled(env, len(WINDOW) + 1), 1500, "the backfill and the scheduled run", env)
     root, process = daily
     assert process.wait(timeout=1500) == 0, (root / "daily.log").read_text()[-4000:]
@@ -215,7 +260,12 @@ def backfilled(stack, daily):
 
 def test_make_ui_prints_the_urls_and_the_login(stack):
     out = stack["start_output"]
-    for url in ("http://127.0.0.1:28080/", "http://127.0.0.1:25000/", "http://127.0.0.1:28081/", "http://127.0.0.1:28081/gx/"):
+    for url in (
+        "http://127.0.0.1:28080/",
+        "http://127.0.0.1:25000/",
+        "http://127.0.0.1:28081/",
+        "http://127.0.0.1:28081/gx/",
+    ):
         assert url in out
     assert "login: admin / " in out and "login: admin / None" not in out
 
@@ -227,7 +277,9 @@ def test_backfill_through_the_scheduler_equals_running_each_day(backfilled, dail
     assert sum(r["run_id"].startswith("backfill__") for r in build) == len(WINDOW)
     with duckdb.connect(str(daily[0] / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute("SELECT DISTINCT as_of FROM marts.user_scores").fetchall() == [(WINDOW[-1],)]
-        assert con.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name LIKE 'audit_2%'").fetchall() == [(0,)]
+        assert con.execute(
+            "SELECT count(*) FROM information_schema.schemata WHERE schema_name LIKE 'audit_2%'"
+        ).fetchall() == [(0,)]
 
 
 def test_unpausing_runs_a_real_scheduled_run_on_the_local_executor(backfilled):
@@ -238,15 +290,18 @@ def test_unpausing_runs_a_real_scheduled_run_on_the_local_executor(backfilled):
 
     engine = create_engine(backfilled["env"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
     with engine.connect() as conn:
-        scheduled = conn.execute(text("SELECT logical_date, state FROM dag_run WHERE dag_id = 'segflow_build' "
-                                      "AND run_type = 'scheduled'")).fetchall()
+        scheduled = conn.execute(
+            text("SELECT logical_date, state FROM dag_run WHERE dag_id = 'segflow_build' AND run_type = 'scheduled'")
+        ).fetchall()
     engine.dispose()
     assert [state for _, state in scheduled] == ["success"]
     day = (scheduled[0][0] - timedelta(days=1)).date()
     with duckdb.connect(str(backfilled["root"] / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute("SELECT DISTINCT as_of FROM marts.user_scores").fetchall() == [(day,)]
         assert con.execute("SELECT DISTINCT as_of FROM marts.user_features").fetchall() == [(day,)]
-        assert con.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name LIKE 'audit_2%'").fetchall() == [(0,)]
+        assert con.execute(
+            "SELECT count(*) FROM information_schema.schemata WHERE schema_name LIKE 'audit_2%'"
+        ).fetchall() == [(0,)]
 
 
 def test_rerunning_one_day_changes_nothing(backfilled, daily):
@@ -258,8 +313,10 @@ def test_rerunning_one_day_changes_nothing(backfilled, daily):
     assert_same(tables(backfilled["root"] / "warehouse.duckdb", WINDOW), tables(daily[0] / "warehouse.duckdb", WINDOW))
     with duckdb.connect(str(backfilled["root"] / "warehouse.duckdb"), read_only=True) as con:
         # A rerun of a past day leaves the current tables on the latest day.
-        assert con.execute("SELECT max(as_of) FROM marts.user_scores_history").fetchall() == \
-            con.execute("SELECT DISTINCT as_of FROM marts.user_scores").fetchall()
+        assert (
+            con.execute("SELECT max(as_of) FROM marts.user_scores_history").fetchall()
+            == con.execute("SELECT DISTINCT as_of FROM marts.user_scores").fetchall()
+        )
 
 
 # --- the UIs in headless Chromium (Debian's chromium + chromium-driver: `make system-deps`; skipped without) ---
@@ -278,9 +335,17 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     # No background traffic: this machine's network is closed, and tests must not depend on the internet.
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1440,1000",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--no-first-run", "--disable-quic"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1440,1000",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+    ):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -295,7 +360,9 @@ def shows(driver, url: str, texts: list[str], screenshot: str, timeout: float = 
 
     driver.get(url)
     try:
-        WebDriverWait(driver, timeout).until(lambda d: all(t in d.find_element(By.TAG_NAME, "body").text for t in texts))
+        WebDriverWait(driver, timeout).until(
+            lambda d: all(t in d.find_element(By.TAG_NAME, "body").text for t in texts)
+        )
     finally:
         driver.save_screenshot(str(SCREENSHOTS / screenshot))
     return driver.find_element(By.TAG_NAME, "body").text
@@ -315,10 +382,17 @@ def test_airflow_ui_lists_the_dags_and_shows_a_runs_graph(backfilled, browser):
     browser.find_element(By.NAME, "password").send_keys(password)
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     WebDriverWait(browser, 60).until(lambda d: "/auth/login" not in d.current_url)
-    shows(browser, "http://127.0.0.1:28080/dags", ["segflow_build", "segflow_score", "segflow_train"], "airflow_dags.png")
+    shows(
+        browser, "http://127.0.0.1:28080/dags", ["segflow_build", "segflow_score", "segflow_train"], "airflow_dags.png"
+    )
     run_id = next(r["run_id"] for r in runs(backfilled["env"], "segflow_build") if r["run_id"].startswith("backfill__"))
     tasks = ["extract", "validate_raw", "dbt_build", "validate_marts", "dbt_publish", "publish_features"]
-    shows(browser, f"http://127.0.0.1:28080/dags/segflow_build/runs/{run_id}", [run_id, "Success", *tasks], "airflow_run.png")
+    shows(
+        browser,
+        f"http://127.0.0.1:28080/dags/segflow_build/runs/{run_id}",
+        [run_id, "Success", *tasks],
+        "airflow_run.png",
+    )
     browser.find_element(By.CSS_SELECTOR, "button[aria-label^='Show Graph']").click()
     WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".react-flow__node"))
     graph_nodes = " ".join(n.text for n in browser.find_elements(By.CSS_SELECTOR, ".react-flow__node"))
@@ -327,12 +401,21 @@ def test_airflow_ui_lists_the_dags_and_shows_a_runs_graph(backfilled, browser):
 
 
 def test_mlflow_ui_shows_both_models_with_their_champion(backfilled, browser):
-    shows(browser, "http://127.0.0.1:25000/#/models", ["user_segments_clusterer", "user_churn", "@ champion"], "mlflow_models.png")
+    shows(
+        browser,
+        "http://127.0.0.1:25000/#/models",
+        ["user_segments_clusterer", "user_churn", "@ champion"],
+        "mlflow_models.png",
+    )
 
 
 def test_dbt_docs_show_user_features_with_its_columns(backfilled, browser):
-    shows(browser, "http://127.0.0.1:28081/#!/model/model.segflow.user_features",
-          ["user_features", "recency_days", "monetary_365d", "engagement_score"], "dbt_docs_user_features.png")
+    shows(
+        browser,
+        "http://127.0.0.1:28081/#!/model/model.segflow.user_features",
+        ["user_features", "recency_days", "monetary_365d", "engagement_score"],
+        "dbt_docs_user_features.png",
+    )
 
 
 def test_gx_data_docs_show_the_latest_validation(backfilled, browser):
@@ -344,5 +427,9 @@ def test_gx_data_docs_show_the_latest_validation(backfilled, browser):
     assert "validation results" in text
     suite = latest.split(",")[0]
     browser.find_element(By.ID, "latest").click()
-    shows(browser, browser.current_url, ["Expectation Validation Result", f"Expectation Suite: {suite}", "Status:"],
-          "gx_data_docs_latest.png")
+    shows(
+        browser,
+        browser.current_url,
+        ["Expectation Validation Result", f"Expectation Suite: {suite}", "Status:"],
+        "gx_data_docs_latest.png",
+    )

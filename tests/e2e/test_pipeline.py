@@ -19,8 +19,14 @@ pytestmark = pytest.mark.e2e
 
 
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "segflow.local.cli", *args], env=env, cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "segflow.local.cli", *args],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +46,35 @@ def _warehouse(p):
 
 def test_summary_is_printed(pipeline):
     out = pipeline["first"].stdout
-    for needle in ("segflow_build", "segflow_train", "segflow_score", "Rule segments", "Personas", "Churn risk", "Where to look next"):
+    for needle in (
+        "segflow_build",
+        "segflow_train",
+        "segflow_score",
+        "Rule segments",
+        "Personas",
+        "Churn risk",
+        "Where to look next",
+    ):
         assert needle in out, needle
 
 
 def test_one_score_per_user_and_every_stage_published(pipeline):
     with _warehouse(pipeline) as con:
-        features = con.execute("SELECT count(*), count(DISTINCT user_id), min(as_of), max(as_of) FROM marts.user_features").fetchall()[0]
+        features = con.execute(
+            "SELECT count(*), count(DISTINCT user_id), min(as_of), max(as_of) FROM marts.user_features"
+        ).fetchall()[0]
         scores = con.execute("SELECT count(*), count(DISTINCT user_id) FROM marts.user_scores").fetchall()[0]
-        missing = con.execute("SELECT count(*) FROM marts.user_features f ANTI JOIN marts.user_scores s USING (user_id)").fetchall()[0][0]
+        missing = con.execute(
+            "SELECT count(*) FROM marts.user_features f ANTI JOIN marts.user_scores s USING (user_id)"
+        ).fetchall()[0][0]
         primaries = con.execute("SELECT count(*) FROM marts.user_segments WHERE is_primary").fetchall()[0][0]
-        bad_p = con.execute("SELECT count(*) FROM marts.user_scores WHERE churn_probability NOT BETWEEN 0 AND 1").fetchall()[0][0]
+        bad_p = con.execute(
+            "SELECT count(*) FROM marts.user_scores WHERE churn_probability NOT BETWEEN 0 AND 1"
+        ).fetchall()[0][0]
         quality = con.execute("SELECT count(DISTINCT suite) FROM quality.validation_results").fetchall()[0][0]
-        versions = con.execute("SELECT DISTINCT clusterer_version, churn_model_version FROM marts.user_scores").fetchall()
+        versions = con.execute(
+            "SELECT DISTINCT clusterer_version, churn_model_version FROM marts.user_scores"
+        ).fetchall()
     assert features[0] == features[1] >= 550  # 600 contacts less the ones created after as_of, merged duplicates
     assert features[2] == features[3] == AS_OF
     assert scores[0] == scores[1] == features[0] and missing == 0
@@ -80,8 +102,14 @@ def test_registry_holds_both_models_with_champion(pipeline):
     for baseline in ("baseline_recency_only_roc_auc", "baseline_rfm_logistic_regression_roc_auc"):
         assert 0 < churn_run[f"metrics.{baseline}"] <= 1
     artifacts = {a.path for a in client.list_artifacts(churn_run["run_id"])}
-    assert {"roc.png", "calibration.png", "feature_importance.png", "confusion_matrix.png", "promotion_decision.json",
-            "feature_reference.json"} <= artifacts
+    assert {
+        "roc.png",
+        "calibration.png",
+        "feature_importance.png",
+        "confusion_matrix.png",
+        "promotion_decision.json",
+        "feature_reference.json",
+    } <= artifacts
     cluster_run = runs[runs["tags.model"] == "user_segments_clusterer"].iloc[0]
     artifacts = {a.path for a in client.list_artifacts(cluster_run["run_id"])}
     assert {"k_selection.png", "cluster_profile.png", "cluster_profile.json", "k_selection.json"} <= artifacts
@@ -99,8 +127,11 @@ def test_monitoring_compares_features_with_the_training_reference(pipeline):
     import mlflow
 
     with _warehouse(pipeline) as con:
-        rows = con.execute("""SELECT "check", model_name, count(*), count(*) FILTER (WHERE value IS NULL)
-                              FROM ml.model_monitoring WHERE as_of = ? GROUP BY ALL""", [AS_OF]).fetchall()
+        rows = con.execute(
+            """SELECT "check", model_name, count(*), count(*) FILTER (WHERE value IS NULL)
+                              FROM ml.model_monitoring WHERE as_of = ? GROUP BY ALL""",
+            [AS_OF],
+        ).fetchall()
     checks = {(c, m): n for c, m, n, nulls in rows}
     assert checks[("feature_psi", "user_churn")] >= 10 and checks[("feature_psi", "user_segments_clusterer")] >= 3
     assert ("persona_share", "user_segments_clusterer") in checks and ("score_mean", "user_churn") in checks
@@ -135,8 +166,12 @@ def test_rerun_is_idempotent(pipeline):
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     with _warehouse(pipeline) as con:
         assert con.execute("SELECT count(*) FROM raw.transactions").fetchall()[0][0] == before
-        hist = con.execute("SELECT count(*), count(DISTINCT user_id) FROM marts.user_scores_history WHERE as_of = ?", [AS_OF]).fetchall()[0]
-        fh = con.execute("SELECT count(*), count(DISTINCT user_id) FROM marts.user_features_history WHERE as_of = ?", [AS_OF]).fetchall()[0]
+        hist = con.execute(
+            "SELECT count(*), count(DISTINCT user_id) FROM marts.user_scores_history WHERE as_of = ?", [AS_OF]
+        ).fetchall()[0]
+        fh = con.execute(
+            "SELECT count(*), count(DISTINCT user_id) FROM marts.user_features_history WHERE as_of = ?", [AS_OF]
+        ).fetchall()[0]
     assert hist[0] == hist[1] and fh[0] == fh[1]
     with sqlite3.connect(pipeline["data"] / "crm.sqlite") as crm:
         n, distinct = crm.execute("SELECT count(*), count(DISTINCT contact_id) FROM crm_segments").fetchone()
@@ -146,7 +181,14 @@ def test_rerun_is_idempotent(pipeline):
 def test_data_docs_show_the_latest_validations(pipeline):
     index = pipeline["root"] / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
     html = index.read_text()
-    for suite in ("raw_transactions", "raw_events", "raw_crm_contacts", "marts_user_features", "marts_user_segments", "marts_user_scores"):
+    for suite in (
+        "raw_transactions",
+        "raw_events",
+        "raw_crm_contacts",
+        "marts_user_features",
+        "marts_user_segments",
+        "marts_user_scores",
+    ):
         assert suite in html, suite
 
 
@@ -163,8 +205,9 @@ def test_critical_quality_failure_blocks_publishing(pipeline, tmp_path):
     suites = tmp_path / "expectations"
     shutil.copytree(REPO_ROOT / "expectations", suites)
     doc = json.loads((suites / "marts_user_features.json").read_text())
-    doc["expectations"].append({"type": "expect_table_row_count_to_be_between", "kwargs": {"max_value": 10},
-                                "meta": {"severity": "critical"}})
+    doc["expectations"].append(
+        {"type": "expect_table_row_count_to_be_between", "kwargs": {"max_value": 10}, "meta": {"severity": "critical"}}
+    )
     (suites / "marts_user_features.json").write_text(json.dumps(doc))
     day_before = AS_OF - timedelta(days=1)
     env = {**pipeline["env"], "SEGFLOW__QUALITY__EXPECTATIONS_DIR": str(suites)}
@@ -175,10 +218,21 @@ def test_critical_quality_failure_blocks_publishing(pipeline, tmp_path):
     assert "[marts_user_features] expect_table_row_count_to_be_between failed (critical): observed" in log
     with _warehouse(pipeline) as con:
         assert con.execute("SELECT count(*), max(as_of) FROM marts.user_features").fetchall()[0] == features_before
-        assert con.execute("SELECT count(*), max(as_of), max(scored_at) FROM marts.user_scores").fetchall()[0] == scores_before
+        assert (
+            con.execute("SELECT count(*), max(as_of), max(scored_at) FROM marts.user_scores").fetchall()[0]
+            == scores_before
+        )
         # The candidate was built and judged, just not published; it stays for inspection.
-        assert con.execute(f"SELECT max(as_of) FROM audit_{day_before:%Y%m%d}.audit_user_features").fetchall()[0][0] == day_before
-        assert con.execute("SELECT count(*) FROM marts.user_features_history WHERE as_of = ?", [day_before]).fetchall()[0][0] == 0
+        assert (
+            con.execute(f"SELECT max(as_of) FROM audit_{day_before:%Y%m%d}.audit_user_features").fetchall()[0][0]
+            == day_before
+        )
+        assert (
+            con.execute("SELECT count(*) FROM marts.user_features_history WHERE as_of = ?", [day_before]).fetchall()[0][
+                0
+            ]
+            == 0
+        )
 
 
 def test_a_retrained_model_that_is_no_better_stays_challenger(pipeline):
@@ -188,8 +242,9 @@ def test_a_retrained_model_that_is_no_better_stays_challenger(pipeline):
     from mlflow import MlflowClient
 
     code = f"from segflow.airflow import callables; print(callables.train('{AS_OF}'))"
-    result = subprocess.run([sys.executable, "-c", code], env=pipeline["env"], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=pipeline["env"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     mlflow.set_tracking_uri(f"sqlite:///{pipeline['root'] / 'mlflow.db'}")
     client = MlflowClient()

@@ -27,7 +27,8 @@ def test_every_row_is_loaded_or_quarantined_with_a_reason(tmp_path, dirty_datase
     assert "amount: missing required value" in reasons
     assert "event_type: missing required value" in reasons
     source_file, row_ref, raw_record = _query(
-        settings, "SELECT source_file, row_ref, raw_record FROM raw.quarantine WHERE source = 'transactions' LIMIT 1")[0]
+        settings, "SELECT source_file, row_ref, raw_record FROM raw.quarantine WHERE source = 'transactions' LIMIT 1"
+    )[0]
     assert source_file.endswith(".csv") and row_ref.startswith("line ") and int(row_ref.split()[1]) >= 2
     assert "order_id" in raw_record
     loaded_tx = _query(settings, "SELECT count(*) FROM raw.transactions")[0][0]
@@ -39,8 +40,11 @@ def test_every_row_is_loaded_or_quarantined_with_a_reason(tmp_path, dirty_datase
 def test_quarantined_line_is_the_physical_line_of_the_file(tmp_path, dirty_dataset, make_settings):
     settings = make_settings(tmp_path, dirty_dataset)
     run_extract(settings, AS_OF, "run-1")
-    source_file, row_ref = _query(settings, """SELECT source_file, row_ref FROM raw.quarantine
-                                                WHERE source = 'transactions' AND reason = 'missing required value' LIMIT 1""")[0]
+    source_file, row_ref = _query(
+        settings,
+        """SELECT source_file, row_ref FROM raw.quarantine
+                                                WHERE source = 'transactions' AND reason = 'missing required value' LIMIT 1""",
+    )[0]
     line = (dirty_dataset / "transactions" / source_file).read_text().splitlines()[int(row_ref.split()[1]) - 1]
     assert ",," in line or line.count(",") == 7 and line.split(",")[3] == ""
 
@@ -62,7 +66,9 @@ def test_rerun_never_duplicates_and_changed_files_are_replaced(tmp_path, small_d
     assert {d["batch"] for d in third["transactions"].details} == {day_file.name, f"{AS_OF}.csv"}
     n_orders, n_distinct = _query(settings, "SELECT count(*), count(DISTINCT order_id) FROM raw.transactions")[0]
     assert n_orders == n_distinct == first["transactions"].rows_loaded - (len(lines) - 2)
-    assert _query(settings, "SELECT count(*) FROM raw.crm_contacts")[0][0] == 400, "contact versions are not appended twice"
+    assert _query(settings, "SELECT count(*) FROM raw.crm_contacts")[0][0] == 400, (
+        "contact versions are not appended twice"
+    )
     audit_balances(settings)
 
 
@@ -94,8 +100,9 @@ def test_missing_required_column_refuses_the_batch_naming_the_file(tmp_path, sma
     settings = make_settings(tmp_path, data)
     with pytest.raises(ExtractError, match=rf"{bad.name}: missing required column\(s\) customer_ref"):
         run_extract(settings, AS_OF, "run-bad")
-    assert _query(settings, "SELECT count(*) FROM raw.transactions WHERE _source_file = ?", [bad.name])[0][0] == 0, \
+    assert _query(settings, "SELECT count(*) FROM raw.transactions WHERE _source_file = ?", [bad.name])[0][0] == 0, (
         "nothing of the refused file is loaded"
+    )
     # Files are atomic one by one: those before it (and any loading beside it) stay loaded and recorded, so a
     # rerun resumes at the refused one.
     loaded = {r[0] for r in _query(settings, "SELECT source_file FROM raw.loaded_files WHERE source = 'transactions'")}
@@ -104,7 +111,9 @@ def test_missing_required_column_refuses_the_batch_naming_the_file(tmp_path, sma
     assert _query(settings, "SELECT count(*) FROM raw.events")[0][0] > 0, "other sources still load"
 
 
-def test_invalid_json_line_is_quarantined_and_a_truncated_last_line_refuses_the_file(tmp_path, small_dataset, make_settings):
+def test_invalid_json_line_is_quarantined_and_a_truncated_last_line_refuses_the_file(
+    tmp_path, small_dataset, make_settings
+):
     data = tmp_path / "data"
     shutil.copytree(small_dataset, data)
     first = sorted((data / "events").glob("*.jsonl"))[0]
@@ -113,7 +122,9 @@ def test_invalid_json_line_is_quarantined_and_a_truncated_last_line_refuses_the_
     settings = make_settings(tmp_path, data)
     run_extract(settings, AS_OF, "run-1", sources=("events",))
     assert set(_query(settings, "SELECT row_ref, reason FROM raw.quarantine WHERE source_file = ?", [first.name])) == {
-        ("line 2", "invalid JSON"), ("line 3", "not a JSON object")}
+        ("line 2", "invalid JSON"),
+        ("line 3", "not a JSON object"),
+    }
     audit_balances(settings)
     last = sorted((data / "events").glob("*.jsonl"))[-1]
     content = last.read_text()

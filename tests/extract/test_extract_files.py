@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from segflow.core.config import ConfigError
-
 from segflow.extract import ExtractError, run_extract
 from tests.conftest import audit_balances
 
@@ -18,7 +17,9 @@ HEADER = "order_id,customer_ref,order_ts,amount,currency,status,category,item_co
 
 def _orders(settings):
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
-        return con.execute("SELECT * EXCLUDE (_source, _run_id, _loaded_at) FROM raw.transactions ORDER BY order_id").df()
+        return con.execute(
+            "SELECT * EXCLUDE (_source, _run_id, _loaded_at) FROM raw.transactions ORDER BY order_id"
+        ).df()
 
 
 def _quarantine(settings):
@@ -35,15 +36,24 @@ def drop(tmp_path, sources_settings):
     def factory(content, name=f"{DAY}.csv", **source_options):
         path = folder / name
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
-        return sources_settings({"transactions": {"path": str(folder), "pattern": ["*.csv", "*.csv.gz", "*.jsonl", "*.parquet"],
-                                                  **source_options}}), path
+        return sources_settings(
+            {
+                "transactions": {
+                    "path": str(folder),
+                    "pattern": ["*.csv", "*.csv.gz", "*.jsonl", "*.parquet"],
+                    **source_options,
+                }
+            }
+        ), path
 
     return factory
 
 
 def test_utf8_bom_and_semicolons_and_reordered_and_extra_columns(drop):
-    content = ("\ufeffcurrency;order_id;customer_ref;shop_note;order_ts;amount;status\n"
-               "EUR;O1;C1;hello;2026-03-02T10:00:00;12.5;completed\n")
+    content = (
+        "\ufeffcurrency;order_id;customer_ref;shop_note;order_ts;amount;status\n"
+        "EUR;O1;C1;hello;2026-03-02T10:00:00;12.5;completed\n"
+    )
     settings, _ = drop(content)
     result = run_extract(settings, DAY, "r")["transactions"]
     rows = _orders(settings)
@@ -54,9 +64,11 @@ def test_utf8_bom_and_semicolons_and_reordered_and_extra_columns(drop):
 
 
 def test_quoted_newlines_keep_physical_line_numbers(drop):
-    content = (f"{HEADER}\n"
-               'O1,C1,2026-03-02T10:00:00,10,EUR,completed,"books\nand more",1\n'
-               "O2,C1,not-a-time,10,EUR,completed,books,1\n")
+    content = (
+        f"{HEADER}\n"
+        'O1,C1,2026-03-02T10:00:00,10,EUR,completed,"books\nand more",1\n'
+        "O2,C1,not-a-time,10,EUR,completed,books,1\n"
+    )
     settings, _ = drop(content)
     run_extract(settings, DAY, "r")
     assert _orders(settings).loc[0, "category"] == "books\nand more"
@@ -64,12 +76,17 @@ def test_quoted_newlines_keep_physical_line_numbers(drop):
 
 
 def test_repeated_header_and_ragged_rows_are_quarantined(drop):
-    content = (f"{HEADER}\nO1,C1,2026-03-02T10:00:00,10,EUR,completed,books,1\n{HEADER}\n"
-               "O2,C1,2026-03-02T11:00:00,10\nO3,C1,2026-03-02T12:00:00,10,EUR,completed,books,1\n")
+    content = (
+        f"{HEADER}\nO1,C1,2026-03-02T10:00:00,10,EUR,completed,books,1\n{HEADER}\n"
+        "O2,C1,2026-03-02T11:00:00,10\nO3,C1,2026-03-02T12:00:00,10,EUR,completed,books,1\n"
+    )
     settings, _ = drop(content)
     result = run_extract(settings, DAY, "r")["transactions"]
     assert list(_orders(settings)["order_id"]) == ["O1", "O3"]
-    assert _quarantine(settings) == [("line 3", None, "repeated header row"), ("line 4", None, "expected 8 fields, found 4")]
+    assert _quarantine(settings) == [
+        ("line 3", None, "repeated header row"),
+        ("line 4", None, "expected 8 fields, found 4"),
+    ]
     assert (result.rows_in, result.rows_loaded, result.rows_quarantined) == (4, 2, 2)
 
 
@@ -84,18 +101,26 @@ def test_non_utf8_bytes_refuse_the_file_unless_the_encoding_is_declared(drop):
 
 
 def test_mixed_offsets_and_epoch_timestamps_are_normalised_to_utc(drop):
-    content = (f"{HEADER}\n"
-               "O1,C1,2026-03-02T10:00:00+02:00,1,EUR,completed,a,1\n"
-               "O2,C1,2026-03-02T10:00:00Z,1,EUR,completed,a,1\n"
-               "O3,C1,2026-03-02 10:00:00-0500,1,EUR,completed,a,1\n"
-               "O4,C1,1772445600,1,EUR,completed,a,1\n"
-               "O5,C1,1772445600000,1,EUR,completed,a,1\n"
-               "O6,C1,2026-03-02 10:00:00,1,EUR,completed,a,1\n")
+    content = (
+        f"{HEADER}\n"
+        "O1,C1,2026-03-02T10:00:00+02:00,1,EUR,completed,a,1\n"
+        "O2,C1,2026-03-02T10:00:00Z,1,EUR,completed,a,1\n"
+        "O3,C1,2026-03-02 10:00:00-0500,1,EUR,completed,a,1\n"
+        "O4,C1,1772445600,1,EUR,completed,a,1\n"
+        "O5,C1,1772445600000,1,EUR,completed,a,1\n"
+        "O6,C1,2026-03-02 10:00:00,1,EUR,completed,a,1\n"
+    )
     settings, _ = drop(content)
     run_extract(settings, DAY, "r")
-    got = dict(zip(_orders(settings)["order_id"], _orders(settings)["order_ts"]))
-    assert got == {"O1": datetime(2026, 3, 2, 8), "O2": datetime(2026, 3, 2, 10), "O3": datetime(2026, 3, 2, 15),
-                   "O4": datetime(2026, 3, 2, 10), "O5": datetime(2026, 3, 2, 10), "O6": datetime(2026, 3, 2, 10)}
+    got = dict(zip(_orders(settings)["order_id"], _orders(settings)["order_ts"], strict=True))
+    assert got == {
+        "O1": datetime(2026, 3, 2, 8),
+        "O2": datetime(2026, 3, 2, 10),
+        "O3": datetime(2026, 3, 2, 15),
+        "O4": datetime(2026, 3, 2, 10),
+        "O5": datetime(2026, 3, 2, 10),
+        "O6": datetime(2026, 3, 2, 10),
+    }
 
 
 def test_empty_file_is_refused_unless_allowed(drop):
@@ -133,16 +158,29 @@ def test_truncated_last_csv_line_refuses_the_file(drop):
 
 
 def test_json_lines_and_parquet_files(drop, tmp_path):
-    settings, _ = drop('{"order_id": "J1", "customer_ref": "C1", "order_ts": "2026-03-02T10:00:00Z", "amount": 3.5, '
-                       '"currency": "EUR", "status": "completed", "extra": {"nested": true}}\n', name=f"{DAY}.jsonl")
+    settings, _ = drop(
+        '{"order_id": "J1", "customer_ref": "C1", "order_ts": "2026-03-02T10:00:00Z", "amount": 3.5, '
+        '"currency": "EUR", "status": "completed", "extra": {"nested": true}}\n',
+        name=f"{DAY}.jsonl",
+    )
     run_extract(settings, DAY, "r")
     assert _orders(settings).loc[0, "amount"] == 3.5
-    frame = pd.DataFrame({"order_id": ["P1", "P2"], "customer_ref": [17850.0, None], "order_ts": pd.to_datetime(["2026-03-01 09:00"] * 2),
-                          "amount": [1.0, 2.0], "currency": ["EUR", "EUR"], "status": ["completed"] * 2})
+    frame = pd.DataFrame(
+        {
+            "order_id": ["P1", "P2"],
+            "customer_ref": [17850.0, None],
+            "order_ts": pd.to_datetime(["2026-03-01 09:00"] * 2),
+            "amount": [1.0, 2.0],
+            "currency": ["EUR", "EUR"],
+            "status": ["completed"] * 2,
+        }
+    )
     frame.to_parquet(tmp_path / "drops" / f"{DAY}.parquet")
     run_extract(settings, DAY, "r2")
     parquet_rows = _orders(settings).query("order_id == 'P1'")
-    assert parquet_rows.iloc[0]["customer_ref"] == "17850" and parquet_rows.iloc[0]["order_ts"] == datetime(2026, 3, 1, 9)
+    assert parquet_rows.iloc[0]["customer_ref"] == "17850" and parquet_rows.iloc[0]["order_ts"] == datetime(
+        2026, 3, 1, 9
+    )
     assert ("row 2", "customer_ref", "missing required value") in _quarantine(settings)
     audit_balances(settings)
 
@@ -154,17 +192,24 @@ def test_duplicate_column_names_are_refused(drop):
 
 
 def test_mapping_renames_parses_formats_maps_values_and_derives(drop):
-    content = ("Invoice;Customer;Date;Qty;Price;State;Code\n"
-               "536365;17850.0;01/03/2026 08:26;6;2,55;Paid;85123A\n"
-               "C536379;17850.0;01/03/2026 09:41;-1;27,50;Paid;D\n"
-               "536380;;01/03/2026 09:41;1;1,00;Paid;POST\n")
+    content = (
+        "Invoice;Customer;Date;Qty;Price;State;Code\n"
+        "536365;17850.0;01/03/2026 08:26;6;2,55;Paid;85123A\n"
+        "C536379;17850.0;01/03/2026 09:41;-1;27,50;Paid;D\n"
+        "536380;;01/03/2026 09:41;1;1,00;Paid;POST\n"
+    )
     mapping = {
         "rename": {"Invoice": "order_id", "Date": "order_ts", "Qty": "item_count"},
         "constants": {"currency": "GBP"},
-        "derive": {"amount": {"multiply": ["Qty", "Price"]}, "customer_ref": {"integer": "Customer"},
-                   "status": {"prefix": {"column": "Invoice", "values": {"C": "cancelled"}, "default": "completed"}},
-                   "line_type": {"lookup": {"column": "Code", "values": {"D": "discount", "POST": "fee"}, "default": "product"}},
-                   "line_id": {"concat": ["Code", "Qty", "Price"]}},
+        "derive": {
+            "amount": {"multiply": ["Qty", "Price"]},
+            "customer_ref": {"integer": "Customer"},
+            "status": {"prefix": {"column": "Invoice", "values": {"C": "cancelled"}, "default": "completed"}},
+            "line_type": {
+                "lookup": {"column": "Code", "values": {"D": "discount", "POST": "fee"}, "default": "product"}
+            },
+            "line_id": {"concat": ["Code", "Qty", "Price"]},
+        },
         "formats": {"order_ts": "%d/%m/%Y %H:%M"},
         "timezone": "Europe/London",
         "decimal": ",",
@@ -186,7 +231,9 @@ def test_mapping_errors_name_the_source_and_key(sources_settings, tmp_path):
     with pytest.raises(ValueError, match=r"sources.transactions.mapping.rename: \['not_a_column'\]"):
         run_extract(settings, DAY, "r")
     # A mistyped option is refused when the configuration is read, before anything runs.
-    with pytest.raises(ConfigError, match=r"unknown key 'sources.transactions.pathh' \(did you mean 'sources.transactions.path'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'sources.transactions.pathh' \(did you mean 'sources.transactions.path'\?\)"
+    ):
         sources_settings({"transactions": {"path": str(tmp_path), "pathh": "typo"}})
 
 

@@ -51,26 +51,54 @@ def _exec(url: str, statements: list[tuple[str, list]]) -> None:
 
 def _crm_scenario(settings, url: str) -> None:
     insert = "INSERT INTO contacts VALUES (:id, :created, :updated, :email)"
-    _exec(url, [(insert, [dict(zip(("id", "created", "updated", "email"), r)) for r in CRM_ROWS])])
+    _exec(url, [(insert, [dict(zip(("id", "created", "updated", "email"), r, strict=True)) for r in CRM_ROWS])])
     first = run_extract(settings, D, "run-d")["crm"]
-    versions = lambda: sorted(_query(settings, "SELECT contact_id, strftime(updated_at, '%Y-%m-%d %H') FROM raw.crm_contacts"))
+
+    def versions():
+        return sorted(_query(settings, "SELECT contact_id, strftime(updated_at, '%Y-%m-%d %H') FROM raw.crm_contacts"))
+
     assert [v[0] for v in versions()] == ["C1", "C2", "C3"], "C4 did not exist yet; C5 is quarantined"
     assert (first.rows_in, first.rows_loaded, first.rows_quarantined) == (4, 3, 1)
     # Next day: C1 is edited, and an update of C2 committed late carries a time before the watermark (D 22:00)
     # but inside the 72 h lookback; an update older than the lookback is missed by design.
-    _exec(url, [("UPDATE contacts SET updated_at = :u, email = :e WHERE contact_id = :id", [
-        {"u": _ts(D + timedelta(days=1), 10), "e": "a2@example.com", "id": "C1"}]),
-        (insert, [{"id": "C2", "created": CRM_ROWS[1][1], "updated": _ts(D, 20), "email": "b2@example.com"},
-                  {"id": "C3", "created": CRM_ROWS[2][1], "updated": _ts(D - timedelta(days=9), 1), "email": "old@example.com"}])])
+    _exec(
+        url,
+        [
+            (
+                "UPDATE contacts SET updated_at = :u, email = :e WHERE contact_id = :id",
+                [{"u": _ts(D + timedelta(days=1), 10), "e": "a2@example.com", "id": "C1"}],
+            ),
+            (
+                insert,
+                [
+                    {"id": "C2", "created": CRM_ROWS[1][1], "updated": _ts(D, 20), "email": "b2@example.com"},
+                    {
+                        "id": "C3",
+                        "created": CRM_ROWS[2][1],
+                        "updated": _ts(D - timedelta(days=9), 1),
+                        "email": "old@example.com",
+                    },
+                ],
+            ),
+        ],
+    )
     second = run_extract(settings, D + timedelta(days=1), "run-d1")["crm"]
-    assert versions() == sorted([
-        ("C1", f"{D - timedelta(days=2)} 09"), ("C1", f"{D + timedelta(days=1)} 10"), ("C2", f"{D - timedelta(days=1)} 09"),
-        ("C2", f"{D} 20"), ("C3", f"{D} 22"), ("C4", f"{D + timedelta(days=1)} 08")])
+    assert versions() == sorted(
+        [
+            ("C1", f"{D - timedelta(days=2)} 09"),
+            ("C1", f"{D + timedelta(days=1)} 10"),
+            ("C2", f"{D - timedelta(days=1)} 09"),
+            ("C2", f"{D} 20"),
+            ("C3", f"{D} 22"),
+            ("C4", f"{D + timedelta(days=1)} 08"),
+        ]
+    )
     assert second.new_rows == 3
     rerun = run_extract(settings, D + timedelta(days=1), "run-d1-again")["crm"]
     assert rerun.new_rows == 0 and len(versions()) == 6, "a rerun never duplicates"
     assert _query(settings, "SELECT row_ref, column_name, reason FROM raw.quarantine") == [
-        ("contact_id=C5", "updated_at", "missing required value")], "a row refused again is listed once"
+        ("contact_id=C5", "updated_at", "missing required value")
+    ], "a row refused again is listed once"
     audit_balances(settings)
 
 
@@ -83,7 +111,10 @@ def test_crm_sqlite_incremental_by_watermark_with_lookback(tmp_path, sources_set
 
 
 def test_crm_postgresql_through_an_airflow_connection(tmp_path, sources_settings, postgres_url, monkeypatch):
-    _exec(postgres_url, [("CREATE TABLE contacts (contact_id TEXT, created_at TIMESTAMP, updated_at TIMESTAMP, email TEXT)", None)])
+    _exec(
+        postgres_url,
+        [("CREATE TABLE contacts (contact_id TEXT, created_at TIMESTAMP, updated_at TIMESTAMP, email TEXT)", None)],
+    )
     monkeypatch.setenv("AIRFLOW_CONN_SEGFLOW_CRM", postgres_url.replace("postgresql+psycopg2://", "postgres://"))
     settings = sources_settings({"crm": {"conn_id": "segflow_crm", "table": "contacts", "lookback_hours": 72}})
     _crm_scenario(settings, postgres_url)
@@ -93,18 +124,30 @@ def test_crm_mapping_and_missing_table(tmp_path, sources_settings):
     url = f"sqlite:///{tmp_path / 'crm.sqlite'}"
     with sqlite3.connect(tmp_path / "crm.sqlite") as con:
         con.execute("CREATE TABLE people (Id TEXT, Created TEXT, Modified TEXT, Mail TEXT, OptIn TEXT)")
-        con.execute("INSERT INTO people VALUES ('P1', '2026-05-01 10:00:00', '2026-05-02 10:00:00', 'x@example.com', 'yes')")
-    mapping = {"rename": {"Id": "contact_id", "Created": "created_at", "Modified": "updated_at", "Mail": "email",
-                          "OptIn": "consent_email_marketing"}}
+        con.execute(
+            "INSERT INTO people VALUES ('P1', '2026-05-01 10:00:00', '2026-05-02 10:00:00', 'x@example.com', 'yes')"
+        )
+    mapping = {
+        "rename": {
+            "Id": "contact_id",
+            "Created": "created_at",
+            "Modified": "updated_at",
+            "Mail": "email",
+            "OptIn": "consent_email_marketing",
+        }
+    }
     settings = sources_settings({"crm": {"url": url, "table": "people", "mapping": mapping}})
     run_extract(settings, D, "r")
-    assert _query(settings, "SELECT contact_id, email, consent_email_marketing FROM raw.crm_contacts") == [("P1", "x@example.com", True)]
+    assert _query(settings, "SELECT contact_id, email, consent_email_marketing FROM raw.crm_contacts") == [
+        ("P1", "x@example.com", True)
+    ]
     settings = sources_settings({"crm": {"url": url, "table": "nope"}})
     with pytest.raises(ExtractError, match="table 'nope' does not exist"):
         run_extract(settings, D, "r")
 
 
 # --- HTTP API -------------------------------------------------------------------------------------
+
 
 class FakeEventsApi:
     """A paginated events API: Bearer auth, a 429 with Retry-After then a 503 before the first success."""
@@ -129,11 +172,19 @@ class FakeEventsApi:
                     return self._send(status, {"error": "slow down"}, headers)
                 day = date.fromisoformat(query["start"])
                 assert date.fromisoformat(query["end"]) == day + timedelta(days=1)
-                events = [{"event_id": f"e-{day}-{i}", "anonymous_id": f"a{i}", "user_id": None,
-                           "event_ts": f"{day}T{10 + i}:00:00Z", "event_type": "page_view",
-                           "context": {"device": "mobile"}} for i in range(api.per_day.get(day, 0))]
+                events = [
+                    {
+                        "event_id": f"e-{day}-{i}",
+                        "anonymous_id": f"a{i}",
+                        "user_id": None,
+                        "event_ts": f"{day}T{10 + i}:00:00Z",
+                        "event_type": "page_view",
+                        "context": {"device": "mobile"},
+                    }
+                    for i in range(api.per_day.get(day, 0))
+                ]
                 page, size = int(query.get("page", 1)), int(query.get("per_page", 100))
-                self._send(200, {"data": events[(page - 1) * size: page * size]})
+                self._send(200, {"data": events[(page - 1) * size : page * size]})
 
             def _send(self, status, body, headers=None):
                 api.log.append((time.monotonic(), status, dict(parse_qs(urlparse(self.path).query))))
@@ -159,14 +210,25 @@ def events_api():
 
 
 def test_http_source_paginates_retries_and_replaces_its_days(events_api, sources_settings, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_SEGFLOW_EVENTS_API", json.dumps(
-        {"conn_type": "http", "host": "127.0.0.1", "port": events_api.port, "password": "secret-token"}))
-    settings = sources_settings({"events_api": {
-        "kind": "http", "dataset": "events", "conn_id": "segflow_events_api", "url": "/v1/events", "records_path": "data",
-        "pagination": {"type": "page", "param": "page", "size_param": "per_page", "size": 2},
-        "start_date": str(D - timedelta(days=2)), "backoff_seconds": 0.1,
-        "mapping": {"rename": {"context.device": "device"}},  # nested API fields are dotted columns
-    }})
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SEGFLOW_EVENTS_API",
+        json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": events_api.port, "password": "secret-token"}),
+    )
+    settings = sources_settings(
+        {
+            "events_api": {
+                "kind": "http",
+                "dataset": "events",
+                "conn_id": "segflow_events_api",
+                "url": "/v1/events",
+                "records_path": "data",
+                "pagination": {"type": "page", "param": "page", "size_param": "per_page", "size": 2},
+                "start_date": str(D - timedelta(days=2)),
+                "backoff_seconds": 0.1,
+                "mapping": {"rename": {"context.device": "device"}},  # nested API fields are dotted columns
+            }
+        }
+    )
     result = run_extract(settings, D, "run-1")["events_api"]
     statuses = [s for _, s, _ in events_api.log]
     assert statuses[:3] == [429, 503, 200], "retried after 429 and 503"
@@ -186,9 +248,17 @@ def test_http_source_paginates_retries_and_replaces_its_days(events_api, sources
 
 def test_http_source_refuses_a_bad_token_with_a_clear_message(events_api, sources_settings, monkeypatch):
     monkeypatch.setenv("EVENTS_TOKEN", "wrong")
-    settings = sources_settings({"events_api": {
-        "kind": "http", "dataset": "events", "url": f"http://127.0.0.1:{events_api.port}/v1/events",
-        "auth": {"token_env": "EVENTS_TOKEN"}, "records_path": "data"}})
+    settings = sources_settings(
+        {
+            "events_api": {
+                "kind": "http",
+                "dataset": "events",
+                "url": f"http://127.0.0.1:{events_api.port}/v1/events",
+                "auth": {"token_env": "EVENTS_TOKEN"},
+                "records_path": "data",
+            }
+        }
+    )
     with pytest.raises(ExtractError, match=r"HTTP 401 \(check the token"):
         run_extract(settings, D, "r")
 
@@ -196,9 +266,19 @@ def test_http_source_refuses_a_bad_token_with_a_clear_message(events_api, source
 def test_http_gives_up_after_max_retries(events_api, sources_settings, monkeypatch):
     events_api.failures = [(503, {})] * 10
     monkeypatch.setenv("EVENTS_TOKEN", "secret-token")
-    settings = sources_settings({"events_api": {
-        "kind": "http", "dataset": "events", "url": f"http://127.0.0.1:{events_api.port}/v1/events",
-        "auth": {"token_env": "EVENTS_TOKEN"}, "records_path": "data", "max_retries": 2, "backoff_seconds": 0.01}})
+    settings = sources_settings(
+        {
+            "events_api": {
+                "kind": "http",
+                "dataset": "events",
+                "url": f"http://127.0.0.1:{events_api.port}/v1/events",
+                "auth": {"token_env": "EVENTS_TOKEN"},
+                "records_path": "data",
+                "max_retries": 2,
+                "backoff_seconds": 0.01,
+            }
+        }
+    )
     with pytest.raises(ExtractError, match=r"giving up after 3 attempts \(HTTP 503\)"):
         run_extract(settings, D, "r")
 
@@ -209,4 +289,6 @@ def test_interval_helpers():
     assert days_to_load(D - timedelta(days=1), None, D) == [D]
     assert days_to_load(D + timedelta(days=3), None, D) == [D], "a backfill of a past date reloads that date"
     assert retry_after_seconds("7") == 7
-    assert retry_after_seconds("Wed, 21 Oct 2026 07:28:10 GMT", datetime(2026, 10, 21, 7, 28, 0).astimezone()) is not None
+    assert (
+        retry_after_seconds("Wed, 21 Oct 2026 07:28:10 GMT", datetime(2026, 10, 21, 7, 28, 0).astimezone()) is not None
+    )

@@ -15,7 +15,16 @@ import pytest
 from segflow.local import datasets
 
 ROWS = [
-    ("536365", "85123A", "WHITE HANGING HEART T-LIGHT HOLDER", 6, datetime(2010, 12, 1, 8, 26), 2.55, 17850.0, "United Kingdom"),
+    (
+        "536365",
+        "85123A",
+        "WHITE HANGING HEART T-LIGHT HOLDER",
+        6,
+        datetime(2010, 12, 1, 8, 26),
+        2.55,
+        17850.0,
+        "United Kingdom",
+    ),
     ("C536379", "D", "Discount", -1, datetime(2010, 12, 1, 9, 41), 27.5, 14527.0, "United Kingdom"),
     ("536414", "22139", None, 56, datetime(2010, 12, 1, 11, 52), 0.0, None, "United Kingdom"),
 ]
@@ -100,8 +109,12 @@ def test_a_local_copy_of_the_workbook_is_checked_too(tmp_path):
         (tmp_path / "copy.xlsx").write_bytes(bundle.read("Online Retail.xlsx"))
     with pytest.raises(datasets.DatasetError, match="not the published UCI Online Retail workbook"):
         datasets.fetch("online-retail", tmp_path / "d", source=tmp_path / "copy.xlsx")
-    result = datasets.fetch("online-retail", tmp_path / "d", source=tmp_path / "copy.xlsx",
-                            sha256=hashlib.sha256((tmp_path / "copy.xlsx").read_bytes()).hexdigest())
+    result = datasets.fetch(
+        "online-retail",
+        tmp_path / "d",
+        source=tmp_path / "copy.xlsx",
+        sha256=hashlib.sha256((tmp_path / "copy.xlsx").read_bytes()).hexdigest(),
+    )
     assert result.rows == 3 and not result.downloaded
 
 

@@ -14,14 +14,20 @@ from segflow.local.docs_server import render_index, validation_pages
 
 def test_validation_pages_are_listed_newest_first(tmp_path):
     site = tmp_path / "gx"
-    for suite, run_time in [("raw_events", "20260910T000101Z"), ("marts_user_features", "20260912T000101Z"),
-                            ("raw_events", "20260911T000101Z")]:
+    for suite, run_time in [
+        ("raw_events", "20260910T000101Z"),
+        ("marts_user_features", "20260912T000101Z"),
+        ("raw_events", "20260911T000101Z"),
+    ]:
         page = site / "validations" / suite / f"run_{run_time[:8]}" / run_time / "batch.html"
         page.parent.mkdir(parents=True)
         page.write_text("<html>result</html>")
     pages = validation_pages(site)
     assert [(p["suite"], p["run_time"]) for p in pages] == [
-        ("marts_user_features", "20260912T000101Z"), ("raw_events", "20260911T000101Z"), ("raw_events", "20260910T000101Z")]
+        ("marts_user_features", "20260912T000101Z"),
+        ("raw_events", "20260911T000101Z"),
+        ("raw_events", "20260910T000101Z"),
+    ]
     index = render_index(site)
     assert 'id="latest" href="validations/marts_user_features/run_20260912/20260912T000101Z/batch.html"' in index
     assert "3 validation results" in index
@@ -41,10 +47,23 @@ def test_stop_ends_what_start_recorded_and_nothing_else(ui_settings):
     ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     try:
-        records = [{"name": "ours", "pid": ours.pid, "started": services._start_ticks(ours.pid), "argv": [], "health_url": None},
-                   # a recorded pid whose process start time differs: the pid was reused by someone else
-                   {"name": "reused", "pid": stranger.pid, "started": services._start_ticks(stranger.pid) - 1,
-                    "argv": [], "health_url": None}]
+        records = [
+            {
+                "name": "ours",
+                "pid": ours.pid,
+                "started": services._start_ticks(ours.pid),
+                "argv": [],
+                "health_url": None,
+            },
+            # a recorded pid whose process start time differs: the pid was reused by someone else
+            {
+                "name": "reused",
+                "pid": stranger.pid,
+                "started": services._start_ticks(stranger.pid) - 1,
+                "argv": [],
+                "health_url": None,
+            },
+        ]
         services.state_file(ui_settings).write_text(json.dumps(records))
         assert services.stop(ui_settings, timeout=10) == ["ours"]
         assert ours.wait(timeout=10) is not None
@@ -74,8 +93,10 @@ def test_start_refuses_a_port_taken_by_another_program(ui_settings, monkeypatch)
 def test_the_scheduler_preloads_task_libraries_for_its_forked_tasks(command, preloaded):
     from segflow.airflow.environment import LOCAL_SETTINGS_DIR
 
-    code = ("import sys; sys.argv = ['airflow', %r]; import airflow_local_settings; "
-            "print('great_expectations' in sys.modules and 'dbt.cli.main' in sys.modules)") % command
+    code = (
+        f"import sys; sys.argv = ['airflow', {command!r}]; import airflow_local_settings; "
+        "print('great_expectations' in sys.modules and 'dbt.cli.main' in sys.modules)"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(LOCAL_SETTINGS_DIR), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -12,21 +12,40 @@ def synthetic_features(n_per_group=150, seed=0):
     """Three behaviourally distinct groups with the user_features columns the models read."""
     rng = np.random.default_rng(seed)
     groups = []
-    for g, (freq, spend, engage, age, device) in enumerate([(12, 900, 85, 50, "desktop"), (1, 40, 10, 45, "mobile"), (4, 150, 50, 24, "mobile")]):
+    for g, (freq, spend, engage, age, device) in enumerate(
+        [(12, 900, 85, 50, "desktop"), (1, 40, 10, 45, "mobile"), (4, 150, 50, 24, "mobile")]
+    ):
         n = n_per_group
-        groups.append(pd.DataFrame({
-            "user_id": [f"G{g}_{i}" for i in range(n)], "group": g,
-            "recency_days": rng.poisson(5 if g == 0 else 80 if g == 1 else 20, n),
-            "frequency_365d": rng.poisson(freq, n), "monetary_365d": rng.gamma(4, spend / 4, n),
-            "lifetime_orders": rng.poisson(freq * 2, n) + 1, "lifetime_spend": rng.gamma(4, spend / 2, n),
-            "orders_30d": rng.poisson(freq / 12, n), "orders_90d": rng.poisson(freq / 4, n),
-            "active_days_30d": rng.poisson(engage / 10, n), "sessions_30d": rng.poisson(engage / 6, n),
-            "email_opens_30d": rng.poisson(engage / 20, n), "email_clicks_30d": rng.poisson(engage / 40, n),
-            "engagement_score": np.clip(rng.normal(engage, 5, n), 0, 100), "intent_score_30d": rng.gamma(2, engage / 20, n),
-            "tenure_days": rng.integers(30, 900, n), "top_category_share": rng.uniform(0.2, 1, n),
-            "age": rng.normal(age, 3, n).round(), "income_band": "50-100k", "preferred_device": device,
-            "age_band": "35-44", "country": "DE", "cart_abandoned_30d": rng.random(n) < 0.3, "has_email_consent": True,
-        }))
+        groups.append(
+            pd.DataFrame(
+                {
+                    "user_id": [f"G{g}_{i}" for i in range(n)],
+                    "group": g,
+                    "recency_days": rng.poisson(5 if g == 0 else 80 if g == 1 else 20, n),
+                    "frequency_365d": rng.poisson(freq, n),
+                    "monetary_365d": rng.gamma(4, spend / 4, n),
+                    "lifetime_orders": rng.poisson(freq * 2, n) + 1,
+                    "lifetime_spend": rng.gamma(4, spend / 2, n),
+                    "orders_30d": rng.poisson(freq / 12, n),
+                    "orders_90d": rng.poisson(freq / 4, n),
+                    "active_days_30d": rng.poisson(engage / 10, n),
+                    "sessions_30d": rng.poisson(engage / 6, n),
+                    "email_opens_30d": rng.poisson(engage / 20, n),
+                    "email_clicks_30d": rng.poisson(engage / 40, n),
+                    "engagement_score": np.clip(rng.normal(engage, 5, n), 0, 100),
+                    "intent_score_30d": rng.gamma(2, engage / 20, n),
+                    "tenure_days": rng.integers(30, 900, n),
+                    "top_category_share": rng.uniform(0.2, 1, n),
+                    "age": rng.normal(age, 3, n).round(),
+                    "income_band": "50-100k",
+                    "preferred_device": device,
+                    "age_band": "35-44",
+                    "country": "DE",
+                    "cart_abandoned_30d": rng.random(n) < 0.3,
+                    "has_email_consent": True,
+                }
+            )
+        )
     return pd.concat(groups, ignore_index=True)
 
 
@@ -66,7 +85,13 @@ def test_metric_helpers():
     y = np.array([1, 0, 0, 0, 0, 0, 0, 0, 0, 0] * 10)
     perfect = y.astype(float)
     assert lift_top_decile(y, perfect) == pytest.approx(10.0)
-    assert list(risk_band(np.array([0.1, 0.3, 0.59, 0.6, 0.99]), 0.3, 0.6)) == ["low", "medium", "medium", "high", "high"]
+    assert list(risk_band(np.array([0.1, 0.3, 0.59, 0.6, 0.99]), 0.3, 0.6)) == [
+        "low",
+        "medium",
+        "medium",
+        "high",
+        "high",
+    ]
 
 
 def test_champion_challenger_uses_aliases(tmp_path, make_settings):
@@ -81,8 +106,12 @@ def test_champion_challenger_uses_aliases(tmp_path, make_settings):
     versions = []
     for _ in range(3):
         with mlflow.start_run():
-            info = mlflow.sklearn.log_model(LogisticRegression().fit(X, y), name="m", registered_model_name="test_model",
-                                            serialization_format="cloudpickle")
+            info = mlflow.sklearn.log_model(
+                LogisticRegression().fit(X, y),
+                name="m",
+                registered_model_name="test_model",
+                serialization_format="cloudpickle",
+            )
             versions.append(str(info.registered_model_version))
     first = decide_alias(client, "test_model", versions[0], 0.80, None, tolerance=0.0)
     assert first.alias == "champion"
@@ -111,10 +140,16 @@ def test_clustering_compares_algorithms_and_k_and_records_the_choice():
 def test_persona_names_are_unique_readable_and_follow_the_profile():
     from segflow.ml.clustering import name_personas
 
-    profile = pd.DataFrame({
-        "cluster_id": [0, 1, 2], "size": [10, 20, 30], "share": [1 / 6, 1 / 3, 1 / 2],
-        "z_monetary_365d": [2.0, 2.0, -0.1], "z_age": [1.0, 1.0, -1.5], "z_tenure_days": [0.9, -0.8, 0.0],
-    })
+    profile = pd.DataFrame(
+        {
+            "cluster_id": [0, 1, 2],
+            "size": [10, 20, 30],
+            "share": [1 / 6, 1 / 3, 1 / 2],
+            "z_monetary_365d": [2.0, 2.0, -0.1],
+            "z_age": [1.0, 1.0, -1.5],
+            "z_tenure_days": [0.9, -0.8, 0.0],
+        }
+    )
     names, descriptions = name_personas(profile)
     assert names[0] != names[1], "same two top traits: a third one tells them apart"
     assert names[0].startswith("Mature") and "Big Spenders" in names[0]
@@ -187,7 +222,9 @@ def test_psi_is_zero_for_the_same_distribution_and_flags_a_shift():
 def test_training_rows_are_capped_by_a_seeded_sample_that_keeps_every_snapshot():
     from segflow.ml.train import cap_rows
 
-    training = pd.DataFrame({"as_of": np.repeat(["2026-05-01", "2026-05-22", "2026-06-12"], 1000), "x": np.arange(3000)})
+    training = pd.DataFrame(
+        {"as_of": np.repeat(["2026-05-01", "2026-05-22", "2026-06-12"], 1000), "x": np.arange(3000)}
+    )
     capped = cap_rows(training, 600, seed=7)
     assert len(capped) == 600 and capped.index.is_monotonic_increasing
     assert set(capped["as_of"]) == set(training["as_of"]) and capped["as_of"].value_counts().min() > 120

@@ -4,8 +4,8 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from segflow.quality.gates import QualityGateError, enforce, load_suite, validate_frame
 from segflow.core.config import REPO_ROOT
+from segflow.quality.gates import QualityGateError, enforce, load_suite, validate_frame
 
 SUITES = sorted(p.stem for p in (REPO_ROOT / "expectations").glob("*.json"))
 
@@ -22,16 +22,34 @@ def test_every_suite_loads_and_every_expectation_has_a_severity(suite, make_sett
 def test_invalid_suite_fails_loudly(make_settings, tmp_path):
     folder = tmp_path / "expectations"
     folder.mkdir()
-    (folder / "broken.json").write_text(json.dumps({"name": "broken", "expectations": [
-        {"type": "expect_column_values_to_not_be_nul", "kwargs": {"column": "x"}, "meta": {"severity": "critical"}}]}))
+    (folder / "broken.json").write_text(
+        json.dumps(
+            {
+                "name": "broken",
+                "expectations": [
+                    {
+                        "type": "expect_column_values_to_not_be_nul",
+                        "kwargs": {"column": "x"},
+                        "meta": {"severity": "critical"},
+                    }
+                ],
+            }
+        )
+    )
     settings = make_settings(tmp_path, tmp_path, SEGFLOW__QUALITY__EXPECTATIONS_DIR=str(folder))
     with pytest.raises(ValueError, match="invalid expectation"):
         load_suite(settings, "broken")
 
 
 def scores(n=20):
-    return pd.DataFrame({"user_id": [f"U{i}" for i in range(n)], "churn_probability": [0.5] * n,
-                         "churn_risk_band": ["medium"] * n, "persona": ["P"] * n})
+    return pd.DataFrame(
+        {
+            "user_id": [f"U{i}" for i in range(n)],
+            "churn_probability": [0.5] * n,
+            "churn_risk_band": ["medium"] * n,
+            "persona": ["P"] * n,
+        }
+    )
 
 
 def test_clean_scores_pass_and_data_docs_show_the_result(make_settings, tmp_path):
@@ -62,7 +80,12 @@ def test_critical_failure_names_suite_expectation_value_and_keys(make_settings, 
 
 
 def test_schema_drift_is_critical(make_settings, tmp_path):
-    outcomes = validate_frame(make_settings(tmp_path, tmp_path), "raw_events", pd.DataFrame({"event_id": ["e1"]}), {"max_ts": pd.Timestamp("2026-01-01")})
+    outcomes = validate_frame(
+        make_settings(tmp_path, tmp_path),
+        "raw_events",
+        pd.DataFrame({"event_id": ["e1"]}),
+        {"max_ts": pd.Timestamp("2026-01-01")},
+    )
     with pytest.raises(QualityGateError, match="expect_table_columns_to_match_set"):
         enforce(outcomes)
 
@@ -74,18 +97,40 @@ def test_row_count_must_match_features(make_settings, tmp_path):
 
 
 def test_warnings_are_recorded_but_do_not_block(make_settings, tmp_path):
-    tx = pd.DataFrame({"order_id": ["1", "2"], "customer_ref": ["C1", "C2"], "amount": [10.0, -5.0],
-                       "currency": ["EUR", "XYZ"], "order_ts": pd.to_datetime(["2026-01-01", "2099-01-01"]),
-                       "status": ["completed", "completed"], "category": ["home", "home"], "item_count": [1, 2],
-                       "line_id": [None, None], "line_type": [None, None], "order_line_key": ["1|", "2|"],
-                       "_source": "transactions", "_source_file": "f.csv", "_file_date": pd.Timestamp("2026-01-01"),
-                       "_row_ref": ["line 2", "line 3"], "_run_id": "r", "_loaded_at": pd.Timestamp("2026-01-02"),
-                       "customer_known": [True, True]})
-    outcomes = validate_frame(make_settings(tmp_path, tmp_path), "raw_transactions", tx,
-                              {"max_ts": pd.Timestamp(date(2026, 1, 3)), "currencies": ["EUR"]})
+    tx = pd.DataFrame(
+        {
+            "order_id": ["1", "2"],
+            "customer_ref": ["C1", "C2"],
+            "amount": [10.0, -5.0],
+            "currency": ["EUR", "XYZ"],
+            "order_ts": pd.to_datetime(["2026-01-01", "2099-01-01"]),
+            "status": ["completed", "completed"],
+            "category": ["home", "home"],
+            "item_count": [1, 2],
+            "line_id": [None, None],
+            "line_type": [None, None],
+            "order_line_key": ["1|", "2|"],
+            "_source": "transactions",
+            "_source_file": "f.csv",
+            "_file_date": pd.Timestamp("2026-01-01"),
+            "_row_ref": ["line 2", "line 3"],
+            "_run_id": "r",
+            "_loaded_at": pd.Timestamp("2026-01-02"),
+            "customer_known": [True, True],
+        }
+    )
+    outcomes = validate_frame(
+        make_settings(tmp_path, tmp_path),
+        "raw_transactions",
+        tx,
+        {"max_ts": pd.Timestamp(date(2026, 1, 3)), "currencies": ["EUR"]},
+    )
     failed = {(o.expectation, o.column) for o in outcomes if not o.success}
-    assert failed == {("expect_column_values_to_be_between", "amount"), ("expect_column_values_to_be_in_set", "currency"),
-                      ("expect_column_values_to_be_between", "order_ts")}
+    assert failed == {
+        ("expect_column_values_to_be_between", "amount"),
+        ("expect_column_values_to_be_in_set", "currency"),
+        ("expect_column_values_to_be_between", "order_ts"),
+    }
     assert enforce(outcomes)["warnings"] == 3
 
 
@@ -112,7 +157,9 @@ def test_raw_validation_groups_a_large_load_by_whole_files():
     from segflow.quality.gates import raw_chunks
 
     con = duckdb.connect()
-    con.execute("CREATE TABLE t AS SELECT 'r1' AS _run_id, 'f' || (i // 100)::VARCHAR AS _source_file FROM range(1000) r(i)")
+    con.execute(
+        "CREATE TABLE t AS SELECT 'r1' AS _run_id, 'f' || (i // 100)::VARCHAR AS _source_file FROM range(1000) r(i)"
+    )
     con.execute("INSERT INTO t SELECT 'r0', 'old', FROM range(5)")
     groups = raw_chunks(con, "SELECT * FROM t WHERE _run_id = ?", "r1", max_rows=250)
     assert [len(g) for g in groups] == [2, 2, 2, 2, 2], "whole files, at most 250 rows per group"

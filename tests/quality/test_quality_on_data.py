@@ -15,8 +15,11 @@ from tests.conftest import AS_OF
 
 def _results(settings, run_id):
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
-        return con.execute("SELECT suite, expectation, column_name, severity, success FROM quality.validation_results "
-                           "WHERE run_id = ?", [run_id]).fetchall()
+        return con.execute(
+            "SELECT suite, expectation, column_name, severity, success FROM quality.validation_results "
+            "WHERE run_id = ?",
+            [run_id],
+        ).fetchall()
 
 
 def _pipeline_checks(settings, as_of=AS_OF):
@@ -33,7 +36,13 @@ def _pipeline_checks(settings, as_of=AS_OF):
 def test_clean_generated_data_passes_every_suite(tmp_path, small_dataset, make_settings):
     results = _pipeline_checks(make_settings(tmp_path, small_dataset))
     suites = {r[0] for r in results}
-    assert suites == {"raw_transactions", "raw_events", "raw_crm_contacts", "marts_user_features", "marts_user_segments"}
+    assert suites == {
+        "raw_transactions",
+        "raw_events",
+        "raw_crm_contacts",
+        "marts_user_features",
+        "marts_user_segments",
+    }
     failed = [r for r in results if not r[4]]
     assert failed == []
 
@@ -42,15 +51,15 @@ def test_each_injected_defect_class_fails_its_expectation(tmp_path, dirty_datase
     results = _pipeline_checks(make_settings(tmp_path, dirty_dataset))
     failed = {(suite, expectation, column) for suite, expectation, column, severity, success in results if not success}
     expected = {
-        ("raw_crm_contacts", "expect_column_values_to_match_regex", "email"),            # malformed emails
-        ("raw_crm_contacts", "expect_column_values_to_be_unique", "email_normalised"),   # case/whitespace duplicates
-        ("raw_crm_contacts", "expect_column_values_to_be_between", "birth_date"),        # impossible ages
-        ("raw_crm_contacts", "expect_column_values_to_not_be_null", "country"),          # missing values
-        ("raw_transactions", "expect_column_values_to_be_between", "amount"),            # negative amounts
-        ("raw_transactions", "expect_column_values_to_be_in_set", "currency"),           # unknown currencies
-        ("raw_transactions", "expect_column_values_to_be_between", "order_ts"),          # future timestamps
-        ("raw_transactions", "expect_column_values_to_be_in_set", "customer_known"),     # orders of unknown customers
-        ("raw_events", "expect_column_values_to_be_between", "event_ts"),                # future timestamps
+        ("raw_crm_contacts", "expect_column_values_to_match_regex", "email"),  # malformed emails
+        ("raw_crm_contacts", "expect_column_values_to_be_unique", "email_normalised"),  # case/whitespace duplicates
+        ("raw_crm_contacts", "expect_column_values_to_be_between", "birth_date"),  # impossible ages
+        ("raw_crm_contacts", "expect_column_values_to_not_be_null", "country"),  # missing values
+        ("raw_transactions", "expect_column_values_to_be_between", "amount"),  # negative amounts
+        ("raw_transactions", "expect_column_values_to_be_in_set", "currency"),  # unknown currencies
+        ("raw_transactions", "expect_column_values_to_be_between", "order_ts"),  # future timestamps
+        ("raw_transactions", "expect_column_values_to_be_in_set", "customer_known"),  # orders of unknown customers
+        ("raw_events", "expect_column_values_to_be_between", "event_ts"),  # future timestamps
     }
     assert expected <= failed, expected - failed
     # Judged rows are warnings: nothing critical failed, the pipeline may continue (staging filters them).
@@ -64,7 +73,11 @@ def test_segment_sizes_are_compared_with_the_previous_run(tmp_path, small_datase
     with duckdb.connect(str(settings.warehouse_path)) as con:
         con.execute("UPDATE reference.segment_rules SET rule_sql = 'true' WHERE segment_name = 'Lapsed Users'")
     run_extract(settings, AS_OF, "run-2")
-    run_dbt(settings, ["run", "--exclude", "tag:training", "tag:publish", "--quiet"], vars=dbt_vars(AS_OF.isoformat(), settings))
+    run_dbt(
+        settings,
+        ["run", "--exclude", "tag:training", "tag:publish", "--quiet"],
+        vars=dbt_vars(AS_OF.isoformat(), settings),
+    )
     validate_mart_tables(settings, AS_OF, "run-2")
     sizes = [r for r in _results(settings, "run-2") if r[0] == "marts_segment_sizes"]
     assert ("marts_segment_sizes", "expect_column_values_to_be_between", "size_ratio", "warning", False) in sizes

@@ -66,8 +66,13 @@ class PostgresServer:
 
     def dbt_env(self, database: str) -> dict[str, str]:
         """The variables dbt_project/profiles.yml's postgres target reads."""
-        return {"SEGFLOW_PG_HOST": self.host, "SEGFLOW_PG_PORT": str(self.port), "SEGFLOW_PG_USER": self.user,
-                "SEGFLOW_PG_PASSWORD": self.password, "SEGFLOW_PG_DATABASE": database}
+        return {
+            "SEGFLOW_PG_HOST": self.host,
+            "SEGFLOW_PG_PORT": str(self.port),
+            "SEGFLOW_PG_USER": self.user,
+            "SEGFLOW_PG_PASSWORD": self.password,
+            "SEGFLOW_PG_DATABASE": database,
+        }
 
 
 def _free_port() -> int:
@@ -80,7 +85,9 @@ def _pg_binary(name: str) -> str | None:
     found = shutil.which(name)
     if found:
         return found
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) + sorted(glob.glob(f"/usr/local/pgsql/bin/{name}"))
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) + sorted(
+        glob.glob(f"/usr/local/pgsql/bin/{name}")
+    )
     return candidates[-1] if candidates else None
 
 
@@ -96,8 +103,10 @@ class ThrowawayPostgres:
     def available(self) -> str | None:
         """None if a server can be started here, else why not."""
         if not (self.initdb and self.pg_ctl):
-            return ("no PostgreSQL: set SEGFLOW_TEST_POSTGRES_URL to a server's admin URL or install the PostgreSQL "
-                    "server binaries (initdb, pg_ctl)")
+            return (
+                "no PostgreSQL: set SEGFLOW_TEST_POSTGRES_URL to a server's admin URL or install the PostgreSQL "
+                "server binaries (initdb, pg_ctl)"
+            )
         if os.geteuid() == 0:  # PostgreSQL refuses to run as root: use its system user
             try:
                 pwd.getpwnam("postgres")
@@ -121,12 +130,29 @@ class ThrowawayPostgres:
         done = self._run(str(self.initdb), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed: {done.stderr[-2000:]}")
-        options = (f"-p {self.port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
-                   "-c full_page_writes=off -c max_connections=200")
-        done = self._run(str(self.pg_ctl), "-D", str(data), "-o", options, "-l", str(self.folder / "server.log"),
-                         "-w", "-t", "60", "start")
+        options = (
+            f"-p {self.port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+            "-c full_page_writes=off -c max_connections=200"
+        )
+        done = self._run(
+            str(self.pg_ctl),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(self.folder / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         if done.returncode != 0:
-            log = (self.folder / "server.log").read_text(errors="replace")[-2000:] if (self.folder / "server.log").exists() else ""
+            log = (
+                (self.folder / "server.log").read_text(errors="replace")[-2000:]
+                if (self.folder / "server.log").exists()
+                else ""
+            )
             raise RuntimeError(f"pg_ctl start failed: {done.stderr[-2000:]} {log}")
         return PostgresServer("127.0.0.1", self.port, "postgres")
 
@@ -141,8 +167,9 @@ def server_from_url(url: str) -> PostgresServer:
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
-    return PostgresServer(parsed.host or "127.0.0.1", parsed.port or 5432, parsed.username or "postgres",
-                          parsed.password or "")
+    return PostgresServer(
+        parsed.host or "127.0.0.1", parsed.port or 5432, parsed.username or "postgres", parsed.password or ""
+    )
 
 
 def wait_for(server: PostgresServer, timeout: float = 30) -> None:

@@ -23,7 +23,10 @@ def test_same_seed_same_data_different_seed_different_data(tmp_path):
     generate(tmp_path / "c", users=200, days=20, seed=6, end_date=AS_OF)
     assert (a.events, a.orders) == (b.events, b.orders)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b") != _digest(tmp_path / "c")
-    gt_a, gt_b = pd.read_parquet(tmp_path / "a/ground_truth.parquet"), pd.read_parquet(tmp_path / "b/ground_truth.parquet")
+    gt_a, gt_b = (
+        pd.read_parquet(tmp_path / "a/ground_truth.parquet"),
+        pd.read_parquet(tmp_path / "b/ground_truth.parquet"),
+    )
     pd.testing.assert_frame_equal(gt_a, gt_b)
 
 
@@ -58,13 +61,47 @@ def test_layout_ground_truth_and_crm(small_dataset):
         cols = [r[1] for r in con.execute("PRAGMA table_info(contacts)")]
         n = con.execute("SELECT count(*) FROM contacts").fetchone()[0]
     assert n == 400
-    for col in ("contact_id", "created_at", "updated_at", "email", "phone", "birth_date", "gender", "country", "city",
-                "income_band", "consent_email_marketing", "consent_tracking", "preferred_channel", "interests"):
+    for col in (
+        "contact_id",
+        "created_at",
+        "updated_at",
+        "email",
+        "phone",
+        "birth_date",
+        "gender",
+        "country",
+        "city",
+        "income_band",
+        "consent_email_marketing",
+        "consent_tracking",
+        "preferred_channel",
+        "interests",
+    ):
         assert col in cols
     orders = pd.read_csv(next((small_dataset / "transactions").glob("*.csv")))
-    assert set(orders.columns) >= {"order_id", "customer_ref", "order_ts", "amount", "currency", "status", "category", "item_count"}
+    assert set(orders.columns) >= {
+        "order_id",
+        "customer_ref",
+        "order_ts",
+        "amount",
+        "currency",
+        "status",
+        "category",
+        "item_count",
+    }
     events = pd.read_json(sorted((small_dataset / "events").glob("*.jsonl"))[-1], lines=True)
-    assert set(events.columns) >= {"event_id", "anonymous_id", "user_id", "session_id", "event_ts", "event_type", "product_category", "device", "channel", "utm_source"}
+    assert set(events.columns) >= {
+        "event_id",
+        "anonymous_id",
+        "user_id",
+        "session_id",
+        "event_ts",
+        "event_type",
+        "product_category",
+        "device",
+        "channel",
+        "utm_source",
+    }
     assert events["user_id"].isna().any(), "some events happen before login"
 
 
@@ -73,7 +110,9 @@ def test_dirty_rate_injects_every_defect_class(dirty_dataset):
         contacts = pd.read_sql("SELECT * FROM contacts", con)
     assert (~contacts["email"].str.contains("@")).any(), "malformed emails"
     normalised = contacts["email"].str.strip().str.lower()
-    assert normalised.duplicated().any() and (contacts["email"] != contacts["email"].str.strip()).any(), "case/whitespace duplicates"
+    assert normalised.duplicated().any() and (contacts["email"] != contacts["email"].str.strip()).any(), (
+        "case/whitespace duplicates"
+    )
     years = pd.to_datetime(contacts["birth_date"]).dt.year
     assert (years < 1900).any() and (years > AS_OF.year).any(), "impossible ages"
     assert contacts["country"].isna().any(), "missing values"

@@ -4,23 +4,27 @@ with versions as (
     select *
     from {{ ref('stg_crm__contacts') }}
     where created_at < {{ as_of_end() }}
-      and updated_at < {{ as_of_end() }}
+        and updated_at < {{ as_of_end() }}
 ),
 
 ranked as (
-    select *, row_number() over (partition by contact_id order by updated_at desc) as version_rank
+    select
+        *,
+        row_number() over (partition by contact_id order by updated_at desc) as version_rank
     from versions
 ),
 
 latest as (
-    select * from ranked where version_rank = 1
+    select * from ranked
+    where version_rank = 1
 )
 
 select
     contact_id,
     coalesce(
         case when email_hash is not null
-            then first_value(contact_id) over (partition by email_hash order by created_at, contact_id) end,
+                then first_value(contact_id) over (partition by email_hash order by created_at, contact_id)
+        end,
         contact_id
     ) as user_id,
     created_at,

@@ -6,7 +6,9 @@ with lines as (
 ),
 
 largest_product_line as (
-    select order_id, category
+    select
+        order_id,
+        category
     from (
         select
             order_id,
@@ -32,7 +34,8 @@ select
         when bool_or(l.status = 'pending') then 'pending'
         else 'other'
     end as status,
-    {{ round_to("coalesce(sum(l.amount_reporting) filter (where l.line_type in ('product', 'discount')), 0)", 2) }} as amount_reporting,
+    {{ round_to("coalesce(sum(l.amount_reporting) filter (where l.line_type in ('product', 'discount')), 0)", 2) }}
+        as amount_reporting,
     coalesce(sum(l.item_count) filter (where l.line_type = 'product'), 0) as item_count,
     min(c.category) as category,
     count(*) as line_count,

@@ -10,9 +10,9 @@ select
     o.item_count,
     o.line_count
 from {{ ref('int_orders_aggregated') }} as o
-join {{ ref('int_identities_resolved') }} as l
+inner join {{ ref('int_identities_resolved') }} as l
     on l.identifier_type = 'transaction_customer_ref'
-   and l.identifier = coalesce(o.customer_email_hash, o.customer_ref)
+        and l.identifier = coalesce(o.customer_email_hash, o.customer_ref)
 where o.order_ts < {{ as_of_end() }}
-  and o.file_date <= {{ as_of_date() }}
-  and o.invalid_reason is null
+    and o.file_date <= {{ as_of_date() }}
+    and o.invalid_reason is null

@@ -8,27 +8,40 @@ with published_dates as (
 ),
 
 recomputed as (
-    select as_of from published_dates where as_of = {{ as_of_date() }}
+    select as_of from published_dates
+    where as_of = {{ as_of_date() }}
     union all
-    select min(as_of) from published_dates where as_of > {{ as_of_date() }}
+    select min(as_of) from published_dates
+    where as_of > {{ as_of_date() }}
 ),
 
 pairs as (
-    select r.as_of, (select max(d.as_of) from published_dates as d where d.as_of < r.as_of) as previous_as_of
+    select
+        r.as_of,
+        (
+            select max(d.as_of) from published_dates as d
+            where d.as_of < r.as_of
+        ) as previous_as_of
     from recomputed as r
     where r.as_of is not null
 ),
 
 current_members as (
-    select h.user_id, h.as_of, h.segment_name
+    select
+        h.user_id,
+        h.as_of,
+        h.segment_name
     from {{ ref('user_segment_history') }} as h
-    join pairs as p on h.as_of = p.as_of
+    inner join pairs as p on h.as_of = p.as_of
 ),
 
 previous_members as (
-    select h.user_id, p.as_of, h.segment_name
+    select
+        h.user_id,
+        p.as_of,
+        h.segment_name
     from {{ ref('user_segment_history') }} as h
-    join pairs as p on h.as_of = p.previous_as_of
+    inner join pairs as p on h.as_of = p.previous_as_of
 )
 
 select
@@ -40,5 +53,5 @@ select
 from current_members as c
 full outer join previous_members as pm
     on c.as_of = pm.as_of and c.user_id = pm.user_id and c.segment_name = pm.segment_name
-join pairs on pairs.as_of = coalesce(c.as_of, pm.as_of)
+inner join pairs on pairs.as_of = coalesce(c.as_of, pm.as_of)
 where c.user_id is null or pm.user_id is null

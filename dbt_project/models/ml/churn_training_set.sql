@@ -6,18 +6,21 @@
 with features as (
     select * from {{ ref('user_features_history') }}
     where as_of in ({{ feature_dates_list() }})
-      and as_of + {{ horizon }} <= {{ as_of_date() }}
-      and lifetime_orders > 0
+        and as_of + {{ horizon }} <= {{ as_of_date() }}
+        and lifetime_orders > 0
 ),
 
 labels as (
-    select f.user_id, f.as_of, count(o.order_id) as orders_in_horizon
+    select
+        f.user_id,
+        f.as_of,
+        count(o.order_id) as orders_in_horizon
     from features as f
     left join {{ ref('int_orders_attributed') }} as o
-        on o.user_id = f.user_id
-        and o.status = 'completed'
-        and o.order_date > f.as_of
-        and o.order_date <= f.as_of + {{ horizon }}
+        on f.user_id = o.user_id
+            and o.status = 'completed'
+            and f.as_of < o.order_date
+            and o.order_date <= f.as_of + {{ horizon }}
     group by 1, 2
 )
 
@@ -27,4 +30,4 @@ select
     {{ horizon }} as horizon_days,
     l.orders_in_horizon = 0 as churned
 from features as f
-inner join labels as l on l.user_id = f.user_id and l.as_of = f.as_of
+inner join labels as l on f.user_id = l.user_id and f.as_of = l.as_of

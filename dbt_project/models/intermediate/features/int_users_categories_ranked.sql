@@ -9,50 +9,66 @@ with events as (
 ),
 
 category_activity as (
-    select user_id, product_category, count(*) as n
+    select
+        user_id,
+        product_category,
+        count(*) as n
     from events
     where event_date > {{ as_of_date() }} - 90
-      and event_type in ('product_view', 'add_to_cart', 'purchase', 'wishlist_add')
+        and event_type in ('product_view', 'add_to_cart', 'purchase', 'wishlist_add')
     group by user_id, product_category
 ),
 
 top_category as (
-    select user_id, top_category, top_category_share
+    select
+        user_id,
+        top_category,
+        top_category_share
     from (
         select
             user_id,
             product_category as top_category,
             n * 1.0 / sum(n) over (partition by user_id) as top_category_share,
-            row_number() over (partition by user_id order by n desc, product_category) as category_rank
+            row_number() over (partition by user_id order by n desc, product_category asc) as category_rank
         from category_activity
     ) as ranked
     where category_rank = 1
 ),
 
 category_views_30d as (
-    select user_id, product_category, count(*) as views
+    select
+        user_id,
+        product_category,
+        count(*) as product_views
     from events
     where event_date > {{ as_of_date() }} - 30 and event_type = 'product_view'
     group by user_id, product_category
 ),
 
 bought_30d as (
-    select distinct user_id, category
+    select distinct
+        user_id,
+        category
     from {{ ref('int_orders_attributed') }}
     where status = 'completed' and category is not null and order_date > {{ as_of_date() }} - 30
 ),
 
 interest as (
-    select user_id, interest_category, interest_category_views_30d
+    select
+        user_id,
+        interest_category,
+        interest_category_views_30d
     from (
         select
             v.user_id,
             v.product_category as interest_category,
-            v.views as interest_category_views_30d,
-            row_number() over (partition by v.user_id order by v.views desc, v.product_category) as interest_rank
+            v.product_views as interest_category_views_30d,
+            row_number()
+                over (partition by v.user_id order by v.product_views desc, v.product_category asc)
+                as interest_rank
         from category_views_30d as v
         left join bought_30d as b on v.user_id = b.user_id and v.product_category = b.category
-        where v.views > 3 and b.user_id is null
+        where v.product_views > 3 and b.user_id is null
     ) as ranked
     where interest_rank = 1
 )

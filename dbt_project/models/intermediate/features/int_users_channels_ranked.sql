@@ -6,9 +6,15 @@ with events_90d as (
 ),
 
 channels as (
-    select user_id, channel, row_number() over (partition by user_id order by n desc, channel) as channel_rank
+    select
+        user_id,
+        channel,
+        row_number() over (partition by user_id order by n desc, channel asc) as channel_rank
     from (
-        select user_id, channel, count(*) as n
+        select
+            user_id,
+            channel,
+            count(*) as n
         from events_90d
         where channel is not null
         group by user_id, channel
@@ -16,18 +22,41 @@ channels as (
 ),
 
 devices as (
-    select user_id, device, row_number() over (partition by user_id order by n desc, device) as device_rank
+    select
+        user_id,
+        device,
+        row_number() over (partition by user_id order by n desc, device asc) as device_rank
     from (
-        select user_id, device, count(*) as n
+        select
+            user_id,
+            device,
+            count(*) as n
         from events_90d
         where device is not null
         group by user_id, device
     ) as counted
+),
+
+top_channel as (
+    select
+        user_id,
+        channel
+    from channels
+    where channel_rank = 1
+),
+
+top_device as (
+    select
+        user_id,
+        device
+    from devices
+    where device_rank = 1
 )
 
 select
     coalesce(c.user_id, d.user_id) as user_id,
     c.channel as preferred_channel_observed,
     d.device as preferred_device
-from (select * from channels where channel_rank = 1) as c
-full outer join (select * from devices where device_rank = 1) as d on c.user_id = d.user_id
+from top_channel as c
+full outer join top_device as d
+    on c.user_id = d.user_id

@@ -108,11 +108,17 @@ scored as (
     select
         *,
         case when frequency_365d > 0 then ntile(5) over (
-            partition by frequency_365d > 0 order by recency_days desc, user_id) end as recency_score,
+                    partition by frequency_365d > 0 order by recency_days desc, user_id asc
+                )
+        end as recency_score,
         case when frequency_365d > 0 then ntile(5) over (
-            partition by frequency_365d > 0 order by frequency_365d, user_id) end as frequency_score,
+                    partition by frequency_365d > 0 order by frequency_365d, user_id
+                )
+        end as frequency_score,
         case when frequency_365d > 0 then ntile(5) over (
-            partition by frequency_365d > 0 order by monetary_365d, user_id) end as monetary_score
+                    partition by frequency_365d > 0 order by monetary_365d, user_id
+                )
+        end as monetary_score
     from base
 )
 

@@ -11,5 +11,5 @@
     {% set since = "(select coalesce(max(file_date), date '1900-01-01') from " ~ this ~ ") - " ~ var('events_lookback_days') %}
 {{ latest_version(ref('base_analytics__events'), 'event_id', 'file_date desc, loaded_at desc', where='file_date >= ' ~ since) }}
 {% else %}
-{{ latest_version(ref('base_analytics__events'), 'event_id', 'file_date desc, loaded_at desc') }}
+    {{ latest_version(ref('base_analytics__events'), 'event_id', 'file_date desc, loaded_at desc') }}
 {% endif %}

@@ -11,7 +11,8 @@ rates as (
 
 -- The reporting currency (var, from segflow.yml features.reporting_currency) in units per EUR.
 reporting as (
-    select units_per_eur from rates where currency = upper('{{ var("reporting_currency") }}')
+    select units_per_eur from rates
+    where currency = upper('{{ var("reporting_currency") }}')
 ),
 
 converted as (
