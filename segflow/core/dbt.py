@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from segflow.core.config import Settings
-from segflow.core.resources import DBT_PROJECT_DIR
+from segflow.core.resources import BUNDLE_DIR, DBT_PROJECT_DIR
 
+BUNDLED = DBT_PROJECT_DIR.is_relative_to(BUNDLE_DIR)  # installed from a wheel, not a source checkout
 DBT_TARGET_ENV = "SEGFLOW_DBT_TARGET"
 DEFAULT_DBT_TARGET = "duckdb"
 
@@ -37,11 +38,15 @@ def dbt_target(settings: Settings | None = None, environ: Mapping[str, str] | No
 
 def dbt_env(settings: Settings) -> dict[str, str]:
     """Environment dbt needs: the warehouse path and the target from the settings (profiles.yml reads them)."""
-    return {
+    env = {
         "SEGFLOW_WAREHOUSE_PATH": str(settings.warehouse_path),
         "DBT_PROFILES_DIR": str(DBT_PROJECT_DIR),
         DBT_TARGET_ENV: dbt_target(settings),
     }
+    if BUNDLED:  # run state beside the team's configuration, not inside the installed package
+        env["DBT_TARGET_PATH"] = os.environ.get("DBT_TARGET_PATH") or str(target_dir(settings))
+        env["DBT_LOG_PATH"] = os.environ.get("DBT_LOG_PATH") or str(settings.root / ".dbt" / "logs")
+    return env
 
 
 DBT_VAR_NAMES = ("as_of", "churn_horizon_days", "reporting_currency", "audit_schema")  # what dbt_vars() sets
@@ -64,10 +69,15 @@ def dbt_vars(as_of: str, settings: Settings, **extra: Any) -> dict[str, Any]:
     return out
 
 
-def target_dir() -> Path:
+def target_dir(settings: Settings | None = None) -> Path:
     """Where dbt writes manifest, compiled SQL and run results: DBT_TARGET_PATH (dbt's own variable; the test
-    suite gives each parallel worker its own), else dbt_project/target."""
-    return Path(os.environ.get("DBT_TARGET_PATH") or DBT_PROJECT_DIR / "target")
+    suite gives each parallel worker its own), else dbt_project/target in a source checkout, else - the project
+    installed with the package is not the place for run state - <root>/.dbt/target."""
+    if os.environ.get("DBT_TARGET_PATH"):
+        return Path(os.environ["DBT_TARGET_PATH"])
+    if BUNDLED and settings is not None:
+        return settings.root / ".dbt" / "target"
+    return DBT_PROJECT_DIR / "target"
 
 
 class DbtError(RuntimeError):

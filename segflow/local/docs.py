@@ -38,7 +38,7 @@ def build_docs(config: str | None = None, settings=None) -> tuple[str, str | Non
     # --static inlines manifest and catalog into one HTML file that opens from file://
     run_dbt(settings, ["docs", "generate", "--static"], vars={"as_of": None})
     site.mkdir(parents=True, exist_ok=True)
-    target = target_dir()
+    target = target_dir(settings)
     shutil.copyfile(target / "static_index.html", site / "index.html")
     for name in ("manifest.json", "catalog.json"):
         if (target / name).exists():

@@ -154,3 +154,42 @@ def test_scoring_catches_up_published_dates_without_current_scores(tmp_path, mon
     assert dates_to_score([d[3]]) == [d[1], d[2], d[3]]
     assert dates_to_score([d[0]]) == [d[1], d[2], d[3]], "a handed date already scored since its build is skipped"
     assert dates_to_score([d[0]], explicit=True) == [d[0]]
+
+
+def test_task_results_are_summarised_for_the_progress_lines():
+    from segflow.airflow.progress import summarise_result
+
+    extract = {"crm": {"rows_loaded": 10, "rows_quarantined": 1}, "events": {"rows_loaded": 1_000, "rows_quarantined": 0}}
+    assert summarise_result(extract) == "1,010 rows loaded, 1 quarantined"
+    assert summarise_result({"checked": 23, "warnings": 2}) == "23 checks, 2 warnings"
+    assert summarise_result([{"as_of": "2026-09-30", "users": 9_981}]) == "9,981 users as of 2026-09-30"
+    assert summarise_result({"skipped": "no date to score"}) == "skipped: no date to score"
+    assert summarise_result("2026-09-30") is None and summarise_result(None) is None
+
+
+def test_progress_goes_to_the_descriptor_segflow_run_names(monkeypatch):
+    import json
+    import os
+
+    from segflow.airflow import progress
+
+    read_fd, write_fd = os.pipe()
+    monkeypatch.setenv(progress.PROGRESS_FD_ENV, str(write_fd))
+
+    class Ti:
+        dag_id, task_id = "segflow_build", "extract"
+
+        def xcom_pull(self, task_ids):
+            return {"checked": 3, "warnings": 0}
+
+    progress.on_start({"ti": Ti()})
+    progress.on_success({"ti": Ti()})
+    progress.report("failed", {"ti": Ti(), "exception": ValueError("bad file")})
+    os.close(write_fd)
+    with os.fdopen(read_fd) as lines:
+        events = [json.loads(line) for line in lines]
+    assert [e["event"] for e in events] == ["start", "success", "failed"]
+    assert events[1]["summary"] == "3 checks, 0 warnings" and events[1]["seconds"] is not None
+    assert events[2]["error"] == "bad file"
+    monkeypatch.delenv(progress.PROGRESS_FD_ENV)
+    progress.on_start({"ti": Ti()})  # scheduled runs: nothing to report to, nothing happens

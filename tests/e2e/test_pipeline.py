@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -13,20 +15,35 @@ import pytest
 
 from segflow.core.config import REPO_ROOT
 from segflow.synthetic.generator import generate
-from tests.conftest import AS_OF, settings_env
+from tests.conftest import AS_OF
 
 pytestmark = pytest.mark.e2e
 
 
-def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], env: dict[str, str], cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "segflow.local.cli", *args],
         env=env,
-        cwd=REPO_ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=900,
     )
+
+
+# A team's configuration in its own folder, outside the clone: only its own paths. The dbt project, the GX suites
+# and the DAGs come from the installation.
+TEAM_CONFIG = """
+sources:
+  crm: {url: "sqlite:///data/crm.sqlite", table: contacts, lookback_hours: 72}
+  events: {path: data/events}
+  transactions: {path: data/transactions}
+warehouse: {path: warehouse.duckdb}
+mlflow: {tracking_uri: "sqlite:///mlflow.db", artifact_root: mlartifacts}
+writeback: {crm_url: "sqlite:///data/crm.sqlite", export_dir: exports}
+airflow: {home: airflow}
+quality: {gx_dir: gx}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +51,24 @@ def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     data = root / "data"
     generate(data, users=600, days=150, seed=21, dirty_rate=0.02, end_date=AS_OF)
-    env = {**os.environ, **settings_env(root, data), "SEGFLOW_TASK_RETRIES": "0", "MPLCONFIGDIR": str(root / "mpl")}
-    first = run_cli(["run", "--as-of", AS_OF.isoformat()], env)
+    (root / "segflow.yml").write_text(TEAM_CONFIG)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGFLOW__")}
+    env.update(SEGFLOW_CONFIG=str(root / "segflow.yml"), SEGFLOW_TASK_RETRIES="0", MPLCONFIGDIR=str(root / "mpl"))
+    first = run_cli(["run", "--as-of", AS_OF.isoformat()], env, cwd=root)
     assert first.returncode == 0, f"segflow run failed:\n{first.stdout[-4000:]}\n{first.stderr[-4000:]}"
     return {"root": root, "data": data, "env": env, "first": first}
 
 
 def _warehouse(p):
     return duckdb.connect(str(p["root"] / "warehouse.duckdb"), read_only=True)
+
+
+def test_every_task_reports_its_start_end_and_work(pipeline):
+    out = pipeline["first"].stdout
+    for task in ("extract", "validate_raw", "dbt_build", "validate_marts", "dbt_publish", "train_models", "score_users"):
+        assert f"· {task} …" in out and f"✓ {task} (" in out, task
+    assert re.search(r"✓ extract \(\d+\.\ds\)  [\d,]+ rows loaded, [\d,]+ quarantined", out)
+    assert re.search(r"✓ score_users \(\d+\.\ds\)  [\d,]+ users as of 2026-09-30", out)
 
 
 def test_summary_is_printed(pipeline):

@@ -28,7 +28,7 @@ top_category as (
         select
             user_id,
             product_category as top_category,
-            n * 1.0 / sum(n) over (partition by user_id) as top_category_share,
+            cast(n as float8) / sum(n) over (partition by user_id) as top_category_share,
             row_number() over (partition by user_id order by n desc, product_category asc) as category_rank
         from category_activity
     ) as ranked
