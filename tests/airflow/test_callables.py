@@ -159,7 +159,10 @@ def test_scoring_catches_up_published_dates_without_current_scores(tmp_path, mon
 def test_task_results_are_summarised_for_the_progress_lines():
     from segflow.airflow.progress import summarise_result
 
-    extract = {"crm": {"rows_loaded": 10, "rows_quarantined": 1}, "events": {"rows_loaded": 1_000, "rows_quarantined": 0}}
+    extract = {
+        "crm": {"rows_loaded": 10, "rows_quarantined": 1},
+        "events": {"rows_loaded": 1_000, "rows_quarantined": 0},
+    }
     assert summarise_result(extract) == "1,010 rows loaded, 1 quarantined"
     assert summarise_result({"checked": 23, "warnings": 2}) == "23 checks, 2 warnings"
     assert summarise_result([{"as_of": "2026-09-30", "users": 9_981}]) == "9,981 users as of 2026-09-30"

@@ -65,7 +65,15 @@ def _warehouse(p):
 
 def test_every_task_reports_its_start_end_and_work(pipeline):
     out = pipeline["first"].stdout
-    for task in ("extract", "validate_raw", "dbt_build", "validate_marts", "dbt_publish", "train_models", "score_users"):
+    for task in (
+        "extract",
+        "validate_raw",
+        "dbt_build",
+        "validate_marts",
+        "dbt_publish",
+        "train_models",
+        "score_users",
+    ):
         assert f"· {task} …" in out and f"✓ {task} (" in out, task
     assert re.search(r"✓ extract \(\d+\.\ds\)  [\d,]+ rows loaded, [\d,]+ quarantined", out)
     assert re.search(r"✓ score_users \(\d+\.\ds\)  [\d,]+ users as of 2026-09-30", out)
