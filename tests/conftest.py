@@ -166,6 +166,9 @@ def _no_home_writes(monkeypatch, tmp_path):
 
 def pytest_configure(config):
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    # Hand-written test files are not generated data: they need a salt like real data (tests/core/test_privacy.py
+    # covers running without one).
+    os.environ.setdefault("SEGFLOW_PII_SALT", "segflow-test-salt")
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker:  # parallel workers (make test: pytest -n 2) must not share dbt's target folder
         os.environ["DBT_TARGET_PATH"] = str(REPO_ROOT / "dbt_project" / "target" / f"xdist-{worker}")

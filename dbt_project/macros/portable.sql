@@ -12,10 +12,6 @@
 {% macro default__sha256_hex(expr) -%}sha256({{ expr }}){%- endmacro %}
 {% macro postgres__sha256_hex(expr) -%}encode(sha256(convert_to({{ expr }}, 'UTF8')), 'hex'){%- endmacro %}
 
-{# Salted hash of a normalised identifier (email, phone): PII never leaves staging in clear text. #}
-{% macro pii_hash(expr) -%}
-    {{ sha256_hex("'" ~ env_var('SEGFLOW_PII_SALT', 'segflow-dev-salt') ~ "' || lower(trim(" ~ expr ~ "))") }}
-{%- endmacro %}
 
 {# Completed years between two dates (an age): 1990-07-01 -> 2026-06-30 is 35, not the 36 year boundaries. #}
 {% macro years_between(start_expr, end_expr) -%}

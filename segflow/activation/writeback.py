@@ -136,6 +136,21 @@ def sync_crm(desired: pd.DataFrame, url: str, table: str = "crm_segments") -> tu
     return len(new_ids), len(changed_ids), len(gone_ids), len(common) - len(changed_ids)
 
 
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def escape_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text cells a spreadsheet would run as a formula (OWASP CSV injection: =, +, -, @, tab, carriage return
+    first) get a leading apostrophe, which spreadsheets show as text. Numbers stay numbers."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
+            text = out[column].astype("object")
+            risky = text.map(lambda v: isinstance(v, str) and v.startswith(FORMULA_PREFIXES))
+            out[column] = text.where(~risky, "'" + text.astype(str))
+    return out
+
+
 def write_activation_export(scored: pd.DataFrame, export_dir: str | Path, as_of: date) -> tuple[int, list[str]]:
     """CSV + Parquet of consenting users, written to temp files and renamed into place (atomic per file)."""
     folder = Path(export_dir) / f"as_of={as_of.isoformat()}"
@@ -144,8 +159,10 @@ def write_activation_export(scored: pd.DataFrame, export_dir: str | Path, as_of:
     rows["as_of"] = pd.to_datetime(rows["as_of"]).dt.strftime("%Y-%m-%d")
     rows = rows[EXPORT_COLUMNS].reset_index(drop=True)
     paths = []
+    # The CSV is opened in spreadsheets: its cells are escaped. Parquet is read by programs: values stay raw.
     for suffix, write in (
-        ("csv", lambda f, p: f.to_csv(p, index=False)),
+        # RFC 4180 line ends: the writer then quotes every field holding a \r or \n.
+        ("csv", lambda f, p: escape_formulas(f).to_csv(p, index=False, lineterminator="\r\n")),
         ("parquet", lambda f, p: f.to_parquet(p, index=False)),
     ):
         final = folder / f"segments.{suffix}"

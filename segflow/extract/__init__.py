@@ -20,6 +20,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 from segflow.core.config import Settings
 from segflow.core.warehouse import connect, transaction
@@ -60,6 +61,50 @@ def _location(spec: SourceSpec) -> str:
         return "(unparseable url)"
 
 
+def _generated(spec: SourceSpec) -> bool:
+    """Whether the source reads data written by `segflow generate` (its manifest.json lies beside it)."""
+    import json
+
+    if spec.kind == "files":
+        path = Path(spec.options["path"])
+        folders = [path.parent if path.is_file() else path]
+    elif spec.kind == "sql" and str(spec.options.get("url", "")).startswith("sqlite:///"):
+        folders = [Path(str(spec.options["url"])[len("sqlite:///") :]).parent]
+    else:
+        return False
+    for folder in folders:
+        for manifest in (folder / "manifest.json", folder.parent / "manifest.json"):
+            try:
+                if {"users", "days", "seed"} <= set(json.loads(manifest.read_text())):
+                    return True
+            except (OSError, ValueError, TypeError):
+                continue
+    return False
+
+
+def resolve_salt(con, specs: list[SourceSpec]) -> str:
+    """The PII salt for this load (segflow.core.privacy), checked against the one the warehouse was loaded with."""
+    from segflow.core.privacy import PrivacyError, pii_salt, salt_fingerprint
+
+    try:
+        salt, warning = pii_salt(generated_only=bool(specs) and all(_generated(s) for s in specs))
+    except PrivacyError as exc:
+        raise ExtractError(str(exc)) from None
+    if warning:
+        log.warning(warning)
+    con.execute("CREATE TABLE IF NOT EXISTS raw.pii_salt (fingerprint VARCHAR, first_used_at TIMESTAMP)")
+    known = con.execute("SELECT fingerprint FROM raw.pii_salt").fetchone()
+    fingerprint = salt_fingerprint(salt)
+    if known is None:
+        con.execute("INSERT INTO raw.pii_salt VALUES (?, now())", [fingerprint])
+    elif known[0] != fingerprint:
+        raise ExtractError(
+            "SEGFLOW_PII_SALT is not the salt this warehouse's hashes were made with: new rows would no longer match "
+            "the people already loaded. Restore the salt, or load into a new warehouse."
+        )
+    return salt
+
+
 def _extract_source(con, spec: SourceSpec, ctx: LoadContext, force: bool):
     if spec.kind == "files":
         from segflow.extract.files import extract_files
@@ -84,11 +129,11 @@ def run_extract(
     every failure so the task fails visibly.
     """
     specs = source_specs(settings)
-    ctx = LoadContext(run_id, as_of, datetime.now(UTC).replace(tzinfo=None))
     results: dict[str, SourceResult] = {}
     errors: list[str] = []
     with connect(settings.warehouse_path) as con:
         ensure_tables(con)
+        ctx = LoadContext(run_id, as_of, datetime.now(UTC).replace(tzinfo=None), pii_salt=resolve_salt(con, specs))
         with transaction(con):
             con.execute("DELETE FROM raw.sources")
             con.executemany(

@@ -25,6 +25,8 @@ class Dataset:
     columns: tuple[Column, ...]
     key: tuple[str, ...]  # identifies one record; versions of it are told apart by the watermark column
     description: str
+    # Salted hashes computed at load: hash column -> (canonical column, SQL condition on it or None).
+    pii_hashes: tuple[tuple[str, str, str | None], ...] = ()
 
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
@@ -57,6 +59,7 @@ CONTACTS = Dataset(
     ),
     key=("contact_id",),
     description="CRM contacts, one row per contact version",
+    pii_hashes=(("email_hash", "email", None), ("phone_hash", "phone", None)),
 )
 
 EVENTS = Dataset(
@@ -101,6 +104,8 @@ TRANSACTIONS = Dataset(
     ),
     key=("order_id", "line_id"),
     description="orders or order lines from the shop",
+    # A reference that is an email is matched on its hash, never in clear text downstream.
+    pii_hashes=(("customer_ref_hash", "customer_ref", "position('@' in {value}) > 0"),),
 )
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in (CONTACTS, EVENTS, TRANSACTIONS)}

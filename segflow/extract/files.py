@@ -16,6 +16,7 @@ rerun. One transaction for a whole source held every file's rows and temp tables
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import re
 import threading
@@ -63,14 +64,31 @@ def list_files(spec: SourceSpec) -> tuple[Path, list[tuple[Path, str, date | Non
     return path, files
 
 
+def content_hash(path: Path) -> str:
+    """SHA-256 of a file's bytes: a file rewritten with the same size and modification time is still new."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def outside(path: Path, base: Path) -> bool:
+    """Whether `path` (a symbolic link, or below one) leads out of the source folder."""
+    try:
+        return not path.resolve(strict=True).is_relative_to(base.resolve())
+    except OSError:  # a dangling or looping link
+        return True
+
+
 def extract_files(
     con, spec: SourceSpec, ctx: LoadContext, force: bool = False, workers: int | None = None
 ) -> list[BatchResult]:
-    _, files = list_files(spec)
+    base, files = list_files(spec)
     known = {
         r[0]: (r[1], r[2], r[3])
         for r in con.execute(
-            "SELECT source_file, size_bytes, mtime_ns, file_date FROM raw.loaded_files WHERE source = ?", [spec.name]
+            "SELECT source_file, content_sha256, NULL, file_date FROM raw.loaded_files WHERE source = ?", [spec.name]
         ).fetchall()
     }
     results: list[BatchResult] = []
@@ -87,17 +105,30 @@ def extract_files(
                 con.execute("DELETE FROM raw.loaded_files WHERE source = ? AND source_file = ?", [spec.name, partition])
             results.append(BatchResult(partition, 0, 0, 0, 0, ["file removed: its rows were deleted"]))
     todo = []
+    refused: list[ExtractError] = []
     for path, partition, day in files:
         if day is not None and day > ctx.as_of:
             continue
+        if outside(path, base):
+            # Never read (nor echo) what a link points at outside the folder the source was given.
+            refused.append(
+                ExtractError(
+                    f"source {spec.name}: {partition}: a symbolic link leading outside the source folder; not followed"
+                )
+            )
+            continue
         stat = path.stat()
-        unchanged = known.get(partition, (None, None, None))[:2] == (stat.st_size, stat.st_mtime_ns)
+        digest = content_hash(path)
+        unchanged = known.get(partition, (None, None, None))[0] == digest
         if unchanged and not force and day != ctx.as_of:
             continue
-        todo.append((path, partition, day, stat))
+        todo.append((path, partition, day, stat, digest))
     workers = max(1, min(workers or LOAD_WORKERS, len(todo)))
     if workers == 1:
-        return results + [_load_file(con, spec, ctx, *item) for item in todo]
+        loaded_one = [_load_file(con, spec, ctx, *item) for item in todo]
+        if refused:
+            raise refused[0]
+        return results + loaded_one
     # Many files (a first load, a full refresh): one connection per worker, files handed out in order. A file's
     # statements run on one core (a day's file is less than a DuckDB row group), so two files at once use both.
     # The first refused file (in file order) is raised once every started file has finished.
@@ -135,6 +166,8 @@ def extract_files(
             cursor.close()
     if errors:
         raise errors[min(errors)]
+    if refused:
+        raise refused[0]
     return results + [loaded[i] for i in sorted(loaded)]
 
 
@@ -142,7 +175,7 @@ LOAD_WORKERS = 2  # files loaded at once (the machines here have 2 cores)
 
 
 def _load_file(
-    con, spec: SourceSpec, ctx: LoadContext, path: Path, partition: str, day: date | None, stat
+    con, spec: SourceSpec, ctx: LoadContext, path: Path, partition: str, day: date | None, stat, digest: str
 ) -> BatchResult:
     """Load one file in its own transaction, with its loaded_files record."""
     with transaction(con):
@@ -157,7 +190,8 @@ def _load_file(
         result = load_batch(con, ctx, spec.name, spec.dataset, plan, batch, partition, day)
         con.execute("DELETE FROM raw.loaded_files WHERE source = ? AND source_file = ?", [spec.name, partition])
         con.execute(
-            "INSERT INTO raw.loaded_files VALUES (?, ?, ?, ?, ?, ?)",
-            [spec.name, partition, day, stat.st_size, stat.st_mtime_ns, ctx.now],
+            "INSERT INTO raw.loaded_files (source, source_file, file_date, size_bytes, mtime_ns, loaded_at, "
+            "content_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [spec.name, partition, day, stat.st_size, stat.st_mtime_ns, ctx.now, digest],
         )
     return result

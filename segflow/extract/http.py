@@ -225,7 +225,9 @@ def extract_http(con, spec: SourceSpec, ctx: LoadContext, client: ApiClient | No
         result.notes.append(f"{client.requests} requests, {client.retries} retries so far")
         con.execute("DELETE FROM raw.loaded_files WHERE source = ? AND source_file = ?", [spec.name, partition])
         con.execute(
-            "INSERT INTO raw.loaded_files VALUES (?, ?, ?, ?, 0, ?)", [spec.name, partition, day, len(records), ctx.now]
+            "INSERT INTO raw.loaded_files (source, source_file, file_date, size_bytes, mtime_ns, loaded_at) "
+            "VALUES (?, ?, ?, ?, 0, ?)",
+            [spec.name, partition, day, len(records), ctx.now],
         )
         results.append(result)
     return results

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS raw.quarantine (
     raw_record VARCHAR, quarantined_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS raw.loaded_files (
     source VARCHAR, source_file VARCHAR, file_date DATE, size_bytes BIGINT, mtime_ns BIGINT, loaded_at TIMESTAMP);
+ALTER TABLE raw.loaded_files ADD COLUMN IF NOT EXISTS content_sha256 VARCHAR;
 CREATE TABLE IF NOT EXISTS raw.sources (
     source VARCHAR, dataset VARCHAR, kind VARCHAR, location VARCHAR, registered_at TIMESTAMP);
 """
@@ -44,6 +45,7 @@ class LoadContext:
     run_id: str
     as_of: date
     now: datetime
+    pii_salt: str = field(default="", repr=False)  # bound as a parameter, never written into SQL text
 
 
 @dataclass
@@ -68,6 +70,14 @@ def ensure_tables(con) -> None:
                 f"ALTER TABLE raw.{dataset.raw_table} ADD COLUMN IF NOT EXISTS {quote_ident(c.name)} {c.sql_type}"
             )
         con.execute(f"ALTER TABLE raw.{dataset.raw_table} ADD COLUMN IF NOT EXISTS _source VARCHAR")
+        for hashed, _, _ in dataset.pii_hashes:
+            con.execute(f"ALTER TABLE raw.{dataset.raw_table} ADD COLUMN IF NOT EXISTS {quote_ident(hashed)} VARCHAR")
+
+
+def is_consent(column: str) -> bool:
+    """Consent columns fail safe: a value that cannot be read is no consent (the row still loads, so an older
+    opt-in of the same contact is not left in force by a quarantined update)."""
+    return column.startswith("consent_")
 
 
 def _checks(plan: MappingPlan, dataset: Dataset) -> list[tuple[str, str, str]]:
@@ -78,7 +88,7 @@ def _checks(plan: MappingPlan, dataset: Dataset) -> list[tuple[str, str, str]]:
         label = quote_literal(plan.describe(c.name))
         if c.required:
             out.append((f"{raw_value} IS NULL", label, "'missing required value'"))
-        if c.sql_type != "VARCHAR":
+        if c.sql_type != "VARCHAR" and not is_consent(c.name):
             typed = quote_ident("t:" + c.name)
             out.append(
                 (
@@ -87,7 +97,88 @@ def _checks(plan: MappingPlan, dataset: Dataset) -> list[tuple[str, str, str]]:
                     f"'cannot parse ''' || left({raw_value}, 100) || ''' as {c.sql_type.lower()}'",
                 )
             )
+        if c.sql_type in ("DOUBLE", "DATE", "TIMESTAMP"):
+            # inf, NaN, 1e309 and 'infinity' parse, and would reach every sum and model downstream.
+            typed = quote_ident("t:" + c.name)
+            reason = "'not a finite number'" if c.sql_type == "DOUBLE" else "'not a finite date or time'"
+            out.append((f"{typed} IS NOT NULL AND NOT isfinite({typed})", label, reason))
     return out
+
+
+def _version_conflicts(con, table, source, dataset, plan, version_column, checks, notes) -> list[tuple[str, str, str]]:
+    """Rows of a versioned source (the CRM) that claim the same (key, version) with different values.
+
+    Within the batch one row is kept, deterministically (the one whose values sort first), and the others are
+    quarantined; a row differing from the version already loaded is quarantined and the loaded one kept. Where
+    the rivals disagree on a consent, the kept version's consent becomes no consent: conflicting consent is none.
+    Adds the columns `_fp` (the row's values) and `_conflict` to batch_checked; returns the checks for them."""
+    parsed = [c for c in dataset.columns if c.name != version_column]
+    base_fail = " OR ".join(f"({cond})" for cond, _, _ in checks) or "false"
+
+    def val(c, alias=""):
+        return (
+            (alias + quote_ident("t:" + c.name))
+            if c.sql_type != "VARCHAR"
+            else f"NULLIF(trim({alias}{quote_ident(c.name)}), '')"
+        )
+
+    fp = "md5(concat_ws('|', " + ", ".join(f"coalesce(CAST({val(c)} AS VARCHAR), '<null>')" for c in parsed) + "))"
+    key = ", ".join([*(val(dataset.column(k)) for k in dataset.key), val(dataset.column(version_column))])
+    consent = [c for c in dataset.columns if is_consent(c.name)]
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE batch_checked AS
+        SELECT *, CASE WHEN NOT ({base_fail}) THEN {fp} END AS _fp FROM batch_checked""")
+    same = " AND ".join(
+        f"r.{quote_ident(k)} IS NOT DISTINCT FROM {val(dataset.column(k), 'b.')}"
+        for k in (*dataset.key, version_column)
+    )
+    loaded_fp = (
+        "md5(concat_ws('|', "
+        + ", ".join(f"coalesce(CAST(r.{quote_ident(c.name)} AS VARCHAR), '<null>')" for c in parsed)
+        + "))"
+    )
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE batch_checked AS
+        SELECT b.*,
+               CASE
+                   WHEN b._fp IS NULL THEN NULL
+                   WHEN EXISTS (SELECT 1 FROM {table} AS r WHERE r._source = {quote_literal(source)} AND {same}
+                                AND {loaded_fp} <> b._fp) THEN 'loaded'
+                   WHEN b._fp <> min(b._fp) OVER (PARTITION BY {key.replace('"t:', 'b."t:')}) THEN 'batch'
+               END AS _conflict
+        FROM batch_checked AS b""")
+    counts = dict(
+        con.execute("SELECT _conflict, count(*) FROM batch_checked WHERE _conflict IS NOT NULL GROUP BY 1").fetchall()
+    )
+    if counts:
+        notes.append(
+            f"warning: {sum(counts.values())} row(s) give other values for a (key, {version_column}) "
+            "already given; the first is kept, the others are quarantined"
+        )
+    if consent:
+        # Rivals that disagree on a consent: the version kept says no consent.
+        for c in consent:
+            col = quote_ident("t:" + c.name)
+            con.execute(f"""UPDATE batch_checked AS b SET {col} = false
+                WHERE b._conflict IS NULL AND b._fp IS NOT NULL AND EXISTS (
+                    SELECT 1 FROM batch_checked AS o WHERE o._conflict = 'batch'
+                    AND {" AND ".join(f"o.{quote_ident('t:' + k) if dataset.column(k).sql_type != 'VARCHAR' else quote_ident(k)} IS NOT DISTINCT FROM b.{quote_ident('t:' + k) if dataset.column(k).sql_type != 'VARCHAR' else quote_ident(k)}" for k in (*dataset.key, version_column))}
+                    AND o.{col} IS DISTINCT FROM b.{col})""")
+            con.execute(f"""UPDATE {table} AS r SET {quote_ident(c.name)} = false
+                WHERE r._source = {quote_literal(source)} AND EXISTS (
+                    SELECT 1 FROM batch_checked AS b WHERE b._conflict = 'loaded' AND {same}
+                    AND b.{col} IS DISTINCT FROM r.{quote_ident(c.name)})""")
+    label = quote_literal(", ".join([*dataset.key, version_column]))
+    return [
+        (
+            "_conflict IS NOT DISTINCT FROM 'batch'",
+            label,
+            f"'conflicting version: another row has the same {' and '.join([*dataset.key, version_column])} with other values'",
+        ),
+        (
+            "_conflict IS NOT DISTINCT FROM 'loaded'",
+            label,
+            f"'conflicting version: differs from the version with the same {' and '.join([*dataset.key, version_column])} loaded earlier'",
+        ),
+    ]
 
 
 def load_batch(
@@ -128,6 +219,9 @@ def load_batch(
         f"FROM ({canonical}) AS canonical"
     )
     checks = _checks(plan, dataset)
+    notes = list(batch.notes)
+    if mode == "versions" and version_column:
+        checks += _version_conflicts(con, table, source, dataset, plan, version_column, checks, notes)
     failing = " OR ".join(f"({cond})" for cond, _, _ in checks) or "false"
 
     params = [ctx.run_id, source, partition]
@@ -140,12 +234,24 @@ def load_batch(
         )
 
     def value(c, alias: str = "") -> str:
+        if is_consent(c.name):
+            raw = f"NULLIF(trim({alias}{quote_ident(c.name)}), '')"
+            return f"coalesce({alias}{quote_ident('t:' + c.name)}, CASE WHEN {raw} IS NOT NULL THEN false END)"
         if c.sql_type != "VARCHAR":
             return alias + quote_ident("t:" + c.name)
         return f"NULLIF(trim({alias}{quote_ident(c.name)}), '')"
 
     values = ", ".join(value(c) for c in dataset.columns)
     names = ", ".join(quote_ident(c.name) for c in dataset.columns)
+    salt_params: list[str] = []
+    for hashed, column, condition in dataset.pii_hashes:
+        normalised = f"lower(trim({quote_ident(column)}))"
+        digest = f"sha256(?::VARCHAR || {normalised})"
+        if condition:
+            digest = f"CASE WHEN {condition.format(value=quote_ident(column))} THEN {digest} END"
+        values += f", CASE WHEN NULLIF(trim({quote_ident(column)}), '') IS NOT NULL THEN {digest} END"
+        names += f", {quote_ident(hashed)}"
+        salt_params.append(ctx.pii_salt)
     good = f"SELECT * FROM batch_checked AS b WHERE NOT ({failing})"
     if mode == "versions" and version_column:
         same = " AND ".join(
@@ -156,7 +262,7 @@ def load_batch(
     new_rows = con.execute(
         f"INSERT INTO {table} ({names}, _source, _source_file, _file_date, _row_ref, _run_id, _loaded_at) "
         f"SELECT {values}, ?, ?, ?, _row_ref, ?, ? FROM ({good})",
-        [source, partition, file_date, ctx.run_id, ctx.now],
+        [*salt_params, source, partition, file_date, ctx.run_id, ctx.now],
     ).fetchall()[0][0]
     if checks:
         union = " UNION ALL ".join(
@@ -180,7 +286,15 @@ def load_batch(
         else con.execute(f"SELECT count(*) FROM batch_checked WHERE NOT ({failing})").fetchall()[0][0]
     )
     rows_in = structurally_ok + len(batch.rejects)
-    notes = list(batch.notes)
+    unreadable = [c for c in dataset.columns if is_consent(c.name)]
+    if unreadable:
+        cond = " OR ".join(
+            f"(NULLIF(trim({quote_ident(c.name)}), '') IS NOT NULL AND {quote_ident('t:' + c.name)} IS NULL)"
+            for c in unreadable
+        )
+        count = con.execute(f"SELECT count(*) FROM batch_checked WHERE NOT ({failing}) AND ({cond})").fetchone()[0]
+        if count:
+            notes.append(f"{count} row(s) with an unreadable consent value, read as no consent")
     if plan.ignored:
         notes.append("ignored columns: " + ", ".join(plan.ignored))
     con.execute(

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from segflow.extract.errors import ExtractError
-from segflow.extract.mapping import normalise_name, quote_ident
+from segflow.extract.mapping import normalise_name, quote_ident, quote_literal
 
 FORMATS = {
     ".csv": "csv",
@@ -90,10 +90,11 @@ def decode(data: bytes, encoding: str, origin: str) -> str:
         text = data.decode(codec)
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
+        # The bytes themselves are not shown: structural messages reach logs and consoles, data values must not.
         raise ExtractError(
-            f"{origin}: line {line}: bytes {data[exc.start : exc.end]!r} at offset {exc.start} are not valid {encoding}; "
+            f"{origin}: line {line}: the bytes at offset {exc.start} are not valid {encoding}; "
             "if the file uses another encoding set `encoding:` for this source (e.g. latin-1, cp1252)"
-        ) from exc
+        ) from None
     except LookupError as exc:
         raise ExtractError(f"{origin}: unknown encoding {encoding!r}") from exc
     return text.lstrip("\ufeff")
@@ -114,61 +115,151 @@ def _check_names(names: list[str], origin: str) -> None:
         if not key:
             raise ExtractError(f"{origin}: the header has an empty column name")
         if key in seen:
-            raise ExtractError(f"{origin}: duplicate column name {name!r} in the header")
+            raise ExtractError(f"{origin}: duplicate column name {name[:60]!r} in the header")
         seen[key] = name
 
 
 def sniff_delimiter(header_line: str) -> str:
-    counts = {d: header_line.count(d) for d in DELIMITER_CANDIDATES}
-    best = max(counts, key=lambda d: counts[d])
-    return best if counts[best] else ","
+    """The candidate that splits the header into the most fields, quotes respected (a quoted name may contain
+    another candidate: `order_id,"customer;ref"` is comma-separated); ties go to the comma."""
+
+    def fields(delim: str) -> int:
+        try:
+            return len(next(csv.reader([header_line], delimiter=delim)))
+        except (csv.Error, StopIteration):
+            return 0
+
+    counts = {d: fields(d) for d in DELIMITER_CANDIDATES}
+    best = max(DELIMITER_CANDIDATES, key=lambda d: (counts[d], d == ","))
+    return best if counts[best] > 1 else ","
+
+
+MAX_FIELD_CHARS = 262_144  # a longer field is no value of any contract: its row is quarantined
+MAX_RECORD_LINES = 1_000  # a quoted field spanning more physical lines is taken for an unbalanced quote
+csv.field_size_limit(64 * 1024 * 1024)  # read long fields to quarantine their row, not to refuse the file
+
+
+@dataclass
+class Record:
+    first_line: int
+    last_line: int
+    fields: list[str] | None  # None: refused, see `reason`
+    reason: str | None = None
+    raw: str = ""
+
+    @property
+    def ref(self) -> str:
+        return (
+            f"line {self.first_line}"
+            if self.first_line == self.last_line
+            else f"lines {self.first_line}-{self.last_line}"
+        )
+
+
+def _physical_lines(text: str) -> list[str]:
+    """Lines as written, ends kept: \n, \r\n or \r (not the other characters str.splitlines() breaks at)."""
+    return io.StringIO(text, newline="").readlines()
+
+
+def _parse_one(chunk: str, delim: str) -> list[str]:
+    if '"' not in chunk:  # no quoting: what csv would return, without building a reader per line
+        line = chunk.rstrip("\r\n")
+        return line.split(delim) if line else []
+    rows = list(csv.reader(io.StringIO(chunk, newline=""), delimiter=delim))
+    return rows[0] if rows else []
+
+
+def csv_records(text: str, delim: str, width: int | None = None):
+    """Every physical line of a CSV text accounted for: records (quoted fields may span lines) or refusals.
+
+    A quote that opens a field and never closes would swallow the rest of the file into one field. A record that
+    spans lines is taken as it reads only when none of its continuation lines is a row on its own (has `width`
+    fields, quotes balanced) and it closes within MAX_RECORD_LINES; otherwise its first line is refused for its
+    unbalanced quote and reading resumes on the next line."""
+    lines = _physical_lines(text)
+    i = 0
+    while i < len(lines):
+        j, quotes = i, lines[i].count('"')
+        while quotes % 2 and j + 1 < len(lines) and j - i < MAX_RECORD_LINES:
+            j += 1
+            quotes += lines[j].count('"')
+        unbalanced = quotes % 2 == 1
+        if not unbalanced and j > i and width is not None:
+            unbalanced = any(
+                lines[k].count('"') % 2 == 0 and len(_parse_one(lines[k], delim)) == width for k in range(i + 1, j + 1)
+            )
+        if unbalanced:
+            yield Record(
+                i + 1,
+                i + 1,
+                None,
+                "unbalanced quote: a quoted field opened on this line does not close before the next row",
+                lines[i].rstrip("\r\n")[:RAW_RECORD_LIMIT],
+            )
+            i += 1
+            continue
+        chunk = "".join(lines[i : j + 1])
+        yield Record(i + 1, j + 1, _parse_one(chunk, delim), raw=chunk.rstrip("\r\n")[:RAW_RECORD_LIMIT])
+        i = j + 1
 
 
 def read_csv(con, path: Path, text: str, delimiter: str | None = None) -> Batch:
     origin = str(path)
-    lines_view = io.StringIO(text, newline="")
     first = next((line for line in text.splitlines() if line.strip()), None)
     if first is None:
         raise ExtractError(f"{origin}: empty file (no header) where data is expected")
     delim = delimiter or sniff_delimiter(first)
-    reader = csv.reader(lines_view, delimiter=delim)
     header: list[str] | None = None
+    normalised: list[str] = []
     rows: list[list[str]] = []
     refs: list[str] = []
     rejects: list[Reject] = []
     last_bad: tuple[int, int] | None = None
-    line_end = 0
-    try:
-        for fields in reader:
-            start, line_end = line_end + 1, reader.line_num
-            if not fields or (len(fields) == 1 and not fields[0].strip()):
-                continue  # blank line: not a row
-            if header is None:
-                header = [f.strip() for f in fields]
-                _check_names(header, origin)
-                normalised = [normalise_name(h) for h in header]
-                continue
-            last_bad = None
-            if len(fields) == len(header) and [normalise_name(f) for f in fields] == normalised:
-                rejects.append(
-                    Reject(f"line {start}", None, "repeated header row", delim.join(fields)[:RAW_RECORD_LIMIT])
+    records = csv_records(text, delim)
+    for record in records:
+        fields = record.fields
+        if fields is not None and (not fields or (len(fields) == 1 and not fields[0].strip())):
+            continue  # blank line: not a row
+        if header is None:
+            if fields is None:
+                raise ExtractError(f"{origin}: line {record.first_line}: the header has an unbalanced quote")
+            header = [f.strip() for f in fields]
+            _check_names(header, origin)
+            normalised = [normalise_name(h) for h in header]
+            records = csv_records("".join(_physical_lines(text)[record.last_line :]), delim, len(header))
+            offset = record.last_line
+            break
+    if header is None:
+        raise ExtractError(f"{origin}: empty file (no header) where data is expected")
+    for record in records:
+        first_line, last_line = record.first_line + offset, record.last_line + offset
+        ref = f"line {first_line}" if first_line == last_line else f"lines {first_line}-{last_line}"
+        fields = record.fields
+        if fields is None:
+            rejects.append(Reject(ref, None, record.reason or "unreadable", record.raw))
+            continue
+        if not fields or (len(fields) == 1 and not fields[0].strip()):
+            continue  # blank line: not a row
+        last_bad = None
+        if len(fields) == len(header) and [normalise_name(f) for f in fields] == normalised:
+            rejects.append(Reject(ref, None, "repeated header row", record.raw))
+        elif len(fields) != len(header):
+            last_bad = (first_line, len(fields))
+            rejects.append(Reject(ref, None, f"expected {len(header)} fields, found {len(fields)}", record.raw))
+        elif (longest := max(range(len(fields)), key=lambda k: len(fields[k]))) is not None and len(
+            fields[longest]
+        ) > MAX_FIELD_CHARS:
+            rejects.append(
+                Reject(
+                    ref,
+                    header[longest],
+                    f"field of {len(fields[longest]):,} characters exceeds the {MAX_FIELD_CHARS:,}-character limit",
+                    record.raw,
                 )
-            elif len(fields) != len(header):
-                last_bad = (start, len(fields))
-                rejects.append(
-                    Reject(
-                        f"line {start}",
-                        None,
-                        f"expected {len(header)} fields, found {len(fields)}",
-                        delim.join(fields)[:RAW_RECORD_LIMIT],
-                    )
-                )
-            else:
-                rows.append(fields)
-                refs.append(f"line {start}")
-    except csv.Error as exc:
-        raise ExtractError(f"{origin}: line {reader.line_num}: malformed CSV ({exc})") from exc
-    assert header is not None
+            )
+        else:
+            rows.append(fields)
+            refs.append(ref)
     if last_bad and last_bad[1] < len(header) and not text.endswith(("\n", "\r")):
         raise ExtractError(
             f"{origin}: truncated file: the last line ({last_bad[0]}) has {last_bad[1]} of "
@@ -219,18 +310,52 @@ def read_jsonl(con, path: Path, text: str) -> Batch:
             "GROUP BY k ORDER BY min(line_no), k"
         ).fetchall()
     ]
-    _check_names(keys, origin)
-    if keys:
-        spec = json.dumps({k: "VARCHAR" for k in keys}).replace("'", "''")
-        cols = ", ".join(f"s.{quote_ident(k)} AS {quote_ident(k)}" for k in keys)
+    # Keys that differ only in case ("Device" beside "device") are one column: each row takes the value it has,
+    # and a row holding two different values under them is quarantined.
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        groups.setdefault(normalise_name(key), []).append(key)
+    columns = [variants[0] for variants in groups.values()]
+    _check_names(columns, origin)
+    merged = {variants[0]: variants for variants in groups.values() if len(variants) > 1}
+    if merged:
+        for name, variants in merged.items():
+            values = [f"json_extract_string(line, {quote_literal('$.' + json.dumps(v))})" for v in variants]
+            conflict = " OR ".join(
+                f"({a} IS NOT NULL AND {b} IS NOT NULL AND {a} <> {b})"
+                for n, a in enumerate(values)
+                for b in values[n + 1 :]
+            )
+            shown = " and ".join(repr(v)[:60] for v in variants)
+            for line_no, line in con.execute(
+                f"SELECT line_no, line FROM batch_json WHERE is_object AND ({conflict}) ORDER BY line_no"
+            ).fetchall():
+                rejects.append(
+                    Reject(
+                        f"line {line_no}", name, f"conflicting values under the keys {shown}", line[:RAW_RECORD_LIMIT]
+                    )
+                )
+            con.execute(f"DELETE FROM batch_json WHERE is_object AND ({conflict})")
+    if columns:
+        plain = {k for k in keys if normalise_name(k) not in {normalise_name(m) for m in merged}}
+        spec = json.dumps({k: "VARCHAR" for k in sorted(plain)}).replace("'", "''")
+        exprs = []
+        for name in columns:
+            if name in merged:
+                values = [f"json_extract_string(line, {quote_literal('$.' + json.dumps(v))})" for v in merged[name]]
+                exprs.append(f"coalesce({', '.join(values)}) AS {quote_ident(name)}")
+            else:
+                exprs.append(f"s.{quote_ident(name)} AS {quote_ident(name)}")
+        source = f"json_transform(line, '{spec}')" if plain else "NULL"
         con.execute(f"""CREATE OR REPLACE TEMP TABLE batch_source AS
-                        SELECT 'line ' || line_no AS _row_ref, {cols}
-                        FROM (SELECT line_no, json_transform(line, '{spec}') AS s FROM batch_json WHERE is_object)
+                        SELECT 'line ' || line_no AS _row_ref, {", ".join(exprs)}
+                        FROM (SELECT line_no, line, {source} AS s FROM batch_json WHERE is_object)
                         ORDER BY line_no""")
     else:
         con.execute(
             "CREATE OR REPLACE TEMP TABLE batch_source AS SELECT 'line ' || line_no AS _row_ref FROM batch_json WHERE is_object"
         )
+    keys = columns
     rows = con.execute("SELECT count(*) FROM batch_source").fetchall()[0][0]
     con.execute("DROP TABLE batch_json")
     return Batch(origin, keys, rows, rejects)

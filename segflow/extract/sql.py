@@ -9,7 +9,7 @@ Rows whose updated_at is empty are read every time and quarantined (never silent
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 
@@ -25,6 +25,28 @@ DEFAULT_LOOKBACK_HOURS = 72
 def _timestamp_literal(moment: datetime) -> str:
     # Compared as text by SQLite and cast by PostgreSQL; ISO with a space sorts like the stored values.
     return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _watermark_binder(engine, table, column):
+    """How a moment is compared with the source's watermark column, in the column's own type: epoch numbers
+    (seconds, or milliseconds when the values are that large) for numeric columns, datetimes for date-time
+    columns, ISO text otherwise. Comparing an integer column with text made SQLite select nothing after the
+    first run (integers sort before text), silently."""
+    import sqlalchemy as sa
+
+    kind = column.type
+    if isinstance(kind, (sa.Integer, sa.Numeric, sa.Float)):
+        with engine.connect() as conn:
+            largest = conn.execute(sa.select(sa.func.max(column)).select_from(table)).scalar()
+        scale = 1000 if largest is not None and abs(float(largest)) >= 1e11 else 1
+
+        def epoch(moment: datetime):
+            return sa.literal(int(moment.replace(tzinfo=UTC).timestamp() * scale))
+
+        return epoch
+    if isinstance(kind, (sa.DateTime, sa.Date)):
+        return lambda moment: sa.literal(moment, type_=kind)
+    return lambda moment: sa.literal(_timestamp_literal(moment))
 
 
 def source_url(spec: SourceSpec) -> str:
@@ -68,9 +90,10 @@ def extract_sql(con, spec: SourceSpec, ctx: LoadContext) -> list[BatchResult]:
                 f"{origin}: missing watermark column '{source_name}' (for {version_column}); "
                 f"columns present: {', '.join(c.name for c in table.columns)}"
             )
-        window = wcol < sa.literal(_timestamp_literal(upper))
+        bound = _watermark_binder(engine, table, wcol)
+        window = wcol < bound(upper)
         if lower is not None:
-            window = sa.and_(window, wcol >= sa.literal(_timestamp_literal(lower)))
+            window = sa.and_(window, wcol >= bound(lower))
         query = sa.select(table).where(sa.or_(window, wcol.is_(None)))
         with engine.connect() as conn:
             cursor = conn.execute(query)

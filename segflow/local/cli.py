@@ -196,6 +196,15 @@ def cmd_run(args) -> int:
     from segflow.airflow.callables import resolve_as_of
 
     as_of = resolve_as_of(args.as_of)  # the same rule the DAGs use (explicit date, else yesterday in UTC)
+    from segflow.airflow.dag_defaults import START_DATE
+
+    if as_of < START_DATE.date():
+        console.print(
+            f"error: as-of {as_of} lies before the DAGs' start date {START_DATE.date()}: nothing can run for it",
+            markup=False,
+            highlight=False,
+        )
+        return 2
     log_file = Path(os.environ["AIRFLOW_HOME"]) / "logs" / f"segflow-run-{as_of}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     console.print(
@@ -212,6 +221,12 @@ def cmd_run(args) -> int:
         state, failed = run_dag(
             dag_id, as_of, log_file, full_refresh=args.full_refresh and dag_id == "segflow_build", progress=progress
         )
+        if state == "success" and progress.tasks_run == 0:
+            # Airflow marks a run successful when none of its tasks was scheduled: that is not a success.
+            console.print(
+                f"error: {dag_id} ran no task for as-of {as_of}; see {log_file}", markup=False, highlight=False
+            )
+            return 1
         if state != "success":
             reason = _failure_reason(log_file, progress)
             detail = next((e["error"] for e in progress.failures if e.get("error")), "")
@@ -222,8 +237,9 @@ def cmd_run(args) -> int:
                 f"{', '.join(failed) or '-'}; full log: {log_file}",
                 highlight=False,
             )
+            first = next((e["task_id"] for e in progress.failures), failed[0] if failed else "an unknown task")
             console.print(
-                f"error: {dag_id} failed at {failed[0] if failed else 'an unknown task'}: {reason}",
+                f"error: {dag_id} failed at {first}: {reason}",
                 markup=False,
                 highlight=False,
             )

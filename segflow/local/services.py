@@ -79,6 +79,15 @@ def service_environ(settings: Settings, environ: dict[str, str] | None = None) -
     return env
 
 
+def secret_file(path: Path) -> Path:
+    """Create `path` (empty) readable by its owner only, or make an existing one so. Writers that open it for
+    appending (Airflow's password file, the service logs) keep the mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    return path
+
+
 def ui_hostname() -> str:
     """Airflow's hostname_callable: task logs are fetched from this host, where the log servers listen."""
     return os.environ.get("SEGFLOW_UI_HOST", "127.0.0.1")
@@ -213,7 +222,10 @@ def start(settings: Settings, timeout: float = 180.0, environ: dict[str, str] | 
     ensure_metadata_db(settings)
     Path(ui["docs_dir"]).mkdir(parents=True, exist_ok=True)
     logs = Path(ui["state_dir"]) / "logs"
+    # The generated Airflow password lands in its file and in the api-server's log: both are secrets.
     logs.mkdir(parents=True, exist_ok=True)
+    logs.chmod(0o700)
+    secret_file(passwords_file(settings))
     records = list(already.values())
     try:
         _launch(settings, wanted, records, env, logs, timeout)
@@ -227,7 +239,7 @@ def _launch(
     settings: Settings, wanted: list[Service], records: list[dict], env: dict[str, str], logs: Path, timeout: float
 ) -> None:
     for service in wanted:
-        with open(logs / f"{service.name}.log", "ab") as log:
+        with open(secret_file(logs / f"{service.name}.log"), "ab") as log:
             process = subprocess.Popen(
                 service.argv,
                 env=env,

@@ -76,6 +76,7 @@ BROWSE_EVENTS = np.array(
 EVENT_TYPES = np.append(BROWSE_EVENTS, "purchase")
 PURCHASE_CODE = len(BROWSE_EVENTS)
 ENGAGEMENT_FLOOR = 0.6  # share of browsing a long-lapsed user keeps
+TRACKING_CONSENT_SHARE = 0.85  # users who allow behavioural tracking (the others send no analytics events)
 EMAIL_CLICK_CODE = int(np.flatnonzero(EVENT_TYPES == "email_click")[0])
 LOGGED_IN_CODES = [int(np.flatnonzero(t == EVENT_TYPES)[0]) for t in ("login", "purchase", "email_open", "email_click")]
 NO_CATEGORY_CODES = [int(np.flatnonzero(t == EVENT_TYPES)[0]) for t in ("page_view", "login", "email_open")]
@@ -326,6 +327,9 @@ def generate(
 
     contact_ids = np.char.add("C", np.char.zfill(np.arange(1, n + 1).astype(str), 7))
     emails = _emails(rng, n)
+    # Tracking consent (its own random stream): without it the site's tracker never runs, so the analytics files
+    # hold none of the user's events - though the user still browses, and that behaviour still drives purchases.
+    tracking_consent = np.random.default_rng([seed, 7]).random(n) < TRACKING_CONSENT_SHARE
     event_counter = 0
     order_counter = 0
     day0 = datetime.combine(start_date, datetime.min.time())
@@ -395,7 +399,7 @@ def generate(
                 "device": _dictionary(device_idx, DEVICES),
                 "channel": _dictionary(_pick(rng, cum_channel, persona[ev_user]), CHANNELS),
             }
-        )
+        ).filter(pa.array(tracking_consent[ev_user]))
         event_counter += e
         writer.submit(day, orders, events)
 
@@ -418,6 +422,7 @@ def generate(
     ).to_parquet(out / "ground_truth.parquet", index=False)
 
     contacts = _contacts(rng, n, persona, signup, start_date, end_date, contact_ids, emails, fav_device, seed)
+    contacts["consent_tracking"] = tracking_consent
     if dirty_rate:
         contacts = _dirty_contacts(rng, contacts, dirty_rate, end_date)
     url = crm_url or f"sqlite:///{(out / 'crm.sqlite').resolve()}"
@@ -498,7 +503,7 @@ def _contacts(rng, n, persona, signup, start_date, end_date, contact_ids, emails
             "city": city,
             "income_band": INCOME_BANDS[_pick(rng, cum_income, persona)],
             "consent_email_marketing": rng.random(n) < np.array([p.email_consent for p in PERSONAS])[persona],
-            "consent_tracking": rng.random(n) < 0.85,
+            "consent_tracking": rng.random(n) < TRACKING_CONSENT_SHARE,  # replaced by the generator's own draw
             "preferred_channel": CHANNELS[_pick(rng, _cum([p.channel_p for p in PERSONAS]), persona)],
             "interests": interests,
         }

@@ -64,3 +64,24 @@ def test_activation_export_has_consenting_users_only(tmp_path):
     assert list(csv["user_id"]) == list(parquet["user_id"]) == ["C0000000", "C0000002", "C0000004"]
     assert not any(c in csv.columns for c in ("email", "phone", "has_email_consent"))
     assert not list((tmp_path / f"as_of={AS_OF}").glob(".*.tmp")), "no temp files left behind"
+
+
+@pytest.mark.parametrize(
+    "hostile", ['=HYPERLINK("http://evil.example","click")', "+1+2", "-2+3", "@SUM(A1)", "\tcmd", "\rcmd"]
+)
+def test_csv_cells_that_would_run_as_formulas_are_escaped_parquet_stays_raw(tmp_path, hostile):
+    import csv
+
+    frame = scored(n=2, consent=[True, True])
+    frame.loc[0, "user_id"] = hostile
+    frame.loc[1, "persona"] = hostile
+    frame.loc[1, "churn_probability"] = -0.0
+    write_activation_export(frame, tmp_path, AS_OF)
+    folder = tmp_path / f"as_of={AS_OF}"
+    with open(folder / "segments.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[0]["user_id"] == "'" + hostile and rows[1]["persona"] == "'" + hostile
+    assert float(rows[1]["churn_probability"]) == 0.0, "numbers are not escaped"
+    assert rows[1]["user_id"] == "C0000001", "ordinary text is untouched"
+    raw = pd.read_parquet(folder / "segments.parquet")
+    assert raw.loc[0, "user_id"] == hostile and raw.loc[1, "persona"] == hostile

@@ -28,7 +28,10 @@ def test_build_on_dirty_data_passes_all_data_tests(tmp_path, dirty_dataset, make
     build(settings, AS_OF)  # raises DbtError if any model or data test fails
     f = features(settings)
     assert f["user_id"].is_unique
-    assert f["engagement_score"].between(0, 100).all()
+    consenting = f["has_tracking_consent"].astype(bool)
+    assert f.loc[consenting, "engagement_score"].between(0, 100).all()
+    assert f.loc[~consenting, "engagement_score"].isna().all(), "no behaviour is used without tracking consent"
+    assert consenting.sum() > len(f) / 2
     assert set(f["lifecycle_stage"]) <= {"prospect", "new", "active", "repeat", "loyal", "at_risk", "lapsed"}
     assert (f["age_band"] == "Unknown").any(), "impossible birth dates become 'Unknown'"
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:

@@ -101,3 +101,16 @@ def test_the_scheduler_preloads_task_libraries_for_its_forked_tasks(command, pre
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(preloaded)
+
+
+def test_secret_files_are_readable_by_their_owner_only(tmp_path):
+    import stat
+
+    from segflow.local.services import secret_file
+
+    existing = tmp_path / "passwords.json.generated"
+    existing.write_text("{}")
+    existing.chmod(0o644)
+    for path in (secret_file(existing), secret_file(tmp_path / "logs" / "airflow-api-server.log")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert existing.read_text() == "{}", "an existing file keeps its content"

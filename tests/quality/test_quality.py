@@ -117,6 +117,7 @@ def test_warnings_are_recorded_but_do_not_block(make_settings, tmp_path):
             "_run_id": "r",
             "_loaded_at": pd.Timestamp("2026-01-02"),
             "customer_known": [True, True],
+            "customer_ref_hash": [None, None],
         }
     )
     outcomes = validate_frame(

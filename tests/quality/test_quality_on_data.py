@@ -51,8 +51,8 @@ def test_each_injected_defect_class_fails_its_expectation(tmp_path, dirty_datase
     results = _pipeline_checks(make_settings(tmp_path, dirty_dataset))
     failed = {(suite, expectation, column) for suite, expectation, column, severity, success in results if not success}
     expected = {
-        ("raw_crm_contacts", "expect_column_values_to_match_regex", "email"),  # malformed emails
-        ("raw_crm_contacts", "expect_column_values_to_be_unique", "email_normalised"),  # case/whitespace duplicates
+        ("raw_crm_contacts", "expect_column_values_to_be_in_set", "email_is_valid"),  # malformed emails
+        ("raw_crm_contacts", "expect_column_values_to_be_in_set", "email_shared"),  # case/whitespace duplicates
         ("raw_crm_contacts", "expect_column_values_to_be_between", "birth_date"),  # impossible ages
         ("raw_crm_contacts", "expect_column_values_to_not_be_null", "country"),  # missing values
         ("raw_transactions", "expect_column_values_to_be_between", "amount"),  # negative amounts
@@ -81,3 +81,34 @@ def test_segment_sizes_are_compared_with_the_previous_run(tmp_path, small_datase
     validate_mart_tables(settings, AS_OF, "run-2")
     sizes = [r for r in _results(settings, "run-2") if r[0] == "marts_segment_sizes"]
     assert ("marts_segment_sizes", "expect_column_values_to_be_between", "size_ratio", "warning", False) in sizes
+
+
+def test_no_email_reaches_results_logs_or_data_docs(tmp_path, dirty_dataset, make_settings, caplog):
+    """Malformed emails fail their expectation without the address appearing in quality.validation_results, the
+    log or the GX Data Docs (they used to be listed as "unexpected values")."""
+    import re
+
+    settings = make_settings(tmp_path, dirty_dataset)
+    with caplog.at_level("WARNING"):
+        _pipeline_checks(settings)
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        emails = {
+            r[0]
+            for r in con.execute("SELECT lower(trim(email)) FROM raw.crm_contacts WHERE email IS NOT NULL").fetchall()
+        }
+        stored = " ".join(
+            str(v)
+            for row in con.execute(
+                "SELECT observed_value, unexpected_sample FROM quality.validation_results"
+            ).fetchall()
+            for v in row
+        )
+    assert any(" at " in e for e in emails), "the dirty data holds malformed emails"
+    docs = " ".join(
+        p.read_text(errors="replace")
+        for p in (tmp_path / "gx").rglob("*")
+        if p.is_file() and p.suffix in (".html", ".json")
+    )
+    for text, where in ((stored, "validation_results"), (caplog.text, "the log"), (docs, "GX Data Docs")):
+        leaked = [e for e in emails if e and re.search(re.escape(e), text.lower())]
+        assert not leaked, f"{len(leaked)} email(s) in {where}, e.g. {leaked[:1]}"

@@ -2,7 +2,8 @@
 -- Rules (deterministic, in order): CRM contact id -> canonical contact (same email => oldest contact);
 -- transaction reference = contact id, or = a contact's email (hash match); analytics user id = contact id;
 -- anonymous id -> the user it logged in as most often. With no CRM source at all, a transaction
--- reference is its own user.
+-- reference is its own user. Behaviour links (analytics user id, anonymous ids) only for people who consented to
+-- tracking: without consent their events are neither attributed nor used to stitch devices.
 with contacts as (
     select * from {{ ref('int_contacts_versioned_as_of') }}
 ),
@@ -70,6 +71,7 @@ analytics_user_links as (
         'analytics user id is a crm contact id' as evidence
     from events as e
     inner join contacts as c on e.analytics_user_id = c.contact_id
+    where c.has_tracking_consent
 ),
 
 anonymous_logins as (
@@ -79,6 +81,7 @@ anonymous_logins as (
         count(*) as n
     from events as e
     inner join contacts as c on e.analytics_user_id = c.contact_id
+    where c.has_tracking_consent
     group by 1, 2
 ),
 

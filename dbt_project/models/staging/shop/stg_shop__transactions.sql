@@ -20,6 +20,7 @@ converted as (
         l.order_id,
         l.line_id,
         l.customer_ref,
+        l.customer_email_hash,
         l.order_ts,
         l.order_date,
         l.amount_local,
@@ -39,8 +40,6 @@ converted as (
 
 select
     *,
-    -- References that look like an email are matched on a salted hash, never in clear text downstream.
-    case when position('@' in customer_ref) > 0 then {{ pii_hash('customer_ref') }} end as customer_email_hash,
     case
         when not is_known_currency then 'unknown_currency'
         when amount_local < 0 and status = 'completed' and line_type = 'product' then 'negative_amount'

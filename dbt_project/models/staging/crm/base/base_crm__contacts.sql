@@ -23,14 +23,34 @@ renamed as (
         coalesce(consent_tracking, false) as has_tracking_consent,
         lower(nullif(trim(preferred_channel), '')) as crm_preferred_channel,
         nullif(trim(interests), '') as interests,
+        email_hash as loaded_email_hash,
+        phone_hash,
         _loaded_at as loaded_at
     from source
 )
 
+-- The salted hashes were computed at load (the salt never appears in SQL: segflow/core/privacy.py).
 select
-    *,
-    case when is_email_valid then {{ pii_hash('email') }} end as email_hash,
+    contact_id,
+    created_at,
+    updated_at,
+    email,
+    is_email_valid,
+    phone,
+    first_name,
+    last_name,
+    birth_date,
+    gender,
+    country_code,
+    city,
+    income_band,
+    has_email_consent,
+    has_tracking_consent,
+    crm_preferred_channel,
+    interests,
+    loaded_at,
+    case when is_email_valid then loaded_email_hash end as email_hash,
     -- Unsalted SHA-256 of the normalised email: the matching key ad platforms expect in activation files.
     case when is_email_valid then {{ sha256_hex('email') }} end as email_sha256,
-    case when phone is not null then {{ pii_hash('phone') }} end as phone_hash
+    case when phone is not null then phone_hash end as phone_hash
 from renamed

@@ -5,6 +5,8 @@ select
     order_id,
     line_id,
     trim(customer_ref) as customer_ref,
+    -- Salted at load when the reference is an email (segflow/core/privacy.py).
+    customer_ref_hash as customer_email_hash,
     order_ts,
     cast(order_ts as date) as order_date,
     amount as amount_local,
