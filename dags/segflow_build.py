@@ -1,4 +1,4 @@
-"""Daily build (write-audit-publish): extract sources -> raw quality gate -> dbt builds audit candidates
+"""Daily build (write-audit-publish): extract sources -> erasure requests applied -> raw quality gate -> dbt builds audit candidates
 (features, segments) with their tests -> marts quality gate -> dbt publishes marts.
 
 A failed gate stops before publishing, so the marts keep their last good version. Publishes the
@@ -61,6 +61,10 @@ with segflow_dag(
         return callables.extract(as_of, context["run_id"], full_refresh=callables.full_refresh_from_context(context))
 
     @task(pool=DUCKDB_POOL)
+    def apply_erasures(**context) -> dict:
+        return callables.apply_erasures(context["run_id"])
+
+    @task(pool=DUCKDB_POOL)
     def validate_raw(as_of: str, **context) -> dict:
         return callables.validate_raw(as_of, context["run_id"])
 
@@ -86,6 +90,7 @@ with segflow_dag(
         as_of,
         dbt_vars(as_of),
         extract(as_of),
+        apply_erasures(),
         validate_raw(as_of),
         dbt_build,
         validate_marts(as_of),

@@ -83,8 +83,8 @@ def _generated(spec: SourceSpec) -> bool:
 
 
 def resolve_salt(con, specs: list[SourceSpec]) -> str:
-    """The PII salt for this load (segflow.core.privacy), checked against the one the warehouse was loaded with."""
-    from segflow.core.privacy import PrivacyError, pii_salt, salt_fingerprint
+    """The PII salt for this load (segflow.privacy.salt), checked against the one the warehouse was loaded with."""
+    from segflow.privacy.salt import PrivacyError, pii_salt, salt_fingerprint
 
     try:
         salt, warning = pii_salt(generated_only=bool(specs) and all(_generated(s) for s in specs))

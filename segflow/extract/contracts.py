@@ -27,6 +27,7 @@ class Dataset:
     description: str
     # Salted hashes computed at load: hash column -> (canonical column, SQL condition on it or None).
     pii_hashes: tuple[tuple[str, str, str | None], ...] = ()
+    watermark: str = "updated_at"  # the version column of a relational source (CRM-like: versions are kept)
 
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
@@ -108,7 +109,24 @@ TRANSACTIONS = Dataset(
     pii_hashes=(("customer_ref_hash", "customer_ref", "position('@' in {value}) > 0"),),
 )
 
-DATASETS: dict[str, Dataset] = {d.name: d for d in (CONTACTS, EVENTS, TRANSACTIONS)}
+ERASURE_REQUESTS = Dataset(
+    "erasure_requests",
+    "erasure_requests",
+    (
+        Column("request_id", "VARCHAR", True, "identifier of the request in the system it came from"),
+        Column("contact_id", "VARCHAR", False, "the CRM contact to erase (this or email)"),
+        Column(
+            "email", "VARCHAR", False, "the email address to erase, with every contact holding it (this or contact_id)"
+        ),
+        Column("requested_at", "TIMESTAMP", True, "when the person asked (GDPR art. 17 / CCPA deletion)"),
+    ),
+    key=("request_id",),
+    description="erasure (right to be forgotten) requests, applied everywhere by the next run",
+    pii_hashes=(("email_hash", "email", None),),
+    watermark="requested_at",
+)
+
+DATASETS: dict[str, Dataset] = {d.name: d for d in (CONTACTS, EVENTS, TRANSACTIONS, ERASURE_REQUESTS)}
 
 
 def contract_markdown(dataset: Dataset) -> str:

@@ -35,6 +35,7 @@ DEFAULT_PATTERNS = {
     "events": ["*.jsonl", "*.jsonl.gz"],
     "transactions": ["*.csv", "*.csv.gz"],
     "contacts": ["*.csv", "*.csv.gz"],
+    "erasure_requests": ["*.csv", "*.csv.gz", "*.jsonl"],
 }
 
 

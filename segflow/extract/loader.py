@@ -13,6 +13,7 @@ from datetime import date, datetime
 
 from segflow.core.tables import ensure_output_tables
 from segflow.extract.contracts import DATASETS, Dataset
+from segflow.extract.errors import ExtractError
 from segflow.extract.mapping import MappingPlan, quote_ident, quote_literal
 from segflow.extract.readers import Batch
 
@@ -88,6 +89,8 @@ def _checks(plan: MappingPlan, dataset: Dataset) -> list[tuple[str, str, str]]:
         label = quote_literal(plan.describe(c.name))
         if c.required:
             out.append((f"{raw_value} IS NULL", label, "'missing required value'"))
+        # A NUL character is no text any export or downstream tool can carry.
+        out.append((f"coalesce(contains({quote_ident(c.name)}, chr(0)), false)", label, "'contains a NUL character'"))
         if c.sql_type != "VARCHAR" and not is_consent(c.name):
             typed = quote_ident("t:" + c.name)
             out.append(
@@ -286,6 +289,17 @@ def load_batch(
         else con.execute(f"SELECT count(*) FROM batch_checked WHERE NOT ({failing})").fetchall()[0][0]
     )
     rows_in = structurally_ok + len(batch.rejects)
+    # Every row refused must be listed in the quarantine: a check whose SQL condition turned NULL would otherwise
+    # drop rows silently (neither loaded nor quarantined).
+    refused = con.execute(f"SELECT count(*) FROM batch_checked WHERE ({failing}) IS NOT FALSE").fetchone()[0]
+    listed = con.execute(
+        f"SELECT count(*) FROM batch_checked WHERE {' OR '.join(f'coalesce({c}, false)' for c, _, _ in checks) or 'false'}"
+    ).fetchone()[0]
+    if refused != listed:
+        raise ExtractError(
+            f"{partition}: {refused - listed} row(s) neither loaded nor quarantined - a segflow bug; "
+            "nothing of this batch was loaded"
+        )
     unreadable = [c for c in dataset.columns if is_consent(c.name)]
     if unreadable:
         cond = " OR ".join(

@@ -86,6 +86,8 @@ def read_bytes(path: Path) -> bytes:
 
 def decode(data: bytes, encoding: str, origin: str) -> str:
     codec = "utf-8-sig" if encoding.replace("-", "").replace("_", "").lower() == "utf8" else encoding
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 byte-order mark says what the file is (Excel exports)
+        codec = "utf-16"
     try:
         text = data.decode(codec)
     except UnicodeDecodeError as exc:

@@ -16,7 +16,14 @@ from segflow.core.config import Settings
 from segflow.extract.contracts import DATASETS, Dataset
 from segflow.extract.mapping import Mapping
 
-DEFAULT_DATASET = {"crm": "contacts", "contacts": "contacts", "events": "events", "transactions": "transactions"}
+DEFAULT_DATASET = {
+    "crm": "contacts",
+    "contacts": "contacts",
+    "events": "events",
+    "transactions": "transactions",
+    "erasure": "erasure_requests",
+    "erasure_requests": "erasure_requests",
+}
 
 
 @dataclass(frozen=True)

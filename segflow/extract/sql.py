@@ -58,7 +58,7 @@ def source_url(spec: SourceSpec) -> str:
 def extract_sql(con, spec: SourceSpec, ctx: LoadContext) -> list[BatchResult]:
     import sqlalchemy as sa
 
-    version_column = spec.get("watermark_column", "updated_at")
+    version_column = spec.get("watermark_column", spec.dataset.watermark)
     if version_column not in spec.dataset.names:
         raise ValueError(
             f"sources.{spec.name}.watermark_column: {version_column!r} is not a {spec.dataset.name} column"

@@ -367,6 +367,18 @@ def cmd_datasets(args) -> int:
     return 0
 
 
+def cmd_erase(args) -> int:
+    from segflow.privacy.erasure import request_erasure
+
+    settings = load_settings(args.config)
+    request_id = request_erasure(settings, contact_id=args.contact_id, email=args.email)
+    print(
+        f"erasure request {request_id} recorded: the next run (segflow run, or the daily segflow_build) forgets "
+        "this person everywhere; raw.erasure_log keeps only salted hashes as the record"
+    )
+    return 0
+
+
 def cmd_bench(args) -> int:
     from segflow.bench.harness import StageFailed, load_results, run_size, write_result
     from segflow.bench.report import write_report
@@ -467,6 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("env", parents=[common], help="print the environment (export lines) Airflow runs with").set_defaults(
         func=cmd_env
     )
+    erase = sub.add_parser("erase", parents=[common], help="ask for a person to be forgotten (GDPR art. 17 / CCPA)")
+    who = erase.add_mutually_exclusive_group(required=True)
+    who.add_argument("--contact-id", default=None, help="the CRM contact id")
+    who.add_argument("--email", default=None, help="the email address (every contact holding it)")
+    erase.set_defaults(func=cmd_erase)
     config = sub.add_parser(
         "config", parents=[common], help="check the configuration, show it resolved, or list every key"
     )

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, ClusterMixin, clone
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, silhouette_score
 from sklearn.mixture import GaussianMixture
@@ -79,10 +79,58 @@ def _estimator(algorithm: str, k: int, seed: int, n: int) -> BaseEstimator:
     raise ValueError(f"unknown clustering algorithm {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
 
 
+class MarginalClusterer(ClusterMixin, BaseEstimator):
+    """A clusterer fitted on the users whose features are all known, assigning the others on the features they
+    have: the nearest centre over the observed dimensions (k-means), or the most likely component of the marginal
+    density (a diagonal Gaussian mixture - marginalising a dimension is dropping it). A user who has not consented
+    to tracking has no behaviour features: imputing a typical value would place them, and the fitted clusters,
+    where they do not belong."""
+
+    def __init__(self, estimator: BaseEstimator):
+        self.estimator = estimator
+
+    def fit(self, X, y=None):
+        X = np.asarray(X, dtype=float)
+        complete = ~np.isnan(X).any(axis=1)
+        if complete.sum() < 2:
+            raise ValueError("clustering needs users whose clustering features are all known")
+        self.estimator_ = clone(self.estimator).fit(X[complete])
+        self.counts_ = np.bincount(self.estimator_.predict(X[complete]), minlength=self._k())
+        return self
+
+    def _k(self) -> int:
+        model = self.estimator_
+        return len(model.cluster_centers_) if hasattr(model, "cluster_centers_") else len(model.means_)
+
+    def predict(self, X):
+        X = np.asarray(X, dtype=float)
+        missing = np.isnan(X)
+        complete = ~missing.any(axis=1)
+        labels = np.empty(len(X), dtype=int)
+        if complete.any():
+            labels[complete] = self.estimator_.predict(X[complete])
+        partial = ~complete
+        if partial.any():
+            Xp, seen = X[partial], ~missing[partial]
+            model = self.estimator_
+            if hasattr(model, "cluster_centers_"):
+                diff = np.where(seen[:, None, :], Xp[:, None, :] - model.cluster_centers_[None], 0.0)
+                score = -(diff**2).sum(axis=2)
+            else:
+                var = model.covariances_  # diagonal: (k, d)
+                terms = (Xp[:, None, :] - model.means_[None]) ** 2 / var[None] + np.log(2 * np.pi * var)[None]
+                score = -0.5 * np.where(seen[:, None, :], terms, 0.0).sum(axis=2) + np.log(model.weights_)[None]
+            nothing = ~seen.any(axis=1)
+            score[nothing] = np.log(self.counts_ + 1)[None]  # nothing known: the largest cluster
+            labels[partial] = score.argmax(axis=1)
+        return labels
+
+
 def cluster_pipeline(algorithm: str, k: int, seed: int, X: pd.DataFrame) -> Pipeline:
-    """Imputation, log scaling of counts and standardisation travel inside the model."""
-    prep = preprocessor(observed(CLUSTER_LOG_FEATURES, X), observed(CLUSTER_PLAIN_FEATURES, X), [])
-    return Pipeline([("prep", prep), ("cluster", _estimator(algorithm, k, seed, len(X)))])
+    """Log scaling of counts and standardisation travel inside the model; unknown values stay unknown (NaN) and
+    the clusterer assigns those users on what is known (MarginalClusterer)."""
+    prep = preprocessor(observed(CLUSTER_LOG_FEATURES, X), observed(CLUSTER_PLAIN_FEATURES, X), [], impute=False)
+    return Pipeline([("prep", prep), ("cluster", MarginalClusterer(_estimator(algorithm, k, seed, len(X))))])
 
 
 def _silhouette(Z: np.ndarray, labels: np.ndarray, seed: int) -> float:
@@ -95,8 +143,10 @@ def evaluate_candidates(
     X: pd.DataFrame, k_min: int, k_max: int, seed: int, algorithms: tuple[str, ...] = ALGORITHMS
 ) -> pd.DataFrame:
     """Fit every (algorithm, k) on `X` (a sample) and score it in the shared standardised space."""
-    # Every candidate's pipeline starts with the same preprocessing of the same sample: transform once.
+    # Every candidate's pipeline starts with the same preprocessing of the same sample: transform once. Candidates
+    # are compared on the users whose features are all known (the others are assigned by the chosen model).
     Z = cluster_pipeline(algorithms[0], k_min, seed, X).named_steps["prep"].fit_transform(X)
+    Z = Z[~np.isnan(Z).any(axis=1)]
     rows = []
     for algorithm in algorithms:
         for k in range(k_min, min(k_max, len(X) - 1) + 1):
@@ -262,5 +312,6 @@ def train_clustering(
 def silhouette_of(model: Pipeline, X: pd.DataFrame, seed: int, sample_size: int = 5000) -> float:
     """Silhouette of a fitted clusterer's labels in its own transformed space (for champion comparison)."""
     sample = X.sample(n=min(sample_size, len(X)), random_state=seed)
-    labels = model.predict(sample)
-    return _silhouette(model.named_steps["prep"].transform(sample), labels, seed)
+    Z = model.named_steps["prep"].transform(sample)
+    complete = ~np.isnan(Z).any(axis=1)  # distances need every feature: users with unknown ones are left out
+    return _silhouette(Z[complete], model.predict(sample)[complete], seed)

@@ -86,30 +86,22 @@ def observed(columns: list[str], frame: pd.DataFrame) -> list[str]:
     return [c for c in columns if c in frame and frame[c].notna().any()]
 
 
-def preprocessor(numeric_log: list[str], numeric_plain: list[str], categorical: list[str]) -> ColumnTransformer:
+def preprocessor(
+    numeric_log: list[str], numeric_plain: list[str], categorical: list[str], impute: bool = True
+) -> ColumnTransformer:
+    """Log scaling of counts, standardisation, one-hot categories. impute=False keeps unknown values as NaN, for
+    models that handle them (segflow.ml.clustering.MarginalClusterer)."""
+    fill = [("impute", SimpleImputer(strategy="median"))] if impute else []
     parts = []
     if numeric_log:
-        parts.append(
-            (
-                "log",
-                Pipeline(
-                    [
-                        ("impute", SimpleImputer(strategy="median")),
-                        ("log1p", FunctionTransformer(np.log1p, feature_names_out="one-to-one")),
-                        ("scale", StandardScaler()),
-                    ]
-                ),
-                numeric_log,
-            )
-        )
+        steps = [
+            *fill,
+            ("log1p", FunctionTransformer(np.log1p, feature_names_out="one-to-one")),
+            ("scale", StandardScaler()),
+        ]
+        parts.append(("log", Pipeline(steps), numeric_log))
     if numeric_plain:
-        parts.append(
-            (
-                "num",
-                Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]),
-                numeric_plain,
-            )
-        )
+        parts.append(("num", Pipeline([*fill, ("scale", StandardScaler())]), numeric_plain))
     if categorical:
         parts.append(
             ("cat", OneHotEncoder(handle_unknown="ignore", min_frequency=0.01, sparse_output=False), categorical)

@@ -46,7 +46,14 @@ def ensure_feature_partition(settings: Settings, as_of: date) -> None:
         # Past dates are built in their own audit schema so they never race the daily build's candidates.
         run_dbt(
             settings,
-            ["run", "--select", "tag:features", "audit_user_features", "user_features_history"],
+            [
+                "run",
+                "--select",
+                "tag:features",
+                "audit_user_features",
+                "store_user_features_history",
+                "user_features_history",
+            ],
             vars=dbt_vars(as_of.isoformat(), settings, audit_schema="audit_training"),
         )
 

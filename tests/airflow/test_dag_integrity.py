@@ -60,6 +60,7 @@ def test_no_cycles_and_retries_everywhere(dagbag, dag_id):
 def test_duckdb_writers_share_the_single_slot_pool(dagbag):
     writers = {
         ("segflow_build", "extract"),
+        ("segflow_build", "apply_erasures"),
         ("segflow_build", "validate_raw"),
         ("segflow_build", "dbt_build"),
         ("segflow_build", "dbt_publish"),
@@ -79,6 +80,9 @@ def test_write_audit_publish_order(dagbag):
     assert dag.get_task("dbt_publish").select == "tag:publish"
     assert "validate_marts" in dag.get_task("dbt_publish").get_flat_relative_ids(upstream=True)
     assert "dbt_build" in dag.get_task("validate_marts").get_flat_relative_ids(upstream=True)
+    # Erasure requests are applied before anything is validated or built from the raw layer.
+    assert "apply_erasures" in dag.get_task("validate_raw").get_flat_relative_ids(upstream=True)
+    assert "extract" in dag.get_task("apply_erasures").get_flat_relative_ids(upstream=True)
 
 
 def test_assets_chain_build_to_score_and_train_to_its_own_schedule(dagbag):

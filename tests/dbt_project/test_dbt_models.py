@@ -99,7 +99,7 @@ def test_a_past_date_reproduces_what_was_known_then(tmp_path, small_dataset, mak
     on_the_day = partition(then)
     later = make_settings(tmp_path / "later", small_dataset)
     build(later, AS_OF)  # the warehouse now holds 20 more days
-    run_dbt(later, ["run", "--select", "tag:features", "audit_user_features", "user_features_history", "--quiet"],
+    run_dbt(later, ["run", "--select", "tag:features", "audit_user_features", "store_user_features_history", "user_features_history", "--quiet"],
             vars=dbt_vars(past.isoformat(), later))
     rebuilt = partition(later)
     assert len(on_the_day) > 0
@@ -112,7 +112,7 @@ def test_segment_thresholds_change_by_editing_the_seed_only(tmp_path, small_data
     with duckdb.connect(str(settings.warehouse_path)) as con:
         before = con.execute("SELECT count(*) FROM marts.user_segments WHERE rule_name = 'High Intent Shoppers'").fetchall()[0][0]
         con.execute("UPDATE reference.segment_rules SET rule_sql = 'intent_score_30d > 1000' WHERE segment_name = 'High Intent Shoppers'")
-    run_dbt(settings, ["run", "--select", "audit_user_segments", "user_segment_history", "user_segments", "--quiet"],
+    run_dbt(settings, ["run", "--select", "audit_user_segments", "store_user_segment_history", "user_segment_history", "user_segments", "--quiet"],
             vars=dbt_vars(AS_OF.isoformat(), settings))
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         after = con.execute("SELECT count(*) FROM marts.user_segments WHERE rule_name = 'High Intent Shoppers'").fetchall()[0][0]

@@ -54,6 +54,8 @@ def pipeline(tmp_path_factory):
     (root / "segflow.yml").write_text(TEAM_CONFIG)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGFLOW__")}
     env.update(SEGFLOW_CONFIG=str(root / "segflow.yml"), SEGFLOW_TASK_RETRIES="0", MPLCONFIGDIR=str(root / "mpl"))
+    # dbt state that outlives a run (Cosmos's project copies do not): a rerun must not trip over it.
+    env["DBT_TARGET_PATH"] = str(root / "dbt-target")
     first = run_cli(["run", "--as-of", AS_OF.isoformat()], env, cwd=root)
     assert first.returncode == 0, f"segflow run failed:\n{first.stdout[-4000:]}\n{first.stderr[-4000:]}"
     return {"root": root, "data": data, "env": env, "first": first}
@@ -289,3 +291,57 @@ def test_a_retrained_model_that_is_no_better_stays_challenger(pipeline):
         assert str(challenger.version) == "2"
         assert challenger.tags["promotion_decision"] == "challenger"
         assert "does not beat champion v1" in challenger.tags["promotion_reason"]
+
+
+def test_an_erasure_request_forgets_the_person_everywhere(pipeline):
+    """Runs last: asks to forget a consenting customer with orders, events and a stitched device, by email, then
+    reruns the day. Nothing holds them any more - raw, staging, every history, scores, identity links, the CRM
+    table, the new export - and the log keeps hashes only. A second run changes nothing more."""
+    import json
+
+    with _warehouse(pipeline) as con:
+        person, email = con.execute("""
+            SELECT c.contact_id, c.email FROM raw.crm_contacts c
+            JOIN marts.user_features f ON f.user_id = c.contact_id
+            WHERE f.has_email_consent AND f.lifetime_orders > 0 AND f.sessions_30d > 0
+              AND EXISTS (SELECT 1 FROM marts.user_identity_links l WHERE l.user_id = c.contact_id
+                          AND l.identifier_type = 'anonymous_id')
+            ORDER BY c.contact_id LIMIT 1""").fetchone()
+        anonymous = [
+            r[0]
+            for r in con.execute(
+                "SELECT identifier FROM marts.user_identity_links WHERE user_id = ? "
+                "AND identifier_type = 'anonymous_id'",
+                [person],
+            ).fetchall()
+        ]
+    asked = run_cli(["erase", "--email", email.upper()], pipeline["env"], cwd=pipeline["root"])
+    assert asked.returncode == 0, asked.stderr
+    rerun = run_cli(["run", "--as-of", AS_OF.isoformat(), "--retrain", "never"], pipeline["env"], cwd=pipeline["root"])
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    assert "✓ apply_erasures" in rerun.stdout
+    identifiers = [person, email.lower(), *anonymous]
+    with _warehouse(pipeline) as con:
+        for schema, table, column in con.execute("""
+                SELECT table_schema, table_name, column_name FROM information_schema.columns
+                WHERE data_type = 'VARCHAR' AND table_schema NOT IN ('reference', 'information_schema', 'pg_catalog')
+                  AND table_name NOT IN ('erasure_log')""").fetchall():
+            hits = con.execute(
+                f'SELECT count(*) FROM "{schema}"."{table}" WHERE lower("{column}") IN (SELECT unnest(?::VARCHAR[]))',
+                [identifiers],
+            ).fetchone()[0]
+            assert hits == 0, f"{schema}.{table}.{column} still holds the person"
+        (log,) = con.execute("SELECT CAST(erasure_log AS VARCHAR) FROM raw.erasure_log AS erasure_log").fetchone()
+        erased = json.loads(con.execute("SELECT rows_erased FROM raw.erasure_log").fetchone()[0])
+    assert email.lower() not in log.lower() and person not in log, "the record holds hashes only"
+    assert erased.get("raw.crm_contacts", 0) >= 1 and erased.get("raw.events", 0) >= 1
+    with sqlite3.connect(pipeline["data"] / "crm.sqlite") as crm:
+        assert crm.execute("SELECT count(*) FROM crm_segments WHERE contact_id = ?", [person]).fetchone()[0] == 0
+    export = pd.read_csv(pipeline["root"] / "exports" / f"as_of={AS_OF}" / "segments.csv", dtype=str)
+    assert person not in set(export["user_id"])
+    # The source still holds the contact: the next run deletes what it loads again, and nothing else.
+    again = run_cli(["run", "--as-of", AS_OF.isoformat(), "--retrain", "never"], pipeline["env"], cwd=pipeline["root"])
+    assert again.returncode == 0, again.stdout[-3000:]
+    with _warehouse(pipeline) as con:
+        assert con.execute("SELECT count(*) FROM raw.crm_contacts WHERE contact_id = ?", [person]).fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM marts.user_features WHERE user_id = ?", [person]).fetchone()[0] == 0

@@ -6,8 +6,6 @@ import os
 
 import pytest
 
-from segflow.synthetic.generator import generate
-from tests.conftest import AS_OF
 from tests.e2e.test_pipeline import run_cli
 
 pytestmark = pytest.mark.e2e
@@ -34,13 +32,3 @@ def test_an_old_date_runs_its_tasks_or_fails_naming_one(tmp_path):
     if done.returncode != 0:
         assert "error: segflow_" in done.stdout.strip().splitlines()[-1]
     assert "ran no task" not in done.stdout
-
-
-def test_a_rerun_with_an_inherited_dbt_target_path_builds_again(tmp_path):
-    data = tmp_path / "data"
-    generate(data, users=150, days=40, seed=5, end_date=AS_OF)
-    env = _team(tmp_path, "{transactions: {path: data/transactions}}")
-    env["DBT_TARGET_PATH"] = str(tmp_path / "dbt-target")  # state that outlives Cosmos's temporary project copy
-    for attempt in (1, 2):
-        done = run_cli(["run", "--as-of", AS_OF.isoformat(), "--retrain", "never"], env, cwd=tmp_path)
-        assert "✓ segflow_build" in done.stdout, f"attempt {attempt}:\n{done.stdout[-3000:]}"

@@ -141,3 +141,22 @@ def test_a_changed_file_with_the_same_size_and_mtime_is_reloaded(drop):
     # An unchanged file is not reloaded.
     result = run_extract(settings, DAY, "r3")["transactions"]
     assert result.files_loaded == 0
+
+
+def test_a_nul_character_quarantines_its_row(drop):
+    settings, _ = drop(
+        f"{HEADER}\nO1,C1,2026-03-02T10:00:00,1,EUR,completed,bo\x00oks,1\n"
+        "O2,C1,2026-03-02T10:00:00,2,EUR,completed,books,1\n"
+    )
+    result = run_extract(settings, DAY, "r")["transactions"]
+    assert (result.rows_loaded, result.rows_quarantined) == (1, 1)
+    assert _rows(settings, "SELECT column_name, reason FROM raw.quarantine") == [
+        ("category", "contains a NUL character")
+    ]
+    audit_balances(settings)
+
+
+def test_a_utf16_export_with_its_byte_order_mark_is_read(drop):
+    settings, _ = drop(f"{HEADER}\nO1,C1,2026-03-02T10:00:00,1,EUR,completed,café,1\n".encode("utf-16"))
+    assert run_extract(settings, DAY, "r")["transactions"].rows_loaded == 1
+    assert _rows(settings, "SELECT category FROM raw.transactions") == [("café",)]

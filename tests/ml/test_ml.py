@@ -230,3 +230,31 @@ def test_training_rows_are_capped_by_a_seeded_sample_that_keeps_every_snapshot()
     assert set(capped["as_of"]) == set(training["as_of"]) and capped["as_of"].value_counts().min() > 120
     assert capped.equals(cap_rows(training, 600, seed=7)), "the same seed, the same sample"
     assert cap_rows(training, 0, seed=7) is training and cap_rows(training, 5000, seed=7) is training
+
+
+@pytest.mark.parametrize("algorithm", ["kmeans", "gaussian_mixture"])
+def test_users_with_unknown_features_are_assigned_on_what_is_known(algorithm):
+    """A user without tracking consent has no behaviour features: the clusterer is fitted on complete users and
+    places the others by the features they have, not at an imputed typical value."""
+    from sklearn.cluster import KMeans
+    from sklearn.mixture import GaussianMixture
+
+    from segflow.ml.clustering import MarginalClusterer
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]])
+    X = np.vstack([c + rng.normal(0, 0.5, (200, 2)) for c in centres])
+    base = (
+        KMeans(3, n_init=4, random_state=0)
+        if algorithm == "kmeans"
+        else GaussianMixture(3, covariance_type="diag", random_state=0)
+    )
+    model = MarginalClusterer(base).fit(np.vstack([X, [[np.nan, np.nan]] * 5]))
+    full = model.predict(X)
+    # Hide the second feature of every user: the first alone separates cluster 1 (x = 6) from the others.
+    hidden = X.copy()
+    hidden[:, 1] = np.nan
+    partial = model.predict(hidden)
+    in_second = full == full[200]
+    assert (partial[in_second] == full[200]).mean() > 0.95
+    assert model.predict(np.array([[np.nan, np.nan]])).shape == (1,), "nothing known: still assigned"

@@ -1,2 +1,9 @@
--- The identity graph as of var('as_of'): every identifier linked to a canonical user, with the evidence.
-select {{ as_of_date() }} as as_of, * from {{ ref('int_identities_resolved') }}
+-- The identity graph as of the latest date published: every identifier linked to a canonical user, with evidence.
+{{ config(materialized='view') }}
+with graph as (
+    {{ published(ref('store_user_identity_links')) }}
+)
+
+select graph.*
+from graph
+where graph.as_of = (select max(graph_dates.as_of) from graph as graph_dates)

@@ -12,6 +12,8 @@
   tracking consent, whose events are never attributed (int_identities_resolved).
 #}
 {% set weights = var('intent_weights') %}
+{#- Behaviour is used where events are collected and the person consented to tracking. #}
+{% set tracked = 'ds.has_events and p.has_tracking_consent' %}
 with datasets as (
     select count(*) filter (where dataset = 'events') > 0 as has_events
     from {{ ref('stg_segflow__sources') }}
@@ -78,21 +80,21 @@ base as (
         {{ round_to('coalesce(o.lifetime_spend, 0)', 2) }} as lifetime_spend,
         coalesce(o.orders_30d, 0) as orders_30d,
         coalesce(o.orders_90d, 0) as orders_90d,
-        case when ds.has_events and p.has_tracking_consent then coalesce(e.active_days_30d, 0) end as active_days_30d,
-        case when ds.has_events and p.has_tracking_consent then coalesce(e.sessions_30d, 0) end as sessions_30d,
-        case when ds.has_events and p.has_tracking_consent then coalesce(e.email_opens_30d, 0) end as email_opens_30d,
-        case when ds.has_events and p.has_tracking_consent then coalesce(e.email_clicks_30d, 0) end as email_clicks_30d,
-        case when ds.has_events and p.has_tracking_consent then {{ round_to(
+        case when {{ tracked }} then coalesce(e.active_days_30d, 0) end as active_days_30d,
+        case when {{ tracked }} then coalesce(e.sessions_30d, 0) end as sessions_30d,
+        case when {{ tracked }} then coalesce(e.email_opens_30d, 0) end as email_opens_30d,
+        case when {{ tracked }} then coalesce(e.email_clicks_30d, 0) end as email_clicks_30d,
+        case when {{ tracked }} then {{ round_to(
             '30 * least(coalesce(e.active_days_30d, 0) / 10.0, 1)'
             ~ ' + 30 * least(coalesce(e.sessions_30d, 0) / 15.0, 1)'
             ~ ' + 20 * least(coalesce(e.email_opens_30d, 0) / 8.0, 1)'
             ~ ' + 20 * least(coalesce(e.email_clicks_30d, 0) / 4.0, 1)', 1) }} end as engagement_score,
-        case when ds.has_events and p.has_tracking_consent then {{ round_to(
+        case when {{ tracked }} then {{ round_to(
             'coalesce(e.event_intent_points, 0) + ' ~ weights.get('cart_abandonment', 0)
             ~ ' * coalesce(e.abandoned_sessions_30d, 0)', 1) }} end as intent_score_30d,
-        case when ds.has_events and p.has_tracking_consent then coalesce(e.abandoned_sessions_30d, 0) > 0 end as cart_abandoned_30d,
-        case when ds.has_events and p.has_tracking_consent then coalesce(t.top_category, 'none') end as top_category,
-        case when ds.has_events and p.has_tracking_consent then {{ round_to('coalesce(t.top_category_share, 0)', 3) }} end as top_category_share,
+        case when {{ tracked }} then coalesce(e.abandoned_sessions_30d, 0) > 0 end as cart_abandoned_30d,
+        case when {{ tracked }} then coalesce(t.top_category, 'none') end as top_category,
+        case when {{ tracked }} then {{ round_to('coalesce(t.top_category_share, 0)', 3) }} end as top_category_share,
         t.interest_category,
         t.interest_category_views_30d,
         coalesce(ch.preferred_channel_observed, p.crm_preferred_channel, 'unknown') as preferred_channel,

@@ -9,8 +9,8 @@ from datetime import date
 import duckdb
 import pytest
 
-from segflow.core.privacy import DEV_SALT, PrivacyError, pii_hash, pii_salt
 from segflow.extract import ExtractError, run_extract
+from segflow.privacy.salt import DEV_SALT, PrivacyError, pii_hash, pii_salt
 
 DAY = date(2026, 3, 2)
 

@@ -1,0 +1,265 @@
+"""Erasure (GDPR art. 17, CCPA deletion): a person asks to be forgotten, and the next run forgets them everywhere.
+
+Requests arrive through an `erasure_requests` source (any source kind: a CRM table, a file drop, an API) or
+`segflow erase --contact-id C | --email E`. The build's `apply_erasures` task, right after the extract, resolves
+each request to the person - the contact, every contact sharing its email, their transaction references, the
+anonymous ids their devices were stitched to - and deletes their rows from the raw layer (contacts, events,
+transactions, quarantined rows, the requests themselves), the incremental staging events, every published history
+(features, segment memberships and events, identity links), the scores, the churn training set and the CRM
+write-back table. Later exports cannot contain them. Models keep only synthetic input examples (no user's row
+leaves the warehouse that way, see segflow.ml.features.synthetic_example), so there is nothing to remove there.
+
+What is kept: `raw.erasure_log`, one row per request with only salted hashes of the identifiers and the number of
+rows removed per table - enough to prove the request was honoured, and to keep honouring it: every later run
+deletes rows matching a logged hash that a source delivers again (a CRM that still holds the contact). Applying a
+request twice removes nothing more: erasure is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from segflow.core.config import Settings
+from segflow.core.warehouse import connect, one, transaction
+
+log = logging.getLogger(__name__)
+
+LOG_DDL = """
+CREATE SCHEMA IF NOT EXISTS raw;
+CREATE TABLE IF NOT EXISTS raw.erasure_requests (
+    request_id VARCHAR, contact_id VARCHAR, email VARCHAR, requested_at TIMESTAMP, _source VARCHAR,
+    _source_file VARCHAR, _file_date DATE, _row_ref VARCHAR, _run_id VARCHAR, _loaded_at TIMESTAMP, email_hash VARCHAR);
+CREATE TABLE IF NOT EXISTS raw.erasure_log (
+    request_hash VARCHAR, contact_hash VARCHAR, email_hash VARCHAR, requested_at TIMESTAMP, applied_at TIMESTAMP,
+    rows_erased JSON);
+CREATE TABLE IF NOT EXISTS raw.erasure_suppressions (kind VARCHAR, identifier_hash VARCHAR);
+"""
+
+# Tables holding a person's rows by canonical user id (present only once the pipeline has built them).
+USER_TABLES = (
+    "marts_store.store_user_features_history",
+    "marts_store.store_user_segment_history",
+    "marts_store.store_segment_membership_events",
+    "marts_store.store_user_identity_links",
+    "scoring.user_scores",
+    "ml.churn_training_set",
+)
+
+
+@dataclass
+class ErasureSummary:
+    requests: int = 0
+    people: int = 0
+    rows_erased: dict[str, int] = field(default_factory=dict)
+    crm_rows_erased: int = 0
+
+
+def _hash(expr: str) -> str:
+    """The salted hash of a normalised identifier, as the extract computes email hashes (salt bound as ?)."""
+    return f"sha256(?::VARCHAR || lower(trim({expr})))"
+
+
+def request_erasure(settings: Settings, contact_id: str | None = None, email: str | None = None) -> str:
+    """Record a request (the `segflow erase` command); the next run applies it. Returns the request id."""
+    if not (contact_id or email):
+        raise ValueError("an erasure request names a contact id or an email")
+    now = datetime.now(UTC).replace(tzinfo=None)
+    request_id = f"cli-{now:%Y%m%dT%H%M%S%f}"
+    with connect(settings.warehouse_path) as con:
+        con.execute(LOG_DDL)
+        con.execute(
+            "INSERT INTO raw.erasure_requests (request_id, contact_id, email, requested_at, _source, _run_id, "
+            "_loaded_at) VALUES (?, ?, ?, ?, 'cli', 'cli', ?)",
+            [request_id, contact_id, email, now, now],
+        )
+    return request_id
+
+
+def _existing(con, qualified: str) -> bool:
+    """Whether the table exists (views on top of it, such as the marts, need no deleting)."""
+    schema, table = qualified.split(".")
+    return bool(
+        con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ? "
+            "AND table_type = 'BASE TABLE'",
+            [schema, table],
+        ).fetchone()[0]
+    )
+
+
+def apply_erasures(settings: Settings, run_id: str, salt: str) -> ErasureSummary:
+    """Apply new requests everywhere, and every request ever logged to what this run loaded (idempotent)."""
+    summary = ErasureSummary()
+    now = datetime.now(UTC).replace(tzinfo=None)
+    erased: dict[str, int] = {}
+    ids: list[str] = []
+    with connect(settings.warehouse_path) as con:
+        con.execute(LOG_DDL)
+        with transaction(con):
+
+            def delete(table: str, where: str, params: list | None = None) -> None:
+                if _existing(con, table):
+                    count = one(con, f"DELETE FROM {table} WHERE {where}", params)
+                    if count:
+                        erased[table] = erased.get(table, 0) + count
+
+            pending = con.execute(
+                f"SELECT request_id, {_hash('contact_id')}, {_hash('email')}, requested_at FROM raw.erasure_requests",
+                [salt, salt],
+            ).fetchall()
+            summary.requests = len(pending)
+            if pending:
+                # 1. The people asked for: contacts named by id or email, every contact sharing their email, the ids
+                #    the analytics tool knew them by, and the devices (anonymous ids) stitched to them.
+                con.execute(
+                    "CREATE OR REPLACE TEMP TABLE erase_requested AS SELECT * FROM (VALUES "
+                    + ", ".join("(?, ?)" for _ in pending)
+                    + ") AS t(contact_hash, email_hash)",
+                    [v for _, contact_hash, email_hash, _ in pending for v in (contact_hash, email_hash)],
+                )
+                con.execute(
+                    f"""CREATE OR REPLACE TEMP TABLE erase_contacts AS
+                    SELECT DISTINCT contact_id, email_hash, lower(trim(email)) AS email FROM raw.crm_contacts
+                    WHERE {_hash("contact_id")} IN (SELECT contact_hash FROM erase_requested)
+                       OR email_hash IN (SELECT email_hash FROM erase_requested)""",
+                    [salt],
+                )
+                con.execute(
+                    """INSERT INTO erase_contacts SELECT DISTINCT c.contact_id, c.email_hash, lower(trim(c.email))
+                       FROM raw.crm_contacts c WHERE c.email_hash IN (SELECT email_hash FROM erase_contacts)
+                       AND c.contact_id NOT IN (SELECT contact_id FROM erase_contacts)"""
+                )
+                con.execute(
+                    f"""CREATE OR REPLACE TEMP TABLE erase_ids AS
+                    SELECT contact_id AS id FROM erase_contacts
+                    UNION SELECT user_id FROM raw.events
+                          WHERE {_hash("user_id")} IN (SELECT contact_hash FROM erase_requested)""",
+                    [salt],
+                )
+                con.execute(
+                    """CREATE OR REPLACE TEMP TABLE erase_email_hashes AS
+                    SELECT email_hash FROM erase_contacts WHERE email_hash IS NOT NULL
+                    UNION SELECT email_hash FROM erase_requested WHERE email_hash IS NOT NULL"""
+                )
+                con.execute(
+                    """CREATE OR REPLACE TEMP TABLE erase_anonymous AS
+                    SELECT DISTINCT anonymous_id FROM raw.events WHERE user_id IN (SELECT id FROM erase_ids)"""
+                )
+                summary.people = one(con, "SELECT count(*) FROM erase_ids")
+                # 2. Their identifiers, as salted hashes only, so that later loads of the same person are dropped.
+                con.execute(
+                    f"""INSERT INTO raw.erasure_suppressions
+                    SELECT DISTINCT kind, h FROM (
+                        SELECT 'contact' AS kind, {_hash("id")} AS h FROM erase_ids
+                        UNION SELECT 'email', email_hash FROM erase_email_hashes
+                        UNION SELECT 'anonymous', {_hash("anonymous_id")} FROM erase_anonymous
+                    ) AS new WHERE (kind, h) NOT IN (SELECT (kind, identifier_hash) FROM raw.erasure_suppressions)""",
+                    [salt, salt],
+                )
+                # 3. Everywhere they are.
+                delete(
+                    "raw.crm_contacts",
+                    "contact_id IN (SELECT id FROM erase_ids) OR email_hash IN "
+                    "(SELECT email_hash FROM erase_email_hashes)",
+                )
+                delete(
+                    "raw.transactions",
+                    "customer_ref IN (SELECT id FROM erase_ids) OR customer_ref_hash IN "
+                    "(SELECT email_hash FROM erase_email_hashes)",
+                )
+                delete(
+                    "raw.events",
+                    "user_id IN (SELECT id FROM erase_ids) OR anonymous_id IN "
+                    "(SELECT anonymous_id FROM erase_anonymous)",
+                )
+                delete(
+                    "staging.stg_analytics__events",
+                    "analytics_user_id IN (SELECT id FROM erase_ids) OR "
+                    "anonymous_id IN (SELECT anonymous_id FROM erase_anonymous)",
+                )
+                # Quarantined rows keep their raw record: drop those mentioning one of the person's identifiers.
+                delete(
+                    "raw.quarantine",
+                    "EXISTS (SELECT 1 FROM (SELECT id AS v FROM erase_ids UNION SELECT email FROM erase_contacts UNION "
+                    "SELECT anonymous_id FROM erase_anonymous) AS ident WHERE length(ident.v) >= 3 "
+                    "AND contains(lower(raw_record), lower(ident.v)))",
+                )
+                for table in USER_TABLES:
+                    delete(table, "user_id IN (SELECT id FROM erase_ids)")
+                if _existing(con, "quality.validation_results"):  # failing rows' keys sampled by the quality gates
+                    con.execute(
+                        "UPDATE quality.validation_results SET unexpected_sample = NULL WHERE EXISTS (SELECT 1 "
+                        "FROM erase_ids WHERE contains(unexpected_sample, '\"' || id || '\"'))"
+                    )
+                delete(
+                    "marts_store.store_user_identity_links",
+                    "identifier IN (SELECT anonymous_id FROM erase_anonymous) "
+                    "OR identifier IN (SELECT email_hash FROM erase_email_hashes)",
+                )
+                for schema, table in con.execute(
+                    "SELECT c.table_schema, c.table_name FROM information_schema.columns c JOIN information_schema.tables "
+                    "t USING (table_schema, table_name) WHERE c.column_name = 'user_id' AND c.table_schema LIKE 'audit%' "
+                    "AND t.table_type = 'BASE TABLE'"
+                ).fetchall():
+                    delete(f"{schema}.{table}", "user_id IN (SELECT id FROM erase_ids)")
+                ids = [r[0] for r in con.execute("SELECT id FROM erase_ids").fetchall()]
+                for request_id, contact_hash, email_hash, requested_at in pending:
+                    con.execute(
+                        f"INSERT INTO raw.erasure_log SELECT {_hash('?')}, ?, ?, ?, ?, ?",
+                        [salt, str(request_id), contact_hash, email_hash, requested_at, now, json.dumps(erased)],
+                    )
+                con.execute("DELETE FROM raw.erasure_requests")  # the requests' clear text goes with them
+            # 4. Every run: rows this run loaded again for someone already forgotten (a source still holding them).
+            if one(con, "SELECT count(*) FROM raw.erasure_suppressions"):
+                suppressed = "SELECT identifier_hash FROM raw.erasure_suppressions WHERE kind = '{}'"
+                delete(
+                    "raw.crm_contacts",
+                    f"_run_id = ? AND ({_hash('contact_id')} IN ({suppressed.format('contact')}) "
+                    f"OR email_hash IN ({suppressed.format('email')}))",
+                    [run_id, salt],
+                )
+                delete(
+                    "raw.transactions",
+                    f"_run_id = ? AND ({_hash('customer_ref')} IN ({suppressed.format('contact')}) "
+                    f"OR customer_ref_hash IN ({suppressed.format('email')}))",
+                    [run_id, salt],
+                )
+                delete(
+                    "raw.events",
+                    f"_run_id = ? AND ({_hash('user_id')} IN ({suppressed.format('contact')}) "
+                    f"OR {_hash('anonymous_id')} IN ({suppressed.format('anonymous')}))",
+                    [run_id, salt, salt],
+                )
+    summary.rows_erased = erased
+    summary.crm_rows_erased = _erase_from_crm(settings, ids)
+    if summary.requests or erased:
+        log.info(
+            "erasure: %d new request(s), %d person id(s), rows erased %s", summary.requests, summary.people, erased
+        )
+    return summary
+
+
+def _erase_from_crm(settings: Settings, ids: list[str]) -> int:
+    """Remove the people from the CRM write-back table (crm_segments)."""
+    url, table = settings.get("writeback", "crm_url"), settings.get("writeback", "crm_table", default="crm_segments")
+    if not url or not ids:
+        return 0
+    from sqlalchemy import MetaData, Table, create_engine, delete, inspect
+
+    engine = create_engine(url)
+    try:
+        if not inspect(engine).has_table(table):
+            return 0
+        target = Table(table, MetaData(), autoload_with=engine)
+        removed = 0
+        with engine.begin() as conn:
+            for start in range(0, len(ids), 5000):
+                removed += conn.execute(
+                    delete(target).where(target.c.contact_id.in_(ids[start : start + 5000]))
+                ).rowcount
+        return removed
+    finally:
+        engine.dispose()
