@@ -246,24 +246,18 @@ def user_features_pandas(inputs: dict[str, Any], as_of: date) -> pd.DataFrame:
     )
     abandoned_sessions = f["abandoned_sessions_30d"].fillna(0)
     intent = f["event_intent_points"].fillna(0.0) + weights.get("cart_abandonment", 0) * abandoned_sessions
-    if has_events:
-        for c, values in counts.items():
-            out[c] = values.astype("Int64")
-        out["engagement_score"] = round_half_away(engagement_score, 1)
-        out["intent_score_30d"] = round_half_away(intent, 1)
-        out["cart_abandoned_30d"] = abandoned_sessions > 0
-        out["top_category"] = f["top_category"].fillna("none")
-        out["top_category_share"] = round_half_away(f["top_category_share"].fillna(0.0), 3)
-    else:
-        for c in (
-            *counts,
-            "engagement_score",
-            "intent_score_30d",
-            "cart_abandoned_30d",
-            "top_category",
-            "top_category_share",
-        ):
-            out[c] = None
+    # Behaviour is used where events are collected and the person consented to tracking (as in dbt).
+    tracked = out["has_tracking_consent"] if has_events else pd.Series(False, index=out.index)
+    behaviour = {
+        **{c: values.astype("Int64") for c, values in counts.items()},
+        "engagement_score": pd.Series(round_half_away(engagement_score, 1), index=out.index),
+        "intent_score_30d": pd.Series(round_half_away(intent, 1), index=out.index),
+        "cart_abandoned_30d": (abandoned_sessions > 0).astype("boolean"),
+        "top_category": f["top_category"].fillna("none"),
+        "top_category_share": pd.Series(round_half_away(f["top_category_share"].fillna(0.0), 3), index=out.index),
+    }
+    for c, values in behaviour.items():
+        out[c] = values.where(tracked, None) if values.dtype == object else values.where(tracked)
     out["interest_category"] = f["interest_category"]
     out["interest_category_views_30d"] = f["interest_category_views_30d"].astype("Int64")
     out["preferred_channel"] = f["preferred_channel_observed"].fillna(f["crm_preferred_channel"]).fillna("unknown")

@@ -214,7 +214,8 @@ def ensure_dataset(
 
 def workspace_env(root: Path, data: Path) -> dict[str, str]:
     """Environment of a stage: every store under `root`, sources read from the cached dataset `data` (the CRM is
-    copied, since the write-back adds a table to it)."""
+    copied, since the write-back adds a table to it; its manifest goes along, so the extract still knows the data
+    is generated and may use the development PII salt)."""
     from segflow.airflow.environment import airflow_environ
     from segflow.core.config import load_settings
 
@@ -222,6 +223,7 @@ def workspace_env(root: Path, data: Path) -> dict[str, str]:
     if not crm.exists():
         root.mkdir(parents=True, exist_ok=True)
         shutil.copy2(data / "crm.sqlite", crm)
+        shutil.copy2(data / "manifest.json", root / "manifest.json")
     overrides = {
         "SEGFLOW_CONFIG": str(REPO_ROOT / "segflow.yml"),
         "SEGFLOW__SOURCES__CRM__URL": f"sqlite:///{crm}",
