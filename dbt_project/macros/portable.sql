@@ -48,3 +48,29 @@
 {% macro postgres__json_object_text(columns) -%}
     cast(json_build_object({% for col in columns %}'{{ col }}', {{ col }}{% if not loop.last %}, {% endif %}{% endfor %}) as varchar)
 {%- endmacro %}
+
+{# Free-text tags as one normalised text: lower case, split on , ; | /, inner whitespace collapsed, trimmed,
+   deduplicated, sorted, joined with ','; null when no tag remains. 'Garden; books ,BOOKS' -> 'books,garden'. #}
+{% macro normalised_tags(expr) -%}
+    {{ return(adapter.dispatch('normalised_tags', 'segflow')(expr)) }}
+{%- endmacro %}
+{% macro default__normalised_tags(expr) -%}
+    nullif(array_to_string(list_sort(list_distinct(list_filter(
+        list_transform(string_split_regex(lower({{ expr }}), '[,;|/]'), lambda t: trim(regexp_replace(t, '\s+', ' ', 'g'))),
+        lambda t: t <> ''
+    ))), ','), '')
+{%- endmacro %}
+{% macro postgres__normalised_tags(expr) -%}
+    nullif(array_to_string(array(
+        select distinct trim(regexp_replace(t, '\s+', ' ', 'g')) as tag
+        from unnest(regexp_split_to_array(lower({{ expr }}), '[,;|/]')) as t
+        where trim(t) <> ''
+        order by tag
+    ), ','), '')
+{%- endmacro %}
+{% macro spark__normalised_tags(expr) -%}
+    nullif(array_join(array_sort(array_distinct(filter(
+        transform(split(lower({{ expr }}), '[,;|/]'), t -> trim(regexp_replace(t, '\\s+', ' '))),
+        t -> t != ''
+    ))), ','), '')
+{%- endmacro %}

@@ -29,6 +29,10 @@ EXPORT_COLUMNS = [
     "primary_segment",
     "churn_risk_band",
     "churn_probability",
+    "churn_reasons",
+    "clv_12m",
+    "expected_orders_90d",
+    "p_alive",
 ]
 
 
@@ -46,7 +50,7 @@ def read_scored_users(settings: Settings) -> pd.DataFrame:
     with connect(settings.warehouse_path, read_only=True) as con:
         return con.execute("""
             SELECT s.user_id, s.as_of, s.persona, s.primary_segment, s.churn_risk_band, s.churn_probability,
-                   f.has_email_consent, f.is_crm_contact, f.email_sha256
+                   s.churn_reasons, s.clv_12m, s.expected_orders_90d, s.p_alive, f.has_email_consent, f.is_crm_contact, f.email_sha256
             FROM marts.user_scores s JOIN marts.user_features f USING (user_id)
             ORDER BY s.user_id
         """).df()

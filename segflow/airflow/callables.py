@@ -202,11 +202,19 @@ def train(as_of: str) -> dict:
 
 
 def score(as_of: str, run_id: str) -> dict:
+    from segflow.ml.registry import has_champions
     from segflow.ml.scoring import compute_scores, publish_scores
     from segflow.quality.gates import validate_scores
 
     cfg = settings()
     day = parse_as_of(as_of)
+    if not has_champions(cfg, day):
+        # A backfill of a date before any model: the models of that date are trained as of it, never borrowed
+        # from later dates (they learnt from outcomes unknown then).
+        from segflow.ml.train import train_models
+
+        log.info("no champion models trained on data up to %s: training them as of that date first", day)
+        train_models(cfg, day)
     scores, cluster_version, churn_version = compute_scores(cfg, day)
     validate_scores(cfg, scores, day, run_id)  # raises before anything is published on a critical failure
     users = publish_scores(cfg, scores, day)

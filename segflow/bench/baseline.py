@@ -117,10 +117,12 @@ def user_features_pandas(inputs: dict[str, Any], as_of: date) -> pd.DataFrame:
     o = orders.assign(
         order_date=order_date,
         in_365=order_date > day - pd.Timedelta(days=365),
+        in_180=order_date > day - pd.Timedelta(days=180),
         in_30=order_date > day - pd.Timedelta(days=30),
         in_90=order_date > day - pd.Timedelta(days=90),
     )
     o["amount_365"] = o["amount_reporting"].where(o["in_365"], 0.0)
+    o["amount_90"] = o["amount_reporting"].where(o["in_90"], 0.0)
     order_stats = (
         o.groupby("user_id")
         .agg(
@@ -130,11 +132,29 @@ def user_features_pandas(inputs: dict[str, Any], as_of: date) -> pd.DataFrame:
             lifetime_spend=("amount_reporting", "sum"),
             frequency_365d=("in_365", "sum"),
             monetary_365d=("amount_365", "sum"),
+            orders_180d=("in_180", "sum"),
             orders_30d=("in_30", "sum"),
             orders_90d=("in_90", "sum"),
+            spend_90d=("amount_90", "sum"),
+            avg_items_per_order=("item_count", "mean"),
+            avg_lines_per_order=("line_count", "mean"),
         )
         .reset_index()
     )
+    # Purchase days (several orders on one day are one purchase), their gaps and the repeat days' spend.
+    days = (
+        o.groupby(["user_id", "order_date"], as_index=False)["amount_reporting"]
+        .sum()
+        .sort_values(["user_id", "order_date"])
+    )
+    days["gap"] = days.groupby("user_id")["order_date"].diff().dt.days
+    days["is_repeat"] = days.groupby("user_id").cumcount() > 0
+    rhythm = days.groupby("user_id").agg(purchase_days=("order_date", "size"), last_gap=("gap", "last"))
+    rhythm["repeat_purchase_value"] = days[days["is_repeat"]].groupby("user_id")["amount_reporting"].mean()
+    ranked = o.sort_values(["user_id", "order_ts", "order_id"])
+    third = ranked[ranked.groupby("user_id").cumcount() == 2].set_index("user_id")["order_date"]
+    rhythm["third_purchase_date"] = third
+    order_stats = order_stats.merge(rhythm.reset_index(), how="left", on="user_id")
 
     event_date = pd.to_datetime(events["event_date"])
     e30 = events[event_date > day - pd.Timedelta(days=30)]
@@ -149,15 +169,20 @@ def user_features_pandas(inputs: dict[str, Any], as_of: date) -> pd.DataFrame:
         is_purchase=e30["event_type"] == "purchase",
     )
     grouped = e30.groupby("user_id")
+    seen_at = pd.to_datetime(events.groupby("user_id")["event_date"].max())
     engagement = pd.DataFrame(
         {
+            "last_activity_date": seen_at,
             "active_days_30d": grouped["event_date"].nunique(),
             "sessions_30d": grouped["session_id"].nunique(),
             "email_opens_30d": grouped["is_open"].sum(),
             "email_clicks_30d": grouped["is_click"].sum(),
+            "page_views_7d": e30[pd.to_datetime(e30["event_date"]) > day - pd.Timedelta(days=7)]
+            .groupby("user_id")["is_view"]
+            .sum(),
             "event_intent_points": grouped["points"].sum(),
         }
-    ).reset_index()
+    ).reset_index(names="user_id")
     sessions = e30.groupby(["user_id", "session_id"]).agg(cart=("is_cart", "any"), purchase=("is_purchase", "any"))
     abandoned = (sessions["cart"] & ~sessions["purchase"]).groupby(level="user_id").sum()
     abandonment = abandoned.rename("abandoned_sessions_30d").reset_index()
@@ -222,6 +247,7 @@ def user_features_pandas(inputs: dict[str, Any], as_of: date) -> pd.DataFrame:
     out["gender"] = f["gender"].fillna("unknown")
     out["country"] = f["country_code"].fillna("Unknown")
     out["income_band"] = f["income_band"].fillna("Unknown")
+    out["interest_tags"] = f["interest_tags"]
     out["has_email_consent"] = f["has_email_consent"].fillna(False).astype(bool)
     out["has_tracking_consent"] = f["has_tracking_consent"].fillna(False).astype(bool)
     out["email_hash"] = f["email_hash"]
@@ -237,6 +263,21 @@ def user_features_pandas(inputs: dict[str, Any], as_of: date) -> pd.DataFrame:
     out["lifetime_spend"] = round_half_away(f["lifetime_spend"].fillna(0.0), 2)
     out["orders_30d"] = f["orders_30d"].fillna(0).astype("int64")
     out["orders_90d"] = f["orders_90d"].fillna(0).astype("int64")
+    out["orders_180d"] = f["orders_180d"].fillna(0).astype("int64")
+    out["spend_90d"] = round_half_away(f["spend_90d"].fillna(0.0), 2)
+    out["purchase_days"] = f["purchase_days"].fillna(0).astype("int64")
+    out["customer_age_days"] = (day - f["first_purchase_date"]).dt.days.astype("Int64")
+    span = (f["last_purchase_date"] - f["first_purchase_date"]).dt.days
+    out["days_first_to_last_purchase"] = span.astype("Int64")
+    mean_gap = (span / (f["purchase_days"] - 1)).where(f["purchase_days"] > 1)
+    out["mean_interpurchase_days"] = mean_gap
+    out["last_interpurchase_days"] = f["last_gap"].astype("Int64")
+    out["recency_ratio"] = (day - f["last_purchase_date"]).dt.days / mean_gap
+    out["avg_order_value"] = f["lifetime_spend"] / f["lifetime_orders"]
+    out["avg_items_per_order"] = f["avg_items_per_order"]
+    out["avg_lines_per_order"] = f["avg_lines_per_order"]
+    out["repeat_purchase_value"] = f["repeat_purchase_value"]
+    out["third_purchase_date"] = f["third_purchase_date"]
     counts = {c: f[c].fillna(0) for c in ("active_days_30d", "sessions_30d", "email_opens_30d", "email_clicks_30d")}
     engagement_score = (
         30 * np.minimum(counts["active_days_30d"] / 10.0, 1)
@@ -256,8 +297,15 @@ def user_features_pandas(inputs: dict[str, Any], as_of: date) -> pd.DataFrame:
         "top_category": f["top_category"].fillna("none"),
         "top_category_share": pd.Series(round_half_away(f["top_category_share"].fillna(0.0), 3), index=out.index),
     }
+    behaviour["page_views_7d"] = f["page_views_7d"].fillna(0).astype("Int64")
+    seen = pd.to_datetime(f["last_activity_date"])
+    behaviour["days_since_last_activity"] = (day - seen).dt.days.astype("Int64")
     for c, values in behaviour.items():
         out[c] = values.where(tracked, None) if values.dtype == object else values.where(tracked)
+    # The latest of the last used event and the last purchase; else since the contact was created.
+    last_seen = pd.concat([seen.where(tracked), f["last_purchase_date"]], axis=1).max(axis=1)
+    last_seen = last_seen.fillna(pd.to_datetime(f["created_at"]).dt.normalize())
+    out["days_since_last_interaction"] = (day - last_seen).dt.days.astype("Int64")
     out["interest_category"] = f["interest_category"]
     out["interest_category_views_30d"] = f["interest_category_views_30d"].astype("Int64")
     out["preferred_channel"] = f["preferred_channel_observed"].fillna(f["crm_preferred_channel"]).fillna("unknown")
@@ -304,11 +352,11 @@ def user_features_pandas(inputs: dict[str, Any], as_of: date) -> pd.DataFrame:
             orders_total == 0,
             recency > 90,
             recency > 45,
-            first_recent,
             (orders_total >= 3) & (recency <= 30),
+            first_recent,
             orders_total >= 2,
         ],
-        ["prospect", "lapsed", "at_risk", "new", "loyal", "repeat"],
+        ["prospect", "lapsed", "at_risk", "loyal", "new", "repeat"],
         "active",
     )
     return out

@@ -109,9 +109,9 @@ class RiskBands(_Section):
         return self
 
 
-ChurnCandidate = Literal["logistic_regression", "gradient_boosting"]
+ChurnCandidate = Literal["logistic_regression", "gradient_boosting", "ensemble"]
 ClusterAlgorithm = Literal["kmeans", "minibatch_kmeans", "gaussian_mixture"]
-CHURN_CANDIDATES: tuple[ChurnCandidate, ...] = ("logistic_regression", "gradient_boosting")
+CHURN_CANDIDATES: tuple[ChurnCandidate, ...] = ("logistic_regression", "gradient_boosting", "ensemble")
 CLUSTER_ALGORITHMS: tuple[ClusterAlgorithm, ...] = ("kmeans", "minibatch_kmeans", "gaussian_mixture")
 
 
@@ -124,16 +124,26 @@ class ChurnConfig(_Section):
         0.0, ge=0, description="A challenger must beat the champion's holdout ROC-AUC by more than this."
     )
     training_snapshots: int = Field(
-        3, gt=0, description="Feature dates of the training set: as_of - H, then every interval back."
+        4, gt=0, description="Feature dates of the training set: as_of - H, then every interval back."
     )
-    snapshot_interval_days: int = Field(21, gt=0, description="Days between training snapshots.")
+    snapshot_interval_days: int = Field(14, gt=0, description="Days between training snapshots.")
     candidates: list[ChurnCandidate] = Field(
         default_factory=lambda: list(CHURN_CANDIDATES),
         min_length=1,
-        description="Model families compared on the holdout.",
+        description="Model families compared by rolling time-based validation.",
     )
     refit_on_all: bool = Field(True, description="Refit the winner on all snapshots once the holdout has chosen it.")
     max_training_rows: int = Field(200_000, ge=0, description="A seeded random sample beyond this (0: no cap).")
+
+
+class LifetimeValueConfig(_Section):
+    value_horizon_days: int = Field(
+        365, gt=0, description="Horizon of clv_12m: value of the purchases expected over these days, discounted."
+    )
+    discount_rate: float = Field(0.10, ge=0, lt=1, description="Yearly discount rate of future purchases.")
+    champion_tolerance: float = Field(
+        0.0, ge=0, description="A challenger must lower the champion's holdout error (per customer) by more than this."
+    )
 
 
 class ClusteringConfig(_Section):
@@ -206,6 +216,7 @@ class SegflowConfig(_Section):
     writeback: WritebackConfig = Field(default_factory=WritebackConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     churn: ChurnConfig = Field(default_factory=ChurnConfig)
+    lifetime_value: LifetimeValueConfig = Field(default_factory=LifetimeValueConfig)
     clustering: ClusteringConfig = Field(default_factory=ClusteringConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)

@@ -20,9 +20,18 @@ SCORES_DDL = """
 CREATE SCHEMA IF NOT EXISTS scoring;
 CREATE TABLE IF NOT EXISTS scoring.user_scores (
     user_id VARCHAR, as_of DATE, cluster_id INTEGER, persona VARCHAR, churn_probability DOUBLE,
-    churn_risk_band VARCHAR, primary_segment VARCHAR, clusterer_version VARCHAR, churn_model_version VARCHAR,
+    churn_risk_band VARCHAR, churn_reasons VARCHAR, expected_orders_90d DOUBLE, p_alive DOUBLE, clv_12m DOUBLE,
+    primary_segment VARCHAR, clusterer_version VARCHAR, churn_model_version VARCHAR, clv_model_version VARCHAR,
     scored_at TIMESTAMP);
 """
+# Columns added since the table was first created (older warehouses gain them, empty for past dates).
+SCORES_ADDED_COLUMNS = {
+    "churn_reasons": "VARCHAR",
+    "expected_orders_90d": "DOUBLE",
+    "p_alive": "DOUBLE",
+    "clv_12m": "DOUBLE",
+    "clv_model_version": "VARCHAR",
+}
 
 VALIDATION_RESULTS_DDL = """
 CREATE SCHEMA IF NOT EXISTS quality;
@@ -48,6 +57,8 @@ def ensure_output_tables(con) -> None:
     """Create every Python-written output table that does not exist yet (idempotent)."""
     for ddl in OUTPUT_DDL:
         con.execute(ddl)
+    for column, kind in SCORES_ADDED_COLUMNS.items():
+        con.execute(f"ALTER TABLE {SCORES_TABLE} ADD COLUMN IF NOT EXISTS {column} {kind}")
     _migrate_scores(con)
 
 

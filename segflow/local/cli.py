@@ -87,14 +87,11 @@ def cmd_init(args) -> int:
     return 0
 
 
-def _has_champions(settings) -> bool:
-    from segflow.ml.registry import CHURN_MODEL, CLUSTER_MODEL, configure_mlflow, current_champion
+def _has_champions(settings, as_of: date) -> bool:
+    """Whether every model had a champion trained on data up to `as_of` (else the run trains one as of it)."""
+    from segflow.ml.registry import has_champions
 
-    configure_mlflow(settings)
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    return all(current_champion(client, name) is not None for name in (CLUSTER_MODEL, CHURN_MODEL))
+    return has_champions(settings, as_of)
 
 
 @contextlib.contextmanager
@@ -211,7 +208,7 @@ def cmd_run(args) -> int:
         f"segflow run as of [bold]{as_of}[/bold] (config: {settings.config_file or 'defaults'}; Airflow log: {log_file})"
     )
     plan = ["segflow_build"]
-    if args.retrain == "always" or (args.retrain == "auto" and not _has_champions(settings)):
+    if args.retrain == "always" or (args.retrain == "auto" and not _has_champions(settings, as_of)):
         plan.append("segflow_train")
     plan.append("segflow_score")
     for dag_id in plan:
@@ -379,6 +376,61 @@ def cmd_erase(args) -> int:
     return 0
 
 
+def cmd_backtest(args) -> int:
+    """Backtest the published scores at several dates, each on fresh stores (segflow.ml.backtest)."""
+    from segflow.ml.backtest import format_report, log_to_mlflow, run_backtest
+
+    settings = load_settings(args.config)
+    if settings.config_file is None:
+        print("error: segflow backtest needs a configuration file (--config or $SEGFLOW_CONFIG)", file=sys.stderr)
+        return 2
+    try:
+        dates = sorted({date.fromisoformat(d.strip()) for d in args.as_of.split(",") if d.strip()})
+    except ValueError as exc:
+        print(f"error: --as-of takes dates YYYY-MM-DD separated by commas: {exc}", file=sys.stderr)
+        return 2
+    if not dates:
+        print("error: --as-of names no date", file=sys.stderr)
+        return 2
+    horizon = args.horizon or settings.horizon_days
+    print(f"backtest of {settings.config_file}: {', '.join(map(str, dates))} (horizon {horizon} days)", flush=True)
+
+    def progress(result) -> None:
+        segflow, best = (
+            result.churn["segflow"]["roc_auc"],
+            max(v["roc_auc"] for k, v in result.churn.items() if k != "segflow"),
+        )
+        print(
+            f"  {result.as_of}: {result.customers:,} customers, churn rate {result.churn_rate:.1%}; churn ROC-AUC "
+            f"{segflow:.4f} (best baseline {best:.4f}); {result.seconds:.0f}s",
+            flush=True,
+        )
+
+    try:
+        report = run_backtest(
+            Path(settings.config_file),
+            dates,
+            horizon,
+            Path(args.work_dir) if args.work_dir else None,
+            keep=args.keep,
+            on_date=progress,
+        )
+    except (RuntimeError, LookupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(format_report(report)))
+    out = Path(args.json) if args.json else None
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"report: {out}")
+    if not args.no_mlflow:
+        print(
+            f"MLflow: run {log_to_mlflow(settings, report)} in experiment '{settings.get('mlflow', 'experiment', default='segflow')} backtests'"
+        )
+    return 0
+
+
 def cmd_bench(args) -> int:
     from segflow.bench.harness import StageFailed, load_results, run_size, write_result
     from segflow.bench.report import write_report
@@ -445,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--retrain",
         choices=["auto", "always", "never"],
         default="auto",
-        help="auto: train only when no champion model exists yet",
+        help="auto: train only when no champion trained on data up to the as-of date exists yet",
     )
     run.set_defaults(func=cmd_run)
 
@@ -479,6 +531,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("env", parents=[common], help="print the environment (export lines) Airflow runs with").set_defaults(
         func=cmd_env
     )
+    backtest = sub.add_parser(
+        "backtest",
+        parents=[common],
+        help="run the pipeline as of past dates on fresh stores and score what it published against what happened",
+    )
+    backtest.add_argument("--as-of", required=True, help="dates YYYY-MM-DD separated by commas")
+    backtest.add_argument(
+        "--horizon", type=int, default=None, help="days of outcomes after each date (churn.horizon_days)"
+    )
+    backtest.add_argument("--work-dir", default=None, help="where each date's stores go (default: a temporary folder)")
+    backtest.add_argument("--keep", action="store_true", help="keep each date's stores for inspection")
+    backtest.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    backtest.add_argument("--no-mlflow", action="store_true", help="do not log the report to the configured MLflow")
+    backtest.set_defaults(func=cmd_backtest)
     erase = sub.add_parser("erase", parents=[common], help="ask for a person to be forgotten (GDPR art. 17 / CCPA)")
     who = erase.add_mutually_exclusive_group(required=True)
     who.add_argument("--contact-id", default=None, help="the CRM contact id")

@@ -20,12 +20,21 @@ def summary_data(settings: Settings) -> dict:
             "users": rows("SELECT count(*) FROM marts.user_features")[0][0],
             "segments": rows("""SELECT segment_name, count(*) AS members, count(*) FILTER (WHERE is_primary) AS primary_members
                                 FROM marts.user_segments GROUP BY 1 ORDER BY min(priority), 1"""),
-            "personas": rows("""SELECT cluster_id, persona, count(*) AS users, avg(churn_probability) AS churn
+            "personas": rows("""SELECT cluster_id, persona, count(*) AS users, avg(churn_probability) AS churn,
+                                       avg(clv_12m) AS clv
                                 FROM marts.user_scores GROUP BY 1, 2 ORDER BY 1"""),
-            "risk": rows("""SELECT churn_risk_band, count(*) FROM marts.user_scores GROUP BY 1
+            "risk": rows("""SELECT churn_risk_band, count(*), avg(clv_12m), sum(clv_12m) FROM marts.user_scores GROUP BY 1
                             ORDER BY array_position(['high', 'medium', 'low', 'prospect'], churn_risk_band)"""),
+            # The leading reason of each user at high risk, most frequent first.
+            "reasons": rows("""SELECT split_part(churn_reasons, '=', 1) AS feature, count(*) FROM marts.user_scores
+                               WHERE churn_risk_band = 'high' AND churn_reasons IS NOT NULL
+                               GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 3"""),
+            "example": rows("""SELECT user_id, churn_probability, churn_reasons FROM marts.user_scores
+                               WHERE churn_risk_band = 'high' AND churn_reasons IS NOT NULL
+                               ORDER BY clv_12m DESC NULLS LAST, user_id LIMIT 1"""),
             "versions": rows(
-                "SELECT any_value(clusterer_version), any_value(churn_model_version) FROM marts.user_scores"
+                """SELECT any_value(clusterer_version), any_value(churn_model_version), any_value(clv_model_version)
+                   FROM marts.user_scores"""
             )[0],
             "monitoring": rows("""SELECT "check", model_name, subject, value, reference_value, threshold FROM ml.model_monitoring
                                   WHERE status = 'warning' AND as_of = (SELECT max(as_of) FROM marts.user_scores)
@@ -47,17 +56,38 @@ def print_summary(settings: Settings, console: Console | None = None) -> None:
     for name, members, primary in data["segments"]:
         seg.add_row(name, f"{members:,}", f"{primary:,}")
     console.print(seg)
-    per = Table(title=f"Personas (clusterer v{data['versions'][0]} @champion)")
-    for col in ("cluster", "persona", "users", "share", "avg churn p"):
+    per = Table(title=f"Personas (clusterer v{data['versions'][0]})")
+    for col in ("cluster", "persona", "users", "share", "avg churn p", "avg CLV 12m"):
         per.add_column(col, justify="left" if col == "persona" else "right")
-    for cid, persona, users, churn in data["personas"]:
-        per.add_row(str(cid), persona, f"{users:,}", f"{users / total:.0%}", "-" if churn is None else f"{churn:.2f}")
+    for cid, persona, users, churn, clv in data["personas"]:
+        per.add_row(
+            str(cid),
+            persona,
+            f"{users:,}",
+            f"{users / total:.0%}",
+            "-" if churn is None else f"{churn:.2f}",
+            "-" if clv is None else f"{clv:,.0f}",
+        )
     console.print(per)
-    risk = Table(title=f"Churn risk (churn model v{data['versions'][1]} @champion)")
-    risk.add_column("band"), risk.add_column("users", justify="right"), risk.add_column("share", justify="right")
-    for band, users in data["risk"]:
-        risk.add_row(band, f"{users:,}", f"{users / total:.0%}")
+    risk = Table(
+        title=f"Churn risk and lifetime value (churn model v{data['versions'][1]}, lifetime value v{data['versions'][2]})"
+    )
+    for col in ("band", "users", "share", "avg CLV 12m", "CLV 12m at stake"):
+        risk.add_column(col, justify="left" if col == "band" else "right")
+    for band, users, clv, clv_sum in data["risk"]:
+        risk.add_row(
+            band,
+            f"{users:,}",
+            f"{users / total:.0%}",
+            "-" if clv is None else f"{clv:,.0f}",
+            "-" if clv_sum is None else f"{clv_sum:,.0f}",
+        )
     console.print(risk)
+    if data["reasons"]:
+        leading = ", ".join(f"{feature} ({n:,})" for feature, n in data["reasons"])
+        console.print(f"Why users are at high risk - leading reasons: {leading}")
+        for user, probability, reasons in data["example"]:
+            console.print(f"  e.g. {user} (churn p {probability:.2f}): {reasons}", markup=False, highlight=False)
     if data["monitoring"]:
         console.print(f"[yellow]Monitoring warnings ({len(data['monitoring'])}, ml.model_monitoring):[/yellow]")
         for check, model, subject, value, ref, limit in data["monitoring"][:8]:

@@ -287,7 +287,7 @@ def train_clustering(
         if stabilities[key] >= min_stability:
             break
     else:  # nothing is stable enough: keep the most stable rather than fail the weekly retrain
-        key = max(stabilities, key=stabilities.get)
+        key = max(stabilities, key=lambda candidate: stabilities[candidate])
     algorithm, k = key
     selection["chosen"] = (selection["algorithm"] == algorithm) & (selection["k"] == k)
     selection["stability_ari"] = [

@@ -14,7 +14,7 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardSc
 
 from segflow.core.warehouse import connect
 
-# Heavy-tailed counts and amounts are log-scaled before standardising.
+# Heavy-tailed counts, amounts and durations are log-scaled before standardising.
 COUNT_FEATURES = [
     "frequency_365d",
     "monetary_365d",
@@ -22,18 +22,34 @@ COUNT_FEATURES = [
     "lifetime_spend",
     "orders_30d",
     "orders_90d",
+    "orders_180d",
+    "spend_90d",
     "active_days_30d",
     "sessions_30d",
     "email_opens_30d",
     "email_clicks_30d",
     "intent_score_30d",
+    "page_views_7d",
     "tenure_days",
+    # The buy-till-you-die signal: the customer's age, repeat purchases, rhythm and where they stand in it.
+    "purchase_days",
+    "customer_age_days",
+    "days_first_to_last_purchase",
+    "mean_interpurchase_days",
+    "last_interpurchase_days",
+    "recency_ratio",
+    "avg_order_value",
+    "avg_items_per_order",
+    "avg_lines_per_order",
+    "days_since_last_activity",
 ]
 # Linear as they are: churn hazard grows steadily with days since the last purchase.
 SCORE_FEATURES = ["recency_days", "engagement_score", "top_category_share", "age"]
 CATEGORICAL_FEATURES = ["income_band", "preferred_device", "age_band", "country"]
 BOOLEAN_FEATURES = ["cart_abandoned_30d", "has_email_consent"]
 MODEL_FEATURES = COUNT_FEATURES + SCORE_FEATURES + CATEGORICAL_FEATURES + BOOLEAN_FEATURES
+# What the lifetime-value models read (segflow.ml.clv): x, t_x, T in days and m, from user_features.
+CLV_FEATURES = ["purchase_days", "days_first_to_last_purchase", "customer_age_days", "repeat_purchase_value"]
 
 # Personas: life stage (age, tenure), activity and value - lasting traits, not consent or geography. Recency
 # is left to the churn model: it says where a user is in their lifecycle, not who they are.
@@ -80,6 +96,11 @@ def prepare(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return out
 
 
+def log1p_clipped(values):
+    """log(1 + x) of non-negative values (negative ones, e.g. a refund-heavy spend, count as 0)."""
+    return np.log1p(np.clip(values, 0, None))
+
+
 def observed(columns: list[str], frame: pd.DataFrame) -> list[str]:
     """The columns with at least one value: features of an absent source (e.g. engagement without analytics
     events) are left out of the model rather than imputed from nothing."""
@@ -113,7 +134,7 @@ def synthetic_example(X: pd.DataFrame, rows: int = 5) -> pd.DataFrame:
     """An input example for the model registry that belongs to nobody: numeric columns at population quantiles,
     categorical columns at their most frequent value. No user's row leaves the warehouse this way."""
     quantiles = np.linspace(0.1, 0.9, rows)
-    out = {}
+    out: dict[str, object] = {}
     for col in X.columns:
         series = X[col]
         if series.dtype == object or col in CATEGORICAL_FEATURES:

@@ -11,6 +11,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -237,7 +238,7 @@ def _log_to_mlflow(settings: Settings, as_of: date, frame: pd.DataFrame, warning
         run_name=f"monitoring {as_of}",
         tags={"model": "monitoring", "as_of": as_of.isoformat(), "drift_warning": str(bool(warnings)).lower()},
     ):
-        metrics = {f"{r.check}.{r.model_name}.{r.subject}"[:250]: r.value for r in frame.itertuples()}
+        metrics: dict[str, Any] = {f"{r.check}.{r.model_name}.{r.subject}"[:250]: r.value for r in frame.itertuples()}
         mlflow.log_metrics({_metric_key(k): v for k, v in metrics.items() if v == v})
         mlflow.log_table(frame.astype({"as_of": str, "computed_at": str}), "monitoring.json")
         if warnings:

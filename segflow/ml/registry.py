@@ -1,4 +1,10 @@
-"""MLflow: tracking setup, registration, and the champion/challenger decision (aliases, not stages)."""
+"""MLflow: tracking setup, registration, and the champion/challenger decision (aliases, not stages).
+
+Which model scores a date is decided as of that date: every version is tagged with the date of the data it was
+trained on (`as_of`) and with its promotion decision; the champion as of D is the latest promoted version
+trained on data up to D. The `@champion` alias follows the champion of the latest training date, so a backfill
+that trains a model for a past date never takes it away from the present (and the present's model never
+scores the past: it learnt from outcomes that were unknown then)."""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import logging
 import os
 import subprocess
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 from segflow.core.config import REPO_ROOT, Settings
@@ -14,6 +21,8 @@ log = logging.getLogger(__name__)
 
 CLUSTER_MODEL = "user_segments_clusterer"
 CHURN_MODEL = "user_churn"
+CLV_MODEL = "user_lifetime_value"
+MODELS = (CLUSTER_MODEL, CHURN_MODEL, CLV_MODEL)
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
@@ -73,6 +82,45 @@ def current_champion(client, name: str):
         return None
 
 
+def _trained_as_of(version) -> date | None:
+    try:
+        return date.fromisoformat(str(version.tags.get("as_of", ""))[:10])
+    except ValueError:
+        return None
+
+
+def champion_as_of(client, name: str, as_of: date):
+    """The version that was champion on `as_of`: the latest promoted version trained on data up to that date
+    (ties: the later decision). None when no model of `name` had been promoted by then."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    promoted = [
+        v for v in versions if v.tags.get("promotion_decision") == CHAMPION and (_trained_as_of(v) or date.max) <= as_of
+    ]
+    return max(promoted, key=lambda v: (_trained_as_of(v), int(v.version)), default=None)
+
+
+def _move_alias(client, name: str, alias: str, version: str, as_of: date | None) -> bool:
+    """Point `alias` at `version` unless it holds a version trained on later data (a backfill's model never
+    replaces the present's). Returns whether it moved."""
+    from mlflow.exceptions import MlflowException
+
+    if as_of is not None:
+        try:
+            holder = client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            holder = None
+        held = _trained_as_of(holder) if holder is not None else None
+        if held is not None and held > as_of:
+            return False
+    client.set_registered_model_alias(name, alias, version)
+    return True
+
+
 def decide_alias(
     client,
     name: str,
@@ -83,11 +131,16 @@ def decide_alias(
     higher_is_better: bool = True,
     metric_name: str = "metric",
     champion_version: str | None = None,
+    as_of: date | None = None,
 ) -> Decision:
     """Promote `version` to champion if it beats the champion's metric on the same holdout by more than
-    `tolerance`, or if there is no champion; otherwise mark it challenger. The decision is tagged on the version."""
+    `tolerance`, or if there is no champion; otherwise mark it challenger. The decision is tagged on the version
+    (what champion_as_of reads); the alias moves only if no version of later data holds it."""
     if champion_metric is None:
-        alias, reason = CHAMPION, "no current champion"
+        alias, reason = (
+            CHAMPION,
+            "no current champion" if as_of is None else f"no champion trained on data up to {as_of}",
+        )
     else:
         gain = (new_metric - champion_metric) if higher_is_better else (champion_metric - new_metric)
         if gain > tolerance:
@@ -100,8 +153,9 @@ def decide_alias(
                 CHALLENGER,
                 f"{metric_name} {new_metric:.4f} does not beat champion{_v(champion_version)} {champion_metric:.4f} by more than tolerance {tolerance}",
             )
-    client.set_registered_model_alias(name, alias, version)
     client.set_model_version_tag(name, version, "promotion_decision", alias)
+    if not _move_alias(client, name, alias, version, as_of):
+        reason += f"; @{alias} stays on the model of a later date (this one serves {as_of} until then)"
     client.set_model_version_tag(name, version, "promotion_reason", reason)
     log.info("%s v%s -> %s: %s", name, version, alias, reason)
     return Decision(
@@ -119,15 +173,28 @@ def _v(version) -> str:
     return "" if version is None else f" v{version}"
 
 
-def load_champion(settings: Settings, name: str):
-    """Return (model, model_version) for `models:/name@champion`."""
+def load_champion(settings: Settings, name: str, as_of: date | None = None):
+    """Return (model, model_version): the champion as of `as_of` (the current `@champion` without a date)."""
     mlflow = configure_mlflow(settings)
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    version = current_champion(client, name)
+    version = current_champion(client, name) if as_of is None else champion_as_of(client, name, as_of)
     if version is None:
+        when = "" if as_of is None else f" trained on data up to {as_of}"
         raise LookupError(
-            f"registered model '{name}' has no '{CHAMPION}' alias yet: run the training DAG (segflow_train) first"
+            f"registered model '{name}' has no champion{when} yet: run the training DAG (segflow_train) for that date"
         )
-    return mlflow.sklearn.load_model(f"models:/{name}@{CHAMPION}"), version
+    uri = f"models:/{name}/{version.version}"
+    if name == CLV_MODEL:
+        return mlflow.pyfunc.load_model(uri).unwrap_python_model().model, version
+    return mlflow.sklearn.load_model(uri), version
+
+
+def has_champions(settings: Settings, as_of: date) -> bool:
+    """Whether every model has a champion trained on data up to `as_of`."""
+    configure_mlflow(settings)
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    return all(champion_as_of(client, name, as_of) is not None for name in MODELS)

@@ -12,12 +12,13 @@ import numpy as np
 import pandas as pd
 
 from segflow.core.config import Settings
-from segflow.core.tables import SCORES_DDL
-from segflow.core.warehouse import connect, transaction
-from segflow.ml.churn import risk_band
+from segflow.core.tables import ensure_output_tables
+from segflow.core.warehouse import connect, one, transaction
+from segflow.ml.churn import model_features, reason_codes, risk_band
 from segflow.ml.clustering import CLUSTER_COLUMNS
-from segflow.ml.features import MODEL_FEATURES, prepare, read_features
-from segflow.ml.registry import CHURN_MODEL, CLUSTER_MODEL, load_champion
+from segflow.ml.clv import clv_inputs
+from segflow.ml.features import prepare, read_features
+from segflow.ml.registry import CHURN_MODEL, CLUSTER_MODEL, CLV_MODEL, load_champion
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +34,27 @@ def features_as_of(settings: Settings, as_of: date) -> pd.DataFrame:
 
 
 def compute_scores(settings: Settings, as_of: date) -> tuple[pd.DataFrame, str, str]:
+    """Score every user as of `as_of` with the models that were champions then (registry.champion_as_of): a
+    backfilled past date is scored by the models of its time, never by one that learnt from its future."""
     features = features_as_of(settings, as_of)
-    clusterer, cluster_version = load_champion(settings, CLUSTER_MODEL)
-    churn_model, churn_version = load_champion(settings, CHURN_MODEL)
+    clusterer, cluster_version = load_champion(settings, CLUSTER_MODEL, as_of)
+    churn_model, churn_version = load_champion(settings, CHURN_MODEL, as_of)
+    lifetime_value, clv_version = load_champion(settings, CLV_MODEL, as_of)
     personas = json.loads(cluster_version.tags.get("personas", "{}"))
     cluster_id = clusterer.predict(prepare(features, CLUSTER_COLUMNS)).astype(int)
-    proba = churn_model.predict_proba(prepare(features, MODEL_FEATURES))[:, 1]
+    churn_input = prepare(features, model_features(churn_model))
+    proba = churn_model.predict_proba(churn_input)[:, 1]
     # Churn is defined among buyers: users without a purchase get no probability and band 'prospect'.
     buyer = features["lifetime_orders"].to_numpy() > 0
     proba = np.where(buyer, np.clip(proba, 0.0, 1.0), np.nan)
     bands = settings.raw["churn"]["risk_bands"]
     band = np.where(buyer, risk_band(np.nan_to_num(proba), float(bands["medium"]), float(bands["high"])), "prospect")
+    # Reasons where marketers act: the buyers at medium or high risk.
+    at_risk = buyer & (band != "low")
+    reasons = np.full(len(features), None, dtype=object)
+    if at_risk.any():
+        reasons[at_risk] = reason_codes(churn_model, churn_input[at_risk])
+    value = lifetime_value.predict(clv_inputs(features), settings.model.lifetime_value.value_horizon_days, 90)
     scores = pd.DataFrame(
         {
             "user_id": features["user_id"].astype(str),
@@ -52,8 +63,13 @@ def compute_scores(settings: Settings, as_of: date) -> tuple[pd.DataFrame, str, 
             "persona": [personas.get(str(c), f"Cluster {c}") for c in cluster_id],
             "churn_probability": proba,
             "churn_risk_band": band,
+            "churn_reasons": reasons,
+            "expected_orders_90d": value["expected_orders_90d"].to_numpy(),
+            "p_alive": value["p_alive"].to_numpy(),
+            "clv_12m": value["clv"].to_numpy(),
             "clusterer_version": str(cluster_version.version),
             "churn_model_version": str(churn_version.version),
+            "clv_model_version": str(clv_version.version),
         }
     )
     return scores, str(cluster_version.version), str(churn_version.version)
@@ -75,7 +91,7 @@ def publish_scores(settings: Settings, scores: pd.DataFrame, as_of: date) -> int
     marts.user_scores_history (every date) and marts.user_scores (the latest date scored), so a backfilled
     earlier date never changes the current scores and readers never see a half-written date."""
     with connect(settings.warehouse_path) as con:
-        con.execute(SCORES_DDL)
+        ensure_output_tables(con)
         segments = con.execute(
             "SELECT count(*) FROM marts.user_segment_history WHERE as_of = ?::DATE", [as_of.isoformat()]
         ).fetchall()[0][0]
@@ -88,18 +104,18 @@ def publish_scores(settings: Settings, scores: pd.DataFrame, as_of: date) -> int
             con.execute("""
                 INSERT INTO scoring.user_scores BY NAME
                 SELECT s.user_id, s.as_of, s.cluster_id, s.persona, s.churn_probability, s.churn_risk_band,
+                       s.churn_reasons, s.expected_orders_90d, s.p_alive, s.clv_12m,
                        coalesce(seg.segment_name, 'General Audience') AS primary_segment,
-                       s.clusterer_version, s.churn_model_version, (now() AT TIME ZONE 'UTC') AS scored_at
+                       s.clusterer_version, s.churn_model_version, s.clv_model_version,
+                       (now() AT TIME ZONE 'UTC') AS scored_at
                 FROM scores_df s
                 LEFT JOIN marts.user_segment_history seg ON seg.user_id = s.user_id AND seg.is_primary AND seg.as_of = s.as_of
             """)
-            latest = con.execute("SELECT max(as_of) FROM scoring.user_scores").fetchone()[0]
+            latest = one(con, "SELECT max(as_of) FROM scoring.user_scores")
             if latest != as_of:
                 log.info(
                     "scores as of %s stored in the history; marts.user_scores stays as of %s (the latest)",
                     as_of,
                     latest,
                 )
-        return con.execute(
-            "SELECT count(*) FROM scoring.user_scores WHERE as_of = ?::DATE", [as_of.isoformat()]
-        ).fetchone()[0]
+        return one(con, "SELECT count(*) FROM scoring.user_scores WHERE as_of = ?::DATE", [as_of.isoformat()])

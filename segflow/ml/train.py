@@ -1,5 +1,6 @@
-"""Retraining: build point-in-time training data with dbt, fit both models, log them to MLflow,
-register them and decide champion/challenger on the same holdout."""
+"""Retraining: build point-in-time training data with dbt, fit the models (personas, churn, lifetime value), log
+them to MLflow, register them and decide champion/challenger on the same holdout - against the champion as of
+the training date, so a backfill's training never competes with (or replaces) a model of later data."""
 
 from __future__ import annotations
 
@@ -8,17 +9,27 @@ import logging
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+import numpy as np
 import pandas as pd
 
 from segflow.core.config import Settings
 from segflow.core.dbt import dbt_vars, run_dbt
-from segflow.core.warehouse import connect
+from segflow.core.warehouse import connect, one
 from segflow.ml import plots
-from segflow.ml.churn import CANDIDATES, evaluate, train_churn
+from segflow.ml.churn import CANDIDATES, evaluate, model_features, train_churn
 from segflow.ml.clustering import ALGORITHMS, CLUSTER_COLUMNS, silhouette_of, train_clustering
+from segflow.ml.clv import LifetimeValue, clv_inputs
 from segflow.ml.features import MODEL_FEATURES, prepare, read_features, read_training_set, synthetic_example
 from segflow.ml.monitoring import save_reference
-from segflow.ml.registry import CHURN_MODEL, CLUSTER_MODEL, configure_mlflow, current_champion, decide_alias, git_commit
+from segflow.ml.registry import (
+    CHURN_MODEL,
+    CLUSTER_MODEL,
+    CLV_MODEL,
+    champion_as_of,
+    configure_mlflow,
+    decide_alias,
+    git_commit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +39,16 @@ class TrainingSummary:
     as_of: str
     clusterer: dict
     churn: dict
+    lifetime_value: dict
 
 
 def ensure_feature_partition(settings: Settings, as_of: date) -> None:
     """Build marts.user_features_history for `as_of` (from data known then) unless it exists already."""
     with connect(settings.warehouse_path, read_only=True) as con:
-        exists = (
-            con.execute(
-                "SELECT count(*) FROM information_schema.tables WHERE table_schema='marts' AND table_name='user_features_history'"
-            ).fetchone()[0]
-            and con.execute(
-                "SELECT count(*) FROM marts.user_features_history WHERE as_of = ?::DATE", [str(as_of)]
-            ).fetchone()[0]
-        )
+        exists = one(
+            con,
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema='marts' AND table_name='user_features_history'",
+        ) and one(con, "SELECT count(*) FROM marts.user_features_history WHERE as_of = ?::DATE", [str(as_of)])
     if not exists:
         log.info("building feature partition as of %s", as_of)
         # Past dates are built in their own audit schema so they never race the daily build's candidates.
@@ -119,7 +127,9 @@ def train_models(settings: Settings, as_of: date) -> TrainingSummary:
     lineage = {"as_of": as_of.isoformat(), "git_commit": git_commit(), "horizon_days": settings.horizon_days}
     cluster_summary = train_clusterer(settings, mlflow, client, features, as_of, lineage, seed)
     churn_summary = train_churn_model(settings, mlflow, client, training, snapshots, as_of, lineage, seed)
-    return TrainingSummary(as_of.isoformat(), cluster_summary, churn_summary)
+    calibration = read_features(settings.warehouse_path, snapshots[-1])  # as of D - H: the holdout's start
+    clv_summary = train_lifetime_value(settings, mlflow, client, features, calibration, as_of, lineage)
+    return TrainingSummary(as_of.isoformat(), cluster_summary, churn_summary, clv_summary)
 
 
 def train_clusterer(
@@ -173,7 +183,7 @@ def train_clusterer(
             },
         )
         # Champion and challenger are compared on the same users: each one's silhouette on today's features.
-        champion = current_champion(client, CLUSTER_MODEL)
+        champion = champion_as_of(client, CLUSTER_MODEL, as_of)
         champion_metric = None
         if champion is not None and str(champion.version) != version:
             champ_model = mlflow.sklearn.load_model(f"models:/{CLUSTER_MODEL}/{champion.version}")
@@ -188,6 +198,7 @@ def train_clusterer(
             tolerance,
             metric_name="silhouette",
             champion_version=getattr(champion, "version", None),
+            as_of=as_of,
         )
         mlflow.log_dict(decision.__dict__, "promotion_decision.json")
         mlflow.set_tag("promotion_decision", decision.alias)
@@ -242,7 +253,7 @@ def train_churn_model(
                 "selected": churn.kind,
                 "candidates": ",".join(candidates),
                 "holdout": churn.split,
-                "calibration": "isotonic",
+                "calibration": "sigmoid (boosting); none needed (logistic regression)",
                 "training_rows": len(training),
                 "training_rows_available": available,
                 **churn.extra,
@@ -267,11 +278,12 @@ def train_churn_model(
             synthetic_example(X_hold),
             {**tags, "algorithm": churn.kind, "holdout_roc_auc": churn.metrics["roc_auc"]},
         )
-        champion = current_champion(client, CHURN_MODEL)
+        champion = champion_as_of(client, CHURN_MODEL, as_of)
         champion_metric = None
         if champion is not None and str(champion.version) != version:
             champ_model = mlflow.sklearn.load_model(f"models:/{CHURN_MODEL}/{champion.version}")
-            champion_metric = evaluate(y, champ_model.predict_proba(X_hold)[:, 1])["roc_auc"]
+            champ_input = prepare(churn.holdout, model_features(champ_model))
+            champion_metric = evaluate(y, champ_model.predict_proba(champ_input)[:, 1])["roc_auc"]
         decision = decide_alias(
             client,
             CHURN_MODEL,
@@ -281,6 +293,7 @@ def train_churn_model(
             tolerance,
             metric_name="holdout ROC-AUC",
             champion_version=getattr(champion, "version", None),
+            as_of=as_of,
         )
         mlflow.log_dict(decision.__dict__, "promotion_decision.json")
         mlflow.set_tag("promotion_decision", decision.alias)
@@ -293,4 +306,100 @@ def train_churn_model(
         "holdout": churn.split,
         **churn.metrics,
         **{f"baseline_{k}_roc_auc": v["roc_auc"] for k, v in churn.baselines.items()},
+    }
+
+
+def spend_between(earlier: pd.DataFrame, later: pd.DataFrame) -> pd.Series:
+    """Per user of `earlier` (features as of a date), what they spent until the date of `later`: the growth of
+    their lifetime spend (0 when they bought nothing)."""
+    before = earlier.set_index("user_id")["lifetime_spend"].astype(float)
+    after = later.set_index("user_id")["lifetime_spend"].astype(float).reindex(before.index)
+    return (after - before).fillna(0.0).clip(lower=0.0)
+
+
+def clv_errors(predicted: np.ndarray, realised: np.ndarray) -> dict[str, float]:
+    """Per-customer and total error of predicted against realised spend."""
+    predicted, realised = np.asarray(predicted, float), np.asarray(realised, float)
+    total = realised.sum()
+    return {
+        "mae": float(np.mean(np.abs(predicted - realised))),
+        "rmse": float(np.sqrt(np.mean((predicted - realised) ** 2))),
+        "total_predicted": float(predicted.sum()),
+        "total_realised": float(total),
+        "total_error": float((predicted.sum() - total) / total) if total else float("nan"),
+        "spearman": float(pd.Series(predicted).corr(pd.Series(realised), method="spearman")),
+    }
+
+
+def train_lifetime_value(
+    settings: Settings,
+    mlflow,
+    client,
+    features: pd.DataFrame,
+    calibration: pd.DataFrame,
+    as_of: date,
+    lineage: dict,
+) -> dict:
+    """BG/NBD + Gamma-Gamma. Holdout in time: fitted on the buyers as of D - H (`calibration`), their spend
+    predicted over the H days to D and compared with what they spent (mean absolute error per customer, total
+    error) - the same for the champion as of D; the registered model is then fitted on everyone as of D."""
+    from mlflow.models import infer_signature
+
+    from segflow.ml.pyfunc import LifetimeValueModel
+
+    horizon = settings.horizon_days
+    cfg = settings.model.lifetime_value
+    discount, tolerance = cfg.discount_rate, cfg.champion_tolerance
+    buyers = calibration[calibration["lifetime_orders"] > 0]
+    realised = spend_between(buyers, features).to_numpy()
+    held_in = clv_inputs(buyers)
+    tags = {
+        **lineage,
+        "model": CLV_MODEL,
+        "data_window_start": (as_of - timedelta(days=horizon)).isoformat(),
+        "data_window_end": as_of.isoformat(),
+    }
+    with mlflow.start_run(run_name=f"lifetime value {as_of}", tags=tags):
+        challenger = LifetimeValue.fit(held_in, discount)
+        metrics = clv_errors(challenger.expected_spend(held_in, horizon), realised)
+        model = LifetimeValue.fit(clv_inputs(features[features["lifetime_orders"] > 0]), discount)
+        mlflow.log_params({**model.params(), "holdout_days": horizon, "holdout_customers": len(buyers)})
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if v == v})
+        example = pd.DataFrame({"x": [0.0, 2.0], "t_x": [0.0, 60.0], "T": [30.0, 120.0], "m": [np.nan, 50.0]})
+        wrapper = LifetimeValueModel(model, cfg.value_horizon_days, 90)
+        info = mlflow.pyfunc.log_model(
+            name=CLV_MODEL,
+            python_model=wrapper,
+            registered_model_name=CLV_MODEL,
+            input_example=example,
+            signature=infer_signature(example, wrapper.model.predict(example)),
+        )
+        version = str(info.registered_model_version)
+        for key, value in {**tags, "holdout_mae": metrics["mae"]}.items():
+            client.set_model_version_tag(CLV_MODEL, version, key, str(value))
+        champion = champion_as_of(client, CLV_MODEL, as_of)
+        champion_metric = None
+        if champion is not None and str(champion.version) != version:
+            previous = mlflow.pyfunc.load_model(f"models:/{CLV_MODEL}/{champion.version}").unwrap_python_model().model
+            champion_metric = clv_errors(previous.expected_spend(held_in, horizon), realised)["mae"]
+        decision = decide_alias(
+            client,
+            CLV_MODEL,
+            version,
+            metrics["mae"],
+            champion_metric,
+            tolerance,
+            higher_is_better=False,
+            metric_name=f"holdout MAE of {horizon}-day spend",
+            champion_version=getattr(champion, "version", None),
+            as_of=as_of,
+        )
+        mlflow.log_dict(decision.__dict__, "promotion_decision.json")
+        mlflow.set_tag("promotion_decision", decision.alias)
+    return {
+        "version": version,
+        "alias": decision.alias,
+        "reason": decision.reason,
+        **{f"holdout_{k}": v for k, v in metrics.items()},
+        **model.params(),
     }

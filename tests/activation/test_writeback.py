@@ -19,6 +19,10 @@ def scored(n=6, consent=None):
             "primary_segment": ["Loyal Customers"] * n,
             "churn_risk_band": ["low"] * n,
             "churn_probability": [0.1] * n,
+            "churn_reasons": ["recency_days=120 (+0.21)"] + [None] * (n - 1),
+            "clv_12m": [250.0] * n,
+            "expected_orders_90d": [1.2] * n,
+            "p_alive": [0.8] * n,
             "has_email_consent": consent,
             "is_crm_contact": [True] * (n - 1) + [False],
             "email_sha256": ["a" * 64] * n,
@@ -63,6 +67,8 @@ def test_activation_export_has_consenting_users_only(tmp_path):
     parquet = pd.read_parquet(tmp_path / f"as_of={AS_OF}" / "segments.parquet")
     assert list(csv["user_id"]) == list(parquet["user_id"]) == ["C0000000", "C0000002", "C0000004"]
     assert not any(c in csv.columns for c in ("email", "phone", "has_email_consent"))
+    assert {"churn_reasons", "clv_12m", "expected_orders_90d", "p_alive"} <= set(csv.columns)
+    assert csv.loc[0, "churn_reasons"] == "recency_days=120 (+0.21)" and csv.loc[0, "clv_12m"] == 250.0
     assert not list((tmp_path / f"as_of={AS_OF}").glob(".*.tmp")), "no temp files left behind"
 
 

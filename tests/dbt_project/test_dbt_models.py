@@ -76,7 +76,8 @@ def test_every_user_has_one_primary_segment_with_evidence(tmp_path, small_datase
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         seg = con.execute("SELECT * FROM marts.user_segments").df()
         n_users = con.execute("SELECT count(*) FROM marts.user_features").fetchall()[0][0]
-        lapsed_ok = con.execute("""SELECT bool_and(engagement_score < 20 AND recency_days > 30) FROM marts.user_segments s
+        lapsed_ok = con.execute("""SELECT bool_and(lifecycle_stage = 'lapsed' OR (engagement_score < 20 AND recency_days > 30))
+                                   FROM marts.user_segments s
                                    JOIN marts.user_features f USING (user_id) WHERE s.segment_name = 'Lapsed Users'""").fetchall()[0][0]
     primaries = seg[seg["is_primary"]]
     assert len(primaries) == primaries["user_id"].nunique() == n_users
@@ -177,7 +178,8 @@ def test_unit_tests_cover_every_feature_formula_and_segment_rule(tmp_path, small
     assert {"rfm_scores_labels_and_lifecycle_stages", "engagement_score_intent_and_demographics",
             "engagement_features_are_null_without_an_analytics_source", "purchases_summarised_over_365_90_and_30_days",
             "engagement_counts_intent_points_and_abandoned_carts", "top_and_interest_categories",
-            "most_frequent_channel_and_device_over_90_days", "every_seed_rule_with_its_threshold_and_priority"} <= names
+            "most_frequent_channel_and_device_over_90_days", "every_seed_rule_with_its_threshold_and_priority",
+            "buy_till_you_die_signal_interactions_and_loyal_newcomers", "interests_become_normalised_tags"} <= names
     import csv
 
     from segflow.core.resources import DBT_PROJECT_DIR

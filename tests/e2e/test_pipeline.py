@@ -285,12 +285,65 @@ def test_a_retrained_model_that_is_no_better_stays_challenger(pipeline):
     assert result.returncode == 0, result.stderr[-3000:]
     mlflow.set_tracking_uri(f"sqlite:///{pipeline['root'] / 'mlflow.db'}")
     client = MlflowClient()
-    for name in ("user_segments_clusterer", "user_churn"):
+    for name in ("user_segments_clusterer", "user_churn", "user_lifetime_value"):
         assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
         challenger = client.get_model_version_by_alias(name, "challenger")
         assert str(challenger.version) == "2"
         assert challenger.tags["promotion_decision"] == "challenger"
         assert "does not beat champion v1" in challenger.tags["promotion_reason"]
+
+
+def test_a_backfill_scores_an_earlier_date_as_a_fresh_run_of_it_does(pipeline, tmp_path):
+    """As-of model selection: after the later date was run (and its models trained), running an earlier date on
+    the same stores trains models as of that date - the later champions learnt from its future - and publishes
+    exactly the scores a fresh run of the earlier date alone publishes. The later models keep @champion."""
+    import shutil
+    from datetime import timedelta
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    earlier = AS_OF - timedelta(days=14)
+    backfill = run_cli(["run", "--as-of", earlier.isoformat()], pipeline["env"], cwd=pipeline["root"])
+    assert backfill.returncode == 0, backfill.stdout[-3000:] + backfill.stderr[-3000:]
+    assert "→ segflow_train" in backfill.stdout, "no model was trained on data up to the earlier date: it trains one"
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    shutil.copytree(pipeline["data"], fresh / "data")
+    (fresh / "segflow.yml").write_text(TEAM_CONFIG)
+    env = {
+        **pipeline["env"],
+        "SEGFLOW_CONFIG": str(fresh / "segflow.yml"),
+        "DBT_TARGET_PATH": str(fresh / "dbt-target"),
+    }
+    alone = run_cli(["run", "--as-of", earlier.isoformat()], env, cwd=fresh)
+    assert alone.returncode == 0, alone.stdout[-3000:] + alone.stderr[-3000:]
+
+    versions = ["clusterer_version", "churn_model_version", "clv_model_version", "scored_at"]
+
+    def scores(root):
+        with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
+            frame = con.execute(
+                "SELECT * FROM marts.user_scores_history WHERE as_of = ? ORDER BY user_id", [earlier]
+            ).df()
+        return frame.drop(columns=versions), frame[versions[:3]].iloc[0].to_dict()
+
+    backfilled, used = scores(pipeline["root"])
+    expected, _ = scores(fresh)
+    assert len(backfilled) > 500
+    pd.testing.assert_frame_equal(backfilled, expected, check_exact=False, rtol=1e-9)
+    mlflow.set_tracking_uri(f"sqlite:///{pipeline['root'] / 'mlflow.db'}")
+    client = MlflowClient()
+    for name, column in (
+        ("user_segments_clusterer", "clusterer_version"),
+        ("user_churn", "churn_model_version"),
+        ("user_lifetime_value", "clv_model_version"),
+    ):
+        scorer = client.get_model_version(name, used[column])
+        assert scorer.tags["as_of"] == earlier.isoformat(), f"{name} v{used[column]} learnt from later data"
+        assert client.get_model_version_by_alias(name, "champion").tags["as_of"] == AS_OF.isoformat()
+    with _warehouse(pipeline) as con:
+        assert con.execute("SELECT max(as_of) FROM marts.user_scores").fetchone()[0] == AS_OF
 
 
 def test_an_erasure_request_forgets_the_person_everywhere(pipeline):

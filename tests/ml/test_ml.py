@@ -5,7 +5,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from segflow.ml.churn import lift_top_decile, risk_band, train_churn
 from segflow.ml.clustering import train_clustering
-from segflow.ml.features import MODEL_FEATURES
+from segflow.ml.features import MODEL_FEATURES, prepare
 
 
 def synthetic_features(n_per_group=150, seed=0):
@@ -68,8 +68,8 @@ def test_churn_learns_a_recency_driven_label():
     frame["churned"] = rng.random(len(frame)) < p
     result = train_churn(frame, seed=0)
     assert result.metrics["roc_auc"] > 0.85
-    assert set(result.candidates) == {"logistic_regression", "gradient_boosting"}
-    proba = result.model.predict_proba(frame[MODEL_FEATURES])[:, 1]
+    assert set(result.candidates) == {"logistic_regression", "gradient_boosting", "ensemble"}
+    proba = result.model.predict_proba(prepare(frame, MODEL_FEATURES))[:, 1]
     assert ((proba >= 0) & (proba <= 1)).all()
     assert result.importance.iloc[0]["feature"] == "recency_days"
 

@@ -59,6 +59,7 @@ select
     l.gender,
     l.country_code,
     l.income_band,
+    l.interest_tags,
     pc.has_email_consent,
     pc.has_tracking_consent,
     l.crm_preferred_channel

@@ -6,8 +6,13 @@
   - engagement_score (0-100, last 30 days) = 30*min(active_days/10,1) + 30*min(sessions/15,1)
       + 20*min(email_opens/8,1) + 20*min(email_clicks/4,1)
   - intent_score_30d = event intent points + var('intent_weights').cart_abandonment per abandoned session
-  - lifecycle_stage: prospect (no purchase) > lapsed (>90 days) > at_risk (>45 days) > new (first purchase
-      within 30 days) > loyal (3+ purchases, last within 30 days) > repeat (2+) > active.
+  - lifecycle_stage: prospect (no purchase) > lapsed (>90 days) > at_risk (>45 days) > loyal (a third or later
+      purchase within the last 30 days, new customers included) > new (first purchase within 30 days) > repeat
+      (2+) > active.
+  - buy-till-you-die signal (int_users_purchases_summarised): purchase days, customer age, gaps between purchase
+      days, recency_ratio = recency_days / mean_interpurchase_days, spend per order and per repeat purchase day.
+  - days_since_last_interaction: the latest of the last event (where behaviour is used) and the last purchase;
+      for users with neither, since the contact was created.
   Without an analytics source the engagement features are unknown (null), not zero; so they are for users without
   tracking consent, whose events are never attributed (int_identities_resolved).
 #}
@@ -38,6 +43,7 @@ profile as (
         c.gender,
         c.country_code,
         c.income_band,
+        c.interest_tags,
         c.has_email_consent,
         c.has_tracking_consent,
         c.email_hash,
@@ -66,6 +72,7 @@ base as (
         coalesce(p.gender, 'unknown') as gender,
         coalesce(p.country_code, 'Unknown') as country,
         coalesce(p.income_band, 'Unknown') as income_band,
+        p.interest_tags,
         coalesce(p.has_email_consent, false) as has_email_consent,
         coalesce(p.has_tracking_consent, false) as has_tracking_consent,
         p.email_hash,
@@ -80,10 +87,31 @@ base as (
         {{ round_to('coalesce(o.lifetime_spend, 0)', 2) }} as lifetime_spend,
         coalesce(o.orders_30d, 0) as orders_30d,
         coalesce(o.orders_90d, 0) as orders_90d,
+        coalesce(o.orders_180d, 0) as orders_180d,
+        {{ round_to('coalesce(o.spend_90d, 0)', 2) }} as spend_90d,
+        coalesce(o.purchase_days, 0) as purchase_days,
+        o.customer_age_days,
+        o.days_first_to_last_purchase,
+        -- Means and ratios keep their precision: rounding a quotient would only move ties between engines.
+        o.mean_interpurchase_days,
+        o.last_interpurchase_days,
+        {{ days_between('o.last_purchase_date', as_of_date()) }} / o.mean_interpurchase_days as recency_ratio,
+        o.avg_order_value,
+        o.avg_items_per_order,
+        o.avg_lines_per_order,
+        o.repeat_purchase_value,
+        o.third_purchase_date,
         case when {{ tracked }} then coalesce(e.active_days_30d, 0) end as active_days_30d,
         case when {{ tracked }} then coalesce(e.sessions_30d, 0) end as sessions_30d,
         case when {{ tracked }} then coalesce(e.email_opens_30d, 0) end as email_opens_30d,
         case when {{ tracked }} then coalesce(e.email_clicks_30d, 0) end as email_clicks_30d,
+        case when {{ tracked }} then coalesce(e.page_views_7d, 0) end as page_views_7d,
+        case when {{ tracked }} then {{ days_between('e.last_activity_date', as_of_date()) }} end
+            as days_since_last_activity,
+        {{ days_between(
+            'coalesce(greatest(case when ' ~ tracked ~ ' then e.last_activity_date end, o.last_purchase_date),'
+            ~ ' case when ' ~ tracked ~ ' then e.last_activity_date end, o.last_purchase_date,'
+            ~ ' cast(p.created_at as date))', as_of_date()) }} as days_since_last_interaction,
         case when {{ tracked }} then {{ round_to(
             '30 * least(coalesce(e.active_days_30d, 0) / 10.0, 1)'
             ~ ' + 30 * least(coalesce(e.sessions_30d, 0) / 15.0, 1)'
@@ -142,8 +170,8 @@ select
         when lifetime_orders = 0 then 'prospect'
         when recency_days > 90 then 'lapsed'
         when recency_days > 45 then 'at_risk'
-        when first_purchase_date > {{ as_of_date() }} - 30 then 'new'
         when lifetime_orders >= 3 and recency_days <= 30 then 'loyal'
+        when first_purchase_date > {{ as_of_date() }} - 30 then 'new'
         when lifetime_orders >= 2 then 'repeat'
         else 'active'
     end as lifecycle_stage

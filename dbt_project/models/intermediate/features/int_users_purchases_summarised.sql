@@ -1,19 +1,98 @@
--- Each buyer's completed purchases as of var('as_of'): first and last purchase, lifetime totals, and the
--- frequency and monetary value over 365 / 90 / 30 days (amounts in the reporting currency).
+{#
+  Each buyer's completed purchases as of var('as_of'): first and last purchase, lifetime totals, frequency and
+  monetary value over 365 / 180 / 90 / 30 days (amounts in the reporting currency), and the buy-till-you-die
+  signal: purchase days, the customer's age since the first purchase, the gaps between purchase days, the spend
+  of repeat purchase days (the inputs of BG/NBD and Gamma-Gamma, segflow.ml.clv) and the date of the third order.
+  A purchase day is a day with at least one completed order (several orders on one day are one transaction).
+#}
 with orders as (
     select * from {{ ref('int_orders_attributed') }}
     where status = 'completed'
+),
+
+numbered_orders as (
+    select
+        user_id,
+        order_date,
+        row_number() over (partition by user_id order by order_ts, order_id) as order_number
+    from orders
+),
+
+purchase_days as (
+    select
+        user_id,
+        order_date,
+        sum(amount_reporting) as day_spend,
+        row_number() over (partition by user_id order by order_date) as day_number,
+        count(*) over (partition by user_id) as days_total,
+        lag(order_date) over (partition by user_id order by order_date) as previous_date
+    from orders
+    group by user_id, order_date
+),
+
+rhythm as (
+    select
+        user_id,
+        count(*) as purchase_days,
+        max({{ days_between('previous_date', 'order_date') }}) filter (
+            where day_number = days_total and day_number > 1
+        ) as last_interpurchase_days,
+        avg(day_spend) filter (where day_number > 1) as repeat_purchase_value
+    from purchase_days
+    group by user_id
+),
+
+third_orders as (
+    select
+        user_id,
+        order_date as third_purchase_date
+    from numbered_orders
+    where order_number = 3
+),
+
+totals as (
+    select
+        user_id,
+        min(order_date) as first_purchase_date,
+        max(order_date) as last_purchase_date,
+        count(*) as lifetime_orders,
+        sum(amount_reporting) as lifetime_spend,
+        count(*) filter (where order_date > {{ as_of_date() }} - 365) as frequency_365d,
+        coalesce(sum(amount_reporting) filter (where order_date > {{ as_of_date() }} - 365), 0) as monetary_365d,
+        count(*) filter (where order_date > {{ as_of_date() }} - 180) as orders_180d,
+        count(*) filter (where order_date > {{ as_of_date() }} - 90) as orders_90d,
+        coalesce(sum(amount_reporting) filter (where order_date > {{ as_of_date() }} - 90), 0) as spend_90d,
+        count(*) filter (where order_date > {{ as_of_date() }} - 30) as orders_30d,
+        avg(item_count) as avg_items_per_order,
+        avg(line_count) as avg_lines_per_order
+    from orders
+    group by user_id
 )
 
 select
-    user_id,
-    min(order_date) as first_purchase_date,
-    max(order_date) as last_purchase_date,
-    count(*) as lifetime_orders,
-    sum(amount_reporting) as lifetime_spend,
-    count(*) filter (where order_date > {{ as_of_date() }} - 365) as frequency_365d,
-    coalesce(sum(amount_reporting) filter (where order_date > {{ as_of_date() }} - 365), 0) as monetary_365d,
-    count(*) filter (where order_date > {{ as_of_date() }} - 90) as orders_90d,
-    count(*) filter (where order_date > {{ as_of_date() }} - 30) as orders_30d
-from orders
-group by user_id
+    t.user_id,
+    t.first_purchase_date,
+    t.last_purchase_date,
+    t.lifetime_orders,
+    t.lifetime_spend,
+    t.frequency_365d,
+    t.monetary_365d,
+    t.orders_180d,
+    t.orders_90d,
+    t.spend_90d,
+    t.orders_30d,
+    r.purchase_days,
+    {{ days_between('t.first_purchase_date', as_of_date()) }} as customer_age_days,
+    {{ days_between('t.first_purchase_date', 't.last_purchase_date') }} as days_first_to_last_purchase,
+    case when r.purchase_days > 1 then
+            1.0 * {{ days_between('t.first_purchase_date', 't.last_purchase_date') }} / (r.purchase_days - 1)
+    end as mean_interpurchase_days,
+    r.last_interpurchase_days,
+    t.lifetime_spend / t.lifetime_orders as avg_order_value,
+    t.avg_items_per_order,
+    t.avg_lines_per_order,
+    r.repeat_purchase_value,
+    th.third_purchase_date
+from totals as t
+inner join rhythm as r on t.user_id = r.user_id
+left join third_orders as th on t.user_id = th.user_id

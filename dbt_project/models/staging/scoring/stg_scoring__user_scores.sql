@@ -6,8 +6,13 @@ select
     persona,
     churn_probability,
     churn_risk_band,
+    churn_reasons,
+    expected_orders_90d,
+    p_alive,
+    clv_12m,
     primary_segment,
     clusterer_version,
     churn_model_version,
+    clv_model_version,
     scored_at
 from {{ source('scoring', 'user_scores') }}

@@ -23,13 +23,14 @@ renamed as (
         coalesce(consent_tracking, false) as has_tracking_consent,
         lower(nullif(trim(preferred_channel), '')) as crm_preferred_channel,
         nullif(trim(interests), '') as interests,
+        {{ normalised_tags('interests') }} as interest_tags,
         email_hash as loaded_email_hash,
         phone_hash,
         _loaded_at as loaded_at
     from source
 )
 
--- The salted hashes were computed at load (the salt never appears in SQL: segflow/core/privacy.py).
+-- The salted hashes were computed at load (the salt never appears in SQL: segflow/privacy/salt.py).
 select
     contact_id,
     created_at,
@@ -48,6 +49,7 @@ select
     has_tracking_consent,
     crm_preferred_channel,
     interests,
+    interest_tags,
     loaded_at,
     case when is_email_valid then loaded_email_hash end as email_hash,
     -- Unsalted SHA-256 of the normalised email: the matching key ad platforms expect in activation files.
