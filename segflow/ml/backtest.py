@@ -217,6 +217,7 @@ def summarise(results: list[DateResult]) -> dict:
                 "clv_mae_gain": r.lifetime_value["same_as_last_period"]["mae"] - r.lifetime_value["segflow"]["mae"],
                 "clv_total_error_gain": abs(r.lifetime_value["same_as_last_period"]["total_error"])
                 - abs(r.lifetime_value["segflow"]["total_error"]),
+                "clv_rmse_gain": r.lifetime_value["same_as_last_period"]["rmse"] - r.lifetime_value["segflow"]["rmse"],
             }
         )
     return {"churn": churn, "lifetime_value": clv, "margins": margins}
@@ -334,10 +335,17 @@ def format_report(report: dict) -> list[str]:
             cells = [f"{m} {stats[m]['mean']:.4f} ± {stats[m]['std']:.4f}" for m in metrics if m in stats]
             lines.append(f"  {family:<15}{model:<28}" + "; ".join(cells))
     lines.append("")
+    lines.append("Margins (positive: segflow is better)")
+
+    def verdict(gain: float) -> str:
+        return "better" if gain > 0 else "worse"
+
     for m in report["summary"]["margins"]:
         lines.append(
             f"  {m['as_of']}: churn ROC-AUC {m['churn_auc_margin']:+.4f} against the best baseline "
-            f"({m['best_churn_baseline']}); lifetime value MAE {m['clv_mae_gain']:+.2f} and |total error| "
-            f"{m['clv_total_error_gain']:+.4f} better than same-as-last-period"
+            f"({m['best_churn_baseline']}); lifetime value against same-as-last-period: "
+            f"MAE {m['clv_mae_gain']:+.2f} ({verdict(m['clv_mae_gain'])}), "
+            f"RMSE {m['clv_rmse_gain']:+.2f} ({verdict(m['clv_rmse_gain'])}), "
+            f"|total error| {m['clv_total_error_gain']:+.4f} ({verdict(m['clv_total_error_gain'])})"
         )
     return lines

@@ -90,6 +90,8 @@ def test_summary_is_printed(pipeline):
         "Rule segments",
         "Personas",
         "Churn risk",
+        "avg CLV 12m",
+        "Why users are at high risk - leading reasons:",
         "Where to look next",
     ):
         assert needle in out, needle
@@ -109,16 +111,25 @@ def test_one_score_per_user_and_every_stage_published(pipeline):
             "SELECT count(*) FROM marts.user_scores WHERE churn_probability NOT BETWEEN 0 AND 1"
         ).fetchall()[0][0]
         quality = con.execute("SELECT count(DISTINCT suite) FROM quality.validation_results").fetchall()[0][0]
+        # Lifetime value for every buyer (none for prospects); reason codes for buyers at medium or high risk.
+        value = con.execute("""
+            SELECT count(*) FILTER (WHERE churn_probability IS NOT NULL AND clv_12m IS NULL),
+                   count(*) FILTER (WHERE churn_probability IS NULL AND clv_12m IS NOT NULL),
+                   count(*) FILTER (WHERE p_alive NOT BETWEEN 0 AND 1 OR clv_12m < 0 OR expected_orders_90d < 0),
+                   count(*) FILTER (WHERE churn_risk_band = 'high' AND churn_reasons IS NOT NULL),
+                   count(*) FILTER (WHERE churn_risk_band IN ('low', 'prospect') AND churn_reasons IS NOT NULL)
+            FROM marts.user_scores""").fetchone()
         versions = con.execute(
-            "SELECT DISTINCT clusterer_version, churn_model_version FROM marts.user_scores"
+            "SELECT DISTINCT clusterer_version, churn_model_version, clv_model_version FROM marts.user_scores"
         ).fetchall()
     assert features[0] == features[1] >= 550  # 600 contacts less the ones created after as_of, merged duplicates
     assert features[2] == features[3] == AS_OF
     assert scores[0] == scores[1] == features[0] and missing == 0
     assert primaries == features[0], "every user has exactly one primary segment"
     assert bad_p == 0
+    assert value[:3] == (0, 0, 0) and value[3] > 0 and value[4] == 0, value
     assert quality == 6, "raw, marts and score suites all ran"
-    assert versions == [("1", "1")]
+    assert versions == [("1", "1", "1")]
 
 
 def test_registry_holds_both_models_with_champion(pipeline):
@@ -127,7 +138,7 @@ def test_registry_holds_both_models_with_champion(pipeline):
 
     mlflow.set_tracking_uri(f"sqlite:///{pipeline['root'] / 'mlflow.db'}")
     client = MlflowClient()
-    for name in ("user_segments_clusterer", "user_churn"):
+    for name in ("user_segments_clusterer", "user_churn", "user_lifetime_value"):
         version = client.get_model_version_by_alias(name, "champion")
         assert str(version.version) == "1"
         assert version.tags["as_of"] == AS_OF.isoformat()
