@@ -62,10 +62,12 @@
 {%- endmacro %}
 {% macro postgres__normalised_tags(expr) -%}
     nullif(array_to_string(array(
-        select distinct trim(regexp_replace(t, '\s+', ' ', 'g')) as tag
-        from unnest(regexp_split_to_array(lower({{ expr }}), '[,;|/]')) as t
-        where trim(t) <> ''
-        order by tag
+        select distinct tag collate "C" as tag from (
+            select trim(regexp_replace(t, '\s+', ' ', 'g')) as tag
+            from unnest(regexp_split_to_array(lower({{ expr }}), '[,;|/]')) as t
+        ) as cleaned
+        where tag <> ''
+        order by 1
     ), ','), '')
 {%- endmacro %}
 {% macro spark__normalised_tags(expr) -%}

@@ -31,6 +31,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from segflow.core.config import Settings, load_settings
 
@@ -123,6 +124,9 @@ def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict
     return out
 
 
+DATA_END_SLACK_DAYS = 7  # a purchase this close to D + H shows the data reaches it (shops close on holidays)
+
+
 def evaluate_date(settings: Settings, as_of: date, horizon: int) -> DateResult:
     """Score the published scores of `as_of` in the warehouse of `settings` against the H days after it."""
     from segflow.core.warehouse import connect
@@ -145,10 +149,19 @@ def evaluate_date(settings: Settings, as_of: date, horizon: int) -> DateResult:
     for day in (earlier, later):
         ensure_feature_partition(settings, day)
     now, after, before = (read_features(settings.warehouse_path, d) for d in (as_of, later, earlier))
+    newest = pd.to_datetime(after["last_purchase_date"]).max()
+    if pd.isna(newest) or newest.date() < later - timedelta(days=DATA_END_SLACK_DAYS):
+        raise LookupError(
+            f"the data ends with a purchase on {newest.date() if pd.notna(newest) else 'no date'}, before {later} "
+            f"(as of {as_of} + {horizon} days): what customers did after {as_of} cannot be observed; "
+            "choose earlier dates or a shorter --horizon"
+        )
     buyers = now[now["lifetime_orders"] > 0].set_index("user_id")
     scores = scores.set_index("user_id").reindex(buyers.index)
     later_orders = after.set_index("user_id")["lifetime_orders"].reindex(buyers.index)
     churned = ((later_orders.fillna(buyers["lifetime_orders"]) - buyers["lifetime_orders"]) <= 0).to_numpy(int)
+    if churned.min() == churned.max():
+        raise LookupError(f"as of {as_of}: every buyer {'churned' if churned[0] else 'bought again'}; nothing to rank")
 
     churn: dict[str, dict[str, float]] = {}
     churn["segflow"] = churn_metrics(churned, scores["churn_probability"].to_numpy(float), True)
@@ -171,7 +184,9 @@ def evaluate_date(settings: Settings, as_of: date, horizon: int) -> DateResult:
     mlflow = configure_mlflow(settings)
     version = str(scores["clv_model_version"].dropna().iloc[0])
     model = mlflow.pyfunc.load_model(f"models:/{CLV_MODEL}/{version}").unwrap_python_model().model
-    last_period = spend_between(past.reset_index(), now).reindex(buyers.index).fillna(0.0).to_numpy()
+    # Each buyer's spend over the H days to D; customers whose first purchase fell in that window count it all.
+    spent_before = before.set_index("user_id")["lifetime_spend"].astype(float).reindex(buyers.index).fillna(0.0)
+    last_period = (buyers["lifetime_spend"].astype(float) - spent_before).clip(lower=0.0).to_numpy()
     lifetime_value = {
         "segflow": clv_errors(model.expected_spend(inputs, horizon), realised),
         "same_as_last_period": clv_errors(last_period, realised),

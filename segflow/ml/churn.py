@@ -318,14 +318,16 @@ def model_features(model) -> list[str]:
     return list(names) if names is not None else list(MODEL_FEATURES)
 
 
-def reason_codes(model, X: pd.DataFrame, top: int = 3) -> list[str | None]:
+def reason_codes(model, X: pd.DataFrame, top: int = 3, reference: pd.DataFrame | None = None) -> list[str | None]:
     """Per user, the features that raise their churn probability most, as 'feature=value (+points)': each
     feature's contribution is how much the probability falls when that feature alone is set to the typical value
-    of the users scored (median; the most frequent category). None when no feature raises it."""
+    of `reference` (all buyers scored; X itself by default): median, or the most frequent category. None when no
+    feature raises it."""
+    reference = X if reference is None else reference
     base = model.predict_proba(X)[:, 1]
     columns, contributions = [], []
     for col in X.columns:
-        series = X[col]
+        series = reference[col]
         if series.isna().all():
             continue
         if col in CATEGORICAL_FEATURES:

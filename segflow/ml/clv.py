@@ -118,6 +118,11 @@ class GammaGamma:
     p: float
     q: float
     gamma: float
+    # Mean purchase value of the repeat buyers it was fitted on, weighted by purchases: the value of a customer
+    # without repeat purchases when the model's population mean p*gamma/(q-1) is unreliable - it does not exist
+    # for q <= 1 and has no finite variance for q <= 2, where it swings wildly with q (reached when customers'
+    # values vary little around very different means).
+    observed_mean: float = float("nan")
 
     @staticmethod
     def log_likelihood(params: np.ndarray, x: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -149,14 +154,18 @@ class GammaGamma:
         )
         bounds = [(np.log(1e-8), np.log(1e8))] * 3
         best = minimize(objective, np.clip(best.x, bounds[0][0], bounds[0][1]), method="L-BFGS-B", bounds=bounds)
-        return cls(*(float(v) for v in np.exp(best.x)))
+        return cls(*(float(v) for v in np.exp(best.x)), observed_mean=float(np.average(m, weights=x)))
 
     def expected_value(self, x, m) -> np.ndarray:
         """E[value of a purchase | x repeat purchases of mean m]; the population mean for customers without any."""
         x, m = np.asarray(x, dtype=float), np.asarray(m, dtype=float)
-        population = self.p * self.gamma / (self.q - 1)
+        if np.isnan(self.p):  # not fitted (too few repeat buyers): no shrinkage
+            return np.where((x > 0) & (m > 0), m, self.observed_mean)
+        stable = self.q > 2 or np.isnan(self.observed_mean)
+        population = self.p * self.gamma / (self.q - 1) if stable else self.observed_mean
         with np.errstate(divide="ignore", invalid="ignore"):
-            individual = self.p * (self.gamma + m * x) / (self.p * x + self.q - 1)
+            shrunk = self.p * x + self.q - 1
+            individual = np.where(shrunk > 0, self.p * (self.gamma + m * x) / shrunk, m)
         return np.where((x > 0) & (m > 0), individual, population)
 
 
@@ -190,7 +199,14 @@ class LifetimeValue:
         buyers = inputs.dropna(subset=["x", "t_x", "T"])
         buyers = buyers[(buyers["x"] >= 0) & (buyers["T"] >= buyers["t_x"])]
         purchases = BetaGeo.fit(buyers["x"], buyers["t_x"], buyers["T"])
-        value = GammaGamma.fit(buyers["x"], buyers["m"].fillna(0.0))
+        try:
+            value = GammaGamma.fit(buyers["x"], buyers["m"].fillna(0.0))
+        except ValueError:
+            # Too few repeat buyers to fit (a young shop): each repeat buyer's own mean, the observed mean for
+            # the others - the churn and persona models still train and score.
+            repeat = buyers[(buyers["x"] > 0) & (buyers["m"] > 0)]
+            observed = float(np.average(repeat["m"], weights=repeat["x"])) if len(repeat) else float("nan")
+            value = GammaGamma(float("nan"), float("nan"), float("nan"), observed_mean=observed)
         return cls(purchases, value, discount_rate)
 
     def expected_spend(self, frame: pd.DataFrame, days: float) -> np.ndarray:

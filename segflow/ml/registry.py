@@ -82,7 +82,7 @@ def current_champion(client, name: str):
         return None
 
 
-def _trained_as_of(version) -> date | None:
+def trained_as_of(version) -> date | None:
     try:
         return date.fromisoformat(str(version.tags.get("as_of", ""))[:10])
     except ValueError:
@@ -90,18 +90,28 @@ def _trained_as_of(version) -> date | None:
 
 
 def champion_as_of(client, name: str, as_of: date):
-    """The version that was champion on `as_of`: the latest promoted version trained on data up to that date
-    (ties: the later decision). None when no model of `name` had been promoted by then."""
+    """The version that was champion on `as_of`: the `@champion` alias when no version was trained on later data
+    (a rollback in the UI counts), otherwise the latest promoted version trained on data up to that date (ties: the
+    later decision). None when no model of `name` had been promoted by then."""
     from mlflow.exceptions import MlflowException
 
     try:
         versions = client.search_model_versions(f"name = '{name}'")
     except MlflowException:
         return None
+    # The present (no version was trained on later data): `@champion` itself, so that pointing the alias at an
+    # earlier version in the MLflow UI rolls scoring back. Past dates follow the decisions tagged at training.
+    if versions and all((trained_as_of(v) or date.max) <= as_of for v in versions):
+        try:
+            holder = client.get_model_version_by_alias(name, CHAMPION)
+        except MlflowException:
+            holder = None
+        if holder is not None:
+            return holder
     promoted = [
-        v for v in versions if v.tags.get("promotion_decision") == CHAMPION and (_trained_as_of(v) or date.max) <= as_of
+        v for v in versions if v.tags.get("promotion_decision") == CHAMPION and (trained_as_of(v) or date.max) <= as_of
     ]
-    return max(promoted, key=lambda v: (_trained_as_of(v), int(v.version)), default=None)
+    return max(promoted, key=lambda v: (trained_as_of(v), int(v.version)), default=None)
 
 
 def _move_alias(client, name: str, alias: str, version: str, as_of: date | None) -> bool:
@@ -114,7 +124,7 @@ def _move_alias(client, name: str, alias: str, version: str, as_of: date | None)
             holder = client.get_model_version_by_alias(name, alias)
         except MlflowException:
             holder = None
-        held = _trained_as_of(holder) if holder is not None else None
+        held = trained_as_of(holder) if holder is not None else None
         if held is not None and held > as_of:
             return False
     client.set_registered_model_alias(name, alias, version)

@@ -53,7 +53,7 @@ def compute_scores(settings: Settings, as_of: date) -> tuple[pd.DataFrame, str, 
     at_risk = buyer & (band != "low")
     reasons = np.full(len(features), None, dtype=object)
     if at_risk.any():
-        reasons[at_risk] = reason_codes(churn_model, churn_input[at_risk])
+        reasons[at_risk] = reason_codes(churn_model, churn_input[at_risk], reference=churn_input[buyer])
     value = lifetime_value.predict(clv_inputs(features), settings.model.lifetime_value.value_horizon_days, 90)
     scores = pd.DataFrame(
         {

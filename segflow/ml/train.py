@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -29,9 +30,20 @@ from segflow.ml.registry import (
     configure_mlflow,
     decide_alias,
     git_commit,
+    trained_as_of,
 )
 
 log = logging.getLogger(__name__)
+
+
+def metric_to_beat(champion, as_of: date, horizon: int, on_holdout: Callable[[], float], recorded: str) -> float:
+    """The champion's metric to beat. On the challenger's holdout (outcomes over the H days to `as_of`) when the
+    champion was trained before that window opened; a champion trained later has learnt from those outcomes and
+    would look better than it is, so its own holdout metric, recorded when it was trained, is used instead."""
+    trained = trained_as_of(champion)
+    if trained is not None and trained > as_of - timedelta(days=horizon) and champion.tags.get(recorded):
+        return float(champion.tags[recorded])
+    return on_holdout()
 
 
 @dataclass
@@ -279,17 +291,21 @@ def train_churn_model(
             {**tags, "algorithm": churn.kind, "holdout_roc_auc": churn.metrics["roc_auc"]},
         )
         champion = champion_as_of(client, CHURN_MODEL, as_of)
-        champion_metric = None
+        to_beat = None
         if champion is not None and str(champion.version) != version:
-            champ_model = mlflow.sklearn.load_model(f"models:/{CHURN_MODEL}/{champion.version}")
-            champ_input = prepare(churn.holdout, model_features(champ_model))
-            champion_metric = evaluate(y, champ_model.predict_proba(champ_input)[:, 1])["roc_auc"]
+
+            def churn_on_holdout() -> float:
+                champ_model = mlflow.sklearn.load_model(f"models:/{CHURN_MODEL}/{champion.version}")
+                champ_input = prepare(churn.holdout, model_features(champ_model))
+                return evaluate(y, champ_model.predict_proba(champ_input)[:, 1])["roc_auc"]
+
+            to_beat = metric_to_beat(champion, as_of, settings.horizon_days, churn_on_holdout, "holdout_roc_auc")
         decision = decide_alias(
             client,
             CHURN_MODEL,
             version,
             churn.metrics["roc_auc"],
-            champion_metric,
+            to_beat,
             tolerance,
             metric_name="holdout ROC-AUC",
             champion_version=getattr(champion, "version", None),
@@ -378,16 +394,21 @@ def train_lifetime_value(
         for key, value in {**tags, "holdout_mae": metrics["mae"]}.items():
             client.set_model_version_tag(CLV_MODEL, version, key, str(value))
         champion = champion_as_of(client, CLV_MODEL, as_of)
-        champion_metric = None
+        to_beat = None
         if champion is not None and str(champion.version) != version:
-            previous = mlflow.pyfunc.load_model(f"models:/{CLV_MODEL}/{champion.version}").unwrap_python_model().model
-            champion_metric = clv_errors(previous.expected_spend(held_in, horizon), realised)["mae"]
+
+            def clv_on_holdout() -> float:
+                model_uri = f"models:/{CLV_MODEL}/{champion.version}"
+                previous = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().model
+                return clv_errors(previous.expected_spend(held_in, horizon), realised)["mae"]
+
+            to_beat = metric_to_beat(champion, as_of, horizon, clv_on_holdout, "holdout_mae")
         decision = decide_alias(
             client,
             CLV_MODEL,
             version,
             metrics["mae"],
-            champion_metric,
+            to_beat,
             tolerance,
             higher_is_better=False,
             metric_name=f"holdout MAE of {horizon}-day spend",

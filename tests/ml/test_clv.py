@@ -113,3 +113,37 @@ def test_lifetime_value_per_customer_from_user_features():
     assert (undiscounted.loc[1:, "clv"] > out.loc[1:, "clv"]).all()
     spend = model.expected_spend(inputs, 365)
     assert spend[0] == 0 and spend[1:] == pytest.approx(undiscounted.loc[1:, "clv"].to_numpy(), rel=1e-6)
+
+
+@pytest.mark.parametrize("top", [250, 500])
+def test_gamma_gamma_without_a_stable_population_mean_values_newcomers_at_the_observed_mean(top):
+    """Customers' mean order values spread log-uniformly from 5 to `top`, each nearly constant: the fit reaches
+    q near or below 1, where the model's population mean p*gamma/(q-1) explodes or does not exist. Customers
+    without repeat purchases then get the repeat buyers' observed mean value - never a negative or a tenfold one."""
+    rng = np.random.default_rng(1)
+    x = rng.integers(1, 15, 800).astype(float)
+    means = np.exp(rng.uniform(np.log(5), np.log(top), 800))
+    m = np.array([rng.normal(mu, 0.01 * mu, int(k)).mean() for mu, k in zip(means, x, strict=True)])
+    model = GammaGamma.fit(x, m)
+    assert model.q < 2
+    assert model.observed_mean == pytest.approx(np.average(m, weights=x))
+    values = model.expected_value(np.array([0.0, 1.0, 5.0]), np.array([np.nan, 25.0, 150.0]))
+    assert values[0] == pytest.approx(model.observed_mean)
+    assert values[1] == pytest.approx(25, rel=0.25) and values[2] == pytest.approx(150, rel=0.05)
+    assert (values > 0).all()
+
+
+def test_too_few_repeat_buyers_value_each_at_their_own_mean():
+    """A young shop: 30 buyers, 3 of them with repeat purchases - too few to fit Gamma-Gamma. The lifetime value
+    still comes out (finite, non-negative): repeat buyers at their own mean value, the others at the observed mean."""
+    x = np.array([0.0] * 27 + [1.0, 2.0, 3.0])
+    inputs = pd.DataFrame(
+        {"x": x, "t_x": x * 10, "T": np.full(30, 60.0), "m": np.array([np.nan] * 27 + [10.0, 20.0, 30.0])}
+    )
+    model = LifetimeValue.fit(inputs)
+    assert np.isnan(model.value.p)
+    values = model.value.expected_value(x, np.nan_to_num(inputs["m"].to_numpy()))
+    observed = (10 * 1 + 20 * 2 + 30 * 3) / 6
+    assert values[0] == pytest.approx(observed) and list(values[-3:]) == [10.0, 20.0, 30.0]
+    clv = model.predict(inputs, 365, 90)["clv"]
+    assert clv.notna().all() and (clv >= 0).all()
