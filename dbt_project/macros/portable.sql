@@ -76,3 +76,10 @@
         t -> t != ''
     ))), ','), '')
 {%- endmacro %}
+
+-- A double-precision float (PostgreSQL makes numeric of decimal literals and of integer ratios).
+{% macro as_double(expr) -%}
+    {{ return(adapter.dispatch('as_double', 'segflow')(expr)) }}
+{%- endmacro %}
+{% macro default__as_double(expr) -%}cast({{ expr }} as double){%- endmacro %}
+{% macro postgres__as_double(expr) -%}cast({{ expr }} as double precision){%- endmacro %}

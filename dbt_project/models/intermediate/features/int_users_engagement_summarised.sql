@@ -60,7 +60,7 @@ select
     coalesce(a.email_clicks_30d, 0) as email_clicks_30d,
     coalesce(a.page_views_30d, 0) as page_views_30d,
     coalesce(a.page_views_7d, 0) as page_views_7d,
-    coalesce(a.event_intent_points, 0) as event_intent_points,
+    {{ as_double('coalesce(a.event_intent_points, 0)') }} as event_intent_points,
     coalesce(ab.abandoned_sessions_30d, 0) as abandoned_sessions_30d
 from last_seen as s
 left join activity as a on s.user_id = a.user_id

@@ -85,7 +85,7 @@ select
     {{ days_between('t.first_purchase_date', as_of_date()) }} as customer_age_days,
     {{ days_between('t.first_purchase_date', 't.last_purchase_date') }} as days_first_to_last_purchase,
     case when r.purchase_days > 1 then
-            1.0 * {{ days_between('t.first_purchase_date', 't.last_purchase_date') }} / (r.purchase_days - 1)
+            {{ as_double(days_between('t.first_purchase_date', 't.last_purchase_date')) }} / (r.purchase_days - 1)
     end as mean_interpurchase_days,
     r.last_interpurchase_days,
     t.lifetime_spend / t.lifetime_orders as avg_order_value,
