@@ -58,13 +58,13 @@ class BetaGeo:
             return -cls.log_likelihood(np.exp(log_params), x, t_x, T).sum() / len(x)
 
         start = np.log([1.0, max(float(T.mean()), 1.0), 1.0, 1.0])
-        best = minimize(
-            objective, start, method="Nelder-Mead", options={"maxiter": 20_000, "xatol": 1e-8, "fatol": 1e-10}
-        )
-        # Polished within bounds: on data with hardly any dropout the likelihood keeps rising towards a -> 0,
-        # b -> inf (the NBD limit) and an unbounded search wanders off to overflowing values.
+        # Bounded quasi-Newton in log space: on data with hardly any dropout the likelihood keeps rising towards
+        # a, b -> inf (the NBD limit) and an unbounded search wanders off to overflowing values (a simplex search
+        # took minutes there on 10,000 customers; this takes a second).
         bounds = [(np.log(1e-8), np.log(1e8))] * 4
-        best = minimize(objective, np.clip(best.x, bounds[0][0], bounds[0][1]), method="L-BFGS-B", bounds=bounds)
+        best = minimize(
+            objective, start, method="L-BFGS-B", bounds=bounds, options={"ftol": 1e-13, "gtol": 1e-9, "maxiter": 5000}
+        )
         return cls(*(float(v) for v in np.exp(best.x)))
 
     def _odds_dropped(self, x, t_x, T):
