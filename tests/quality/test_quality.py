@@ -48,6 +48,9 @@ def scores(n=20):
             "churn_probability": [0.5] * n,
             "churn_risk_band": ["medium"] * n,
             "persona": ["P"] * n,
+            "expected_orders_90d": [1.2] * n,
+            "p_alive": [0.8] * n,
+            "clv_12m": [150.0] * n,
         }
     )
 
