@@ -217,7 +217,7 @@ def workspace_env(root: Path, data: Path) -> dict[str, str]:
     copied, since the write-back adds a table to it; its manifest goes along, so the extract still knows the data
     is generated and may use the development PII salt)."""
     from segflow.airflow.environment import airflow_environ
-    from segflow.core.config import load_settings
+    from segflow.core.config import load_settings, stores_under
 
     crm = root / "crm.sqlite"
     if not crm.exists():
@@ -229,15 +229,7 @@ def workspace_env(root: Path, data: Path) -> dict[str, str]:
         "SEGFLOW__SOURCES__CRM__URL": f"sqlite:///{crm}",
         "SEGFLOW__SOURCES__EVENTS__PATH": str(data / "events"),
         "SEGFLOW__SOURCES__TRANSACTIONS__PATH": str(data / "transactions"),
-        "SEGFLOW__WAREHOUSE__PATH": str(root / "warehouse.duckdb"),
-        "SEGFLOW__MLFLOW__TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-        "SEGFLOW__MLFLOW__ARTIFACT_ROOT": str(root / "mlartifacts"),
-        "SEGFLOW__WRITEBACK__CRM_URL": f"sqlite:///{crm}",
-        "SEGFLOW__WRITEBACK__EXPORT_DIR": str(root / "exports"),
-        "SEGFLOW__AIRFLOW__HOME": str(root / "airflow"),
-        "SEGFLOW__QUALITY__GX_DIR": str(root / "gx"),
-        "DBT_TARGET_PATH": str(root / "dbt_target"),
-        "DBT_LOG_PATH": str(root / "dbt_logs"),
+        **stores_under(root, f"sqlite:///{crm}"),
         "SEGFLOW_TASK_RETRIES": "0",
         "MLFLOW_LOGGING_LEVEL": "WARNING",
     }

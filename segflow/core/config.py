@@ -509,6 +509,22 @@ def load_settings(path: str | os.PathLike | None = None, environ: dict[str, str]
     return Settings(raw=model.model_dump(), root=root, config_file=config_file, model=model)
 
 
+def stores_under(root: Path, writeback_crm_url: str) -> dict[str, str]:
+    """Environment overrides that put every store a run writes under `root` (warehouse, MLflow, exports, GX,
+    Airflow home, dbt's target and logs) - for runs isolated from the configured ones (bench, backtest)."""
+    return {
+        "SEGFLOW__WAREHOUSE__PATH": str(root / "warehouse.duckdb"),
+        "SEGFLOW__MLFLOW__TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "SEGFLOW__MLFLOW__ARTIFACT_ROOT": str(root / "mlartifacts"),
+        "SEGFLOW__WRITEBACK__CRM_URL": writeback_crm_url,
+        "SEGFLOW__WRITEBACK__EXPORT_DIR": str(root / "exports"),
+        "SEGFLOW__AIRFLOW__HOME": str(root / "airflow"),
+        "SEGFLOW__QUALITY__GX_DIR": str(root / "gx"),
+        "DBT_TARGET_PATH": str(root / "dbt_target"),
+        "DBT_LOG_PATH": str(root / "dbt_logs"),
+    }
+
+
 def schema_reference() -> str:
     """Markdown reference of every key with its type, default and meaning (docs/configuration.md)."""
     lines: list[str] = []

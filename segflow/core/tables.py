@@ -16,22 +16,28 @@ VALIDATION_RESULTS_TABLE = "quality.validation_results"
 MONITORING_TABLE = "ml.model_monitoring"
 MODEL_REFERENCES_TABLE = "ml.model_references"
 
-SCORES_DDL = """
-CREATE SCHEMA IF NOT EXISTS scoring;
-CREATE TABLE IF NOT EXISTS scoring.user_scores (
-    user_id VARCHAR, as_of DATE, cluster_id INTEGER, persona VARCHAR, churn_probability DOUBLE,
-    churn_risk_band VARCHAR, churn_reasons VARCHAR, expected_orders_90d DOUBLE, p_alive DOUBLE, clv_12m DOUBLE,
-    primary_segment VARCHAR, clusterer_version VARCHAR, churn_model_version VARCHAR, clv_model_version VARCHAR,
-    scored_at TIMESTAMP);
-"""
-# Columns added since the table was first created (older warehouses gain them, empty for past dates).
-SCORES_ADDED_COLUMNS = {
+# Every column once; a warehouse created by an older segflow gains the newer ones (empty for past dates).
+SCORES_COLUMNS = {
+    "user_id": "VARCHAR",
+    "as_of": "DATE",
+    "cluster_id": "INTEGER",
+    "persona": "VARCHAR",
+    "churn_probability": "DOUBLE",
+    "churn_risk_band": "VARCHAR",
     "churn_reasons": "VARCHAR",
     "expected_orders_90d": "DOUBLE",
     "p_alive": "DOUBLE",
     "clv_12m": "DOUBLE",
+    "primary_segment": "VARCHAR",
+    "clusterer_version": "VARCHAR",
+    "churn_model_version": "VARCHAR",
     "clv_model_version": "VARCHAR",
+    "scored_at": "TIMESTAMP",
 }
+SCORES_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS scoring;
+CREATE TABLE IF NOT EXISTS {SCORES_TABLE} ({", ".join(f"{c} {t}" for c, t in SCORES_COLUMNS.items())});
+"""
 
 VALIDATION_RESULTS_DDL = """
 CREATE SCHEMA IF NOT EXISTS quality;
@@ -57,7 +63,7 @@ def ensure_output_tables(con) -> None:
     """Create every Python-written output table that does not exist yet (idempotent)."""
     for ddl in OUTPUT_DDL:
         con.execute(ddl)
-    for column, kind in SCORES_ADDED_COLUMNS.items():
+    for column, kind in SCORES_COLUMNS.items():
         con.execute(f"ALTER TABLE {SCORES_TABLE} ADD COLUMN IF NOT EXISTS {column} {kind}")
     _migrate_scores(con)
 

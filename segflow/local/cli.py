@@ -87,13 +87,6 @@ def cmd_init(args) -> int:
     return 0
 
 
-def _has_champions(settings, as_of: date) -> bool:
-    """Whether every model had a champion trained on data up to `as_of` (else the run trains one as of it)."""
-    from segflow.ml.registry import has_champions
-
-    return has_champions(settings, as_of)
-
-
 @contextlib.contextmanager
 def redirect_output(log_file: Path):
     """Send everything Airflow, dbt and the tasks print (at the file-descriptor level, so structlog and
@@ -191,6 +184,7 @@ def cmd_run(args) -> int:
     with console.status("preparing Airflow (metadata DB, pool)"):
         settings = _prepare_airflow(args.config)
     from segflow.airflow.callables import resolve_as_of
+    from segflow.ml.registry import has_champions
 
     as_of = resolve_as_of(args.as_of)  # the same rule the DAGs use (explicit date, else yesterday in UTC)
     from segflow.airflow.dag_defaults import START_DATE
@@ -208,7 +202,8 @@ def cmd_run(args) -> int:
         f"segflow run as of [bold]{as_of}[/bold] (config: {settings.config_file or 'defaults'}; Airflow log: {log_file})"
     )
     plan = ["segflow_build"]
-    if args.retrain == "always" or (args.retrain == "auto" and not _has_champions(settings, as_of)):
+    # auto: train unless every model has a champion trained on data up to the as-of date (a backfill trains its own).
+    if args.retrain == "always" or (args.retrain == "auto" and not has_champions(settings, as_of)):
         plan.append("segflow_train")
     plan.append("segflow_score")
     for dag_id in plan:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segflow.core.config import Settings, load_settings
+from segflow.core.config import Settings, load_settings, stores_under
 
 log = logging.getLogger(__name__)
 
@@ -57,21 +57,8 @@ class DateResult:
 def isolated_environ(root: Path, horizon: int | None, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of one backtest date: every store under `root`, the sources as configured."""
     env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("SEGFLOW__")}
-    env.update(
-        {
-            "SEGFLOW__WAREHOUSE__PATH": str(root / "warehouse.duckdb"),
-            "SEGFLOW__MLFLOW__TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-            "SEGFLOW__MLFLOW__ARTIFACT_ROOT": str(root / "mlartifacts"),
-            "SEGFLOW__WRITEBACK__EXPORT_DIR": str(root / "exports"),
-            "SEGFLOW__WRITEBACK__CRM_URL": f"sqlite:///{root / 'crm_writeback.sqlite'}",
-            "SEGFLOW__QUALITY__GX_DIR": str(root / "gx"),
-            "SEGFLOW__AIRFLOW__HOME": str(root / "airflow"),
-            "DBT_TARGET_PATH": str(root / "dbt_target"),
-            "DBT_LOG_PATH": str(root / "dbt_logs"),
-            "MPLCONFIGDIR": str(root / "mpl"),
-            "SEGFLOW_TASK_RETRIES": "0",
-        }
-    )
+    env.update(stores_under(root, f"sqlite:///{root / 'crm_writeback.sqlite'}"))
+    env.update({"MPLCONFIGDIR": str(root / "mpl"), "SEGFLOW_TASK_RETRIES": "0"})
     if horizon is not None:
         env["SEGFLOW__CHURN__HORIZON_DAYS"] = str(horizon)
     return env
@@ -124,6 +111,13 @@ def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict
     return out
 
 
+def no_purchase_between(buyers: pd.DataFrame, later: pd.DataFrame) -> np.ndarray:
+    """1 for each of `buyers` (features as of a date, indexed by user) whose lifetime orders did not grow by the
+    date of `later` (features as of a later date), else 0."""
+    orders = later.set_index("user_id")["lifetime_orders"].reindex(buyers.index).fillna(buyers["lifetime_orders"])
+    return ((orders - buyers["lifetime_orders"]) <= 0).to_numpy(int)
+
+
 DATA_END_SLACK_DAYS = 7  # a purchase this close to D + H shows the data reaches it (shops close on holidays)
 
 
@@ -134,7 +128,7 @@ def evaluate_date(settings: Settings, as_of: date, horizon: int) -> DateResult:
     from segflow.ml.churn import _candidate
     from segflow.ml.clv import BetaGeo, clv_inputs
     from segflow.ml.features import MODEL_FEATURES, prepare, read_features
-    from segflow.ml.registry import CLV_MODEL, configure_mlflow
+    from segflow.ml.registry import CLV_MODEL, configure_mlflow, load_version
     from segflow.ml.train import clv_errors, ensure_feature_partition, spend_between
 
     later, earlier = as_of + timedelta(days=horizon), as_of - timedelta(days=horizon)
@@ -158,8 +152,7 @@ def evaluate_date(settings: Settings, as_of: date, horizon: int) -> DateResult:
         )
     buyers = now[now["lifetime_orders"] > 0].set_index("user_id")
     scores = scores.set_index("user_id").reindex(buyers.index)
-    later_orders = after.set_index("user_id")["lifetime_orders"].reindex(buyers.index)
-    churned = ((later_orders.fillna(buyers["lifetime_orders"]) - buyers["lifetime_orders"]) <= 0).to_numpy(int)
+    churned = no_purchase_between(buyers, after)
     if churned.min() == churned.max():
         raise LookupError(f"as of {as_of}: every buyer {'churned' if churned[0] else 'bought again'}; nothing to rank")
 
@@ -169,10 +162,9 @@ def evaluate_date(settings: Settings, as_of: date, horizon: int) -> DateResult:
     churn["recency_only"] = churn_metrics(churned, recency, False)
     # An RFM logistic regression as a data scientist would train it on D: features as of D - H, labelled by D.
     past = before[before["lifetime_orders"] > 0].set_index("user_id")
-    past_orders = now.set_index("user_id")["lifetime_orders"].reindex(past.index)
-    past_label = ((past_orders.fillna(past["lifetime_orders"]) - past["lifetime_orders"]) <= 0).to_numpy(int)
-    rfm = _candidate("rfm_logistic_regression", 0, prepare(past.reset_index(), MODEL_FEATURES))
-    rfm.fit(prepare(past.reset_index(), MODEL_FEATURES), past_label)
+    past_label = no_purchase_between(past, now)
+    past_features = prepare(past.reset_index(), MODEL_FEATURES)
+    rfm = _candidate("rfm_logistic_regression", 0, past_features).fit(past_features, past_label)
     rfm_p = rfm.predict_proba(prepare(buyers.reset_index(), MODEL_FEATURES))[:, 1]
     churn["rfm_logistic_regression"] = churn_metrics(churned, rfm_p, True)
     inputs = clv_inputs(buyers.reset_index())
@@ -183,7 +175,7 @@ def evaluate_date(settings: Settings, as_of: date, horizon: int) -> DateResult:
     realised = spend_between(buyers.reset_index(), after).to_numpy()
     mlflow = configure_mlflow(settings)
     version = str(scores["clv_model_version"].dropna().iloc[0])
-    model = mlflow.pyfunc.load_model(f"models:/{CLV_MODEL}/{version}").unwrap_python_model().model
+    model = load_version(mlflow, CLV_MODEL, version)
     # Each buyer's spend over the H days to D; customers whose first purchase fell in that window count it all.
     spent_before = before.set_index("user_id")["lifetime_spend"].astype(float).reindex(buyers.index).fillna(0.0)
     last_period = (buyers["lifetime_spend"].astype(float) - spent_before).clip(lower=0.0).to_numpy()
@@ -306,8 +298,7 @@ def log_to_mlflow(settings: Settings, report: dict) -> str:
             for family in ("churn", "lifetime_value"):
                 for model, values in row[family].items():
                     for metric, value in values.items():
-                        if value == value:
-                            metrics[f"{family}.{model}.{metric}.{stamp}"] = value
+                        metrics[f"{family}.{model}.{metric}.{stamp}"] = value
         mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})
         mlflow.log_dict(report, "backtest.json")
         return run.info.run_id

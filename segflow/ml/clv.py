@@ -21,6 +21,8 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import betaincinv, betaln, gammaln, logsumexp
 
+from segflow.ml.features import CLV_FEATURES
+
 # Gauss-Legendre nodes and weights on (0, 1), for expectations over a customer's dropout probability.
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(64)
 _NODES, _WEIGHTS = (_GL_X + 1) / 2, _GL_W / 2
@@ -172,16 +174,8 @@ class GammaGamma:
 def clv_inputs(features: pd.DataFrame) -> pd.DataFrame:
     """x, t_x, T (days) and m of each user from user_features (segflow.ml.features.CLV_FEATURES); buyers only have
     them (NaN otherwise)."""
-    days = pd.to_numeric(features["purchase_days"], errors="coerce").astype(float)
-    return pd.DataFrame(
-        {
-            "x": (days - 1).where(days > 0),
-            "t_x": pd.to_numeric(features["days_first_to_last_purchase"], errors="coerce").astype(float),
-            "T": pd.to_numeric(features["customer_age_days"], errors="coerce").astype(float),
-            "m": pd.to_numeric(features["repeat_purchase_value"], errors="coerce").astype(float),
-        },
-        index=features.index,
-    )
+    days, t_x, T, m = (pd.to_numeric(features[c], errors="coerce").astype(float) for c in CLV_FEATURES)
+    return pd.DataFrame({"x": (days - 1).where(days > 0), "t_x": t_x, "T": T, "m": m}, index=features.index)
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ def preprocessor(
     if numeric_log:
         steps = [
             *fill,
-            ("log1p", FunctionTransformer(np.log1p, feature_names_out="one-to-one")),
+            ("log1p", FunctionTransformer(log1p_clipped, feature_names_out="one-to-one")),
             ("scale", StandardScaler()),
         ]
         parts.append(("log", Pipeline(steps), numeric_log))

@@ -73,13 +73,18 @@ class Decision:
     champion_version: str | None = None
 
 
-def current_champion(client, name: str):
+def alias_holder(client, name: str, alias: str):
+    """The version `alias` points at; None when the alias (or the model) does not exist."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+def current_champion(client, name: str):
+    return alias_holder(client, name, CHAMPION)
 
 
 def trained_as_of(version) -> date | None:
@@ -102,10 +107,7 @@ def champion_as_of(client, name: str, as_of: date):
     # The present (no version was trained on later data): `@champion` itself, so that pointing the alias at an
     # earlier version in the MLflow UI rolls scoring back. Past dates follow the decisions tagged at training.
     if versions and all((trained_as_of(v) or date.max) <= as_of for v in versions):
-        try:
-            holder = client.get_model_version_by_alias(name, CHAMPION)
-        except MlflowException:
-            holder = None
+        holder = current_champion(client, name)
         if holder is not None:
             return holder
     promoted = [
@@ -117,13 +119,8 @@ def champion_as_of(client, name: str, as_of: date):
 def _move_alias(client, name: str, alias: str, version: str, as_of: date | None) -> bool:
     """Point `alias` at `version` unless it holds a version trained on later data (a backfill's model never
     replaces the present's). Returns whether it moved."""
-    from mlflow.exceptions import MlflowException
-
     if as_of is not None:
-        try:
-            holder = client.get_model_version_by_alias(name, alias)
-        except MlflowException:
-            holder = None
+        holder = alias_holder(client, name, alias)
         held = trained_as_of(holder) if holder is not None else None
         if held is not None and held > as_of:
             return False
@@ -195,10 +192,16 @@ def load_champion(settings: Settings, name: str, as_of: date | None = None):
         raise LookupError(
             f"registered model '{name}' has no champion{when} yet: run the training DAG (segflow_train) for that date"
         )
-    uri = f"models:/{name}/{version.version}"
+    return load_version(mlflow, name, version.version), version
+
+
+def load_version(mlflow, name: str, version) -> object:
+    """Version `version` of registered model `name`: the scikit-learn estimator, or for the lifetime-value model
+    (an MLflow pyfunc) the segflow.ml.clv.LifetimeValue inside it."""
+    uri = f"models:/{name}/{version}"
     if name == CLV_MODEL:
-        return mlflow.pyfunc.load_model(uri).unwrap_python_model().model, version
-    return mlflow.sklearn.load_model(uri), version
+        return mlflow.pyfunc.load_model(uri).unwrap_python_model().model
+    return mlflow.sklearn.load_model(uri)
 
 
 def has_champions(settings: Settings, as_of: date) -> bool:

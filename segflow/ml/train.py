@@ -30,6 +30,7 @@ from segflow.ml.registry import (
     configure_mlflow,
     decide_alias,
     git_commit,
+    load_version,
     trained_as_of,
 )
 
@@ -198,7 +199,7 @@ def train_clusterer(
         champion = champion_as_of(client, CLUSTER_MODEL, as_of)
         champion_metric = None
         if champion is not None and str(champion.version) != version:
-            champ_model = mlflow.sklearn.load_model(f"models:/{CLUSTER_MODEL}/{champion.version}")
+            champ_model = load_version(mlflow, CLUSTER_MODEL, champion.version)
             champion_metric = silhouette_of(champ_model, X, seed)
         new_metric = silhouette_of(result.model, X, seed)
         decision = decide_alias(
@@ -295,7 +296,7 @@ def train_churn_model(
         if champion is not None and str(champion.version) != version:
 
             def churn_on_holdout() -> float:
-                champ_model = mlflow.sklearn.load_model(f"models:/{CHURN_MODEL}/{champion.version}")
+                champ_model = load_version(mlflow, CHURN_MODEL, champion.version)
                 champ_input = prepare(churn.holdout, model_features(champ_model))
                 return evaluate(y, champ_model.predict_proba(champ_input)[:, 1])["roc_auc"]
 
@@ -398,8 +399,7 @@ def train_lifetime_value(
         if champion is not None and str(champion.version) != version:
 
             def clv_on_holdout() -> float:
-                model_uri = f"models:/{CLV_MODEL}/{champion.version}"
-                previous = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().model
+                previous = load_version(mlflow, CLV_MODEL, champion.version)
                 return clv_errors(previous.expected_spend(held_in, horizon), realised)["mae"]
 
             to_beat = metric_to_beat(champion, as_of, horizon, clv_on_holdout, "holdout_mae")
