@@ -19,6 +19,7 @@ from typing import Any
 
 from segflow.airflow import callables
 from segflow.core.config import Settings
+from segflow.core.dbt import SCHEDULED_BUILD_FLAGS
 
 
 def _count(settings: Settings, sql: str, params: list | None = None) -> int:
@@ -70,7 +71,15 @@ def _dbt(as_of: str, args: list[str]) -> dict[str, Any]:
 def dbt_build(as_of: str, full_refresh: bool) -> dict[str, Any]:
     # What the DAG's dbt_build task runs (see dags/segflow_build.py): candidates, segments and their tests.
     out = _dbt(
-        as_of, ["build", "--exclude", "tag:training", "tag:publish", *(["--full-refresh"] if full_refresh else [])]
+        as_of,
+        [
+            "build",
+            "--exclude",
+            "tag:training",
+            "tag:publish",
+            *SCHEDULED_BUILD_FLAGS,
+            *(["--full-refresh"] if full_refresh else []),
+        ],
     )
     settings = callables.settings()
     return {"rows": _raw_rows(settings), **out}
@@ -85,7 +94,7 @@ def validate_marts(as_of: str, full_refresh: bool) -> dict[str, Any]:
 
 
 def dbt_publish(as_of: str, full_refresh: bool) -> dict[str, Any]:
-    out = _dbt(as_of, ["build", "--select", "tag:publish"])
+    out = _dbt(as_of, ["build", "--select", "tag:publish", *SCHEDULED_BUILD_FLAGS])
     callables.discard_candidates(as_of)
     return {"rows": _users(callables.settings(), as_of), **out}
 

@@ -62,6 +62,26 @@ def git_commit() -> str:
         return "unknown"
 
 
+# What loading a registered model imports, pinned to the versions that trained it. Declared rather than inferred:
+# MLflow's inference loads the model in a subprocess (seconds per model) and picked up pytest from test runs.
+SKLEARN_MODEL_PACKAGES = ("segflow", "scikit-learn", "skops", "numpy", "pandas", "scipy")
+PYFUNC_MODEL_PACKAGES = ("segflow", "cloudpickle", "numpy", "pandas", "scipy")
+
+
+def model_requirements(packages: tuple[str, ...]) -> list[str]:
+    """Pinned pip requirements of a logged model: `package==installed version` for each of `packages`.
+
+    Args:
+        packages: distribution names (as pip knows them) the model needs to load and predict.
+
+    Returns:
+        One requirement line per package; mlflow itself is added by MLflow.
+    """
+    from importlib.metadata import version
+
+    return [f"{package}=={version(package)}" for package in packages]
+
+
 @dataclass
 class Decision:
     model_name: str

@@ -26,11 +26,14 @@ from segflow.ml.registry import (
     CHURN_MODEL,
     CLUSTER_MODEL,
     CLV_MODEL,
+    PYFUNC_MODEL_PACKAGES,
+    SKLEARN_MODEL_PACKAGES,
     champion_as_of,
     configure_mlflow,
     decide_alias,
     git_commit,
     load_version,
+    model_requirements,
     trained_as_of,
 )
 
@@ -121,6 +124,7 @@ def _register(mlflow, client, model, name: str, example: pd.DataFrame, tags: dic
         input_example=example,
         signature=infer_signature(example, output),
         skops_trusted_types=trusted,
+        pip_requirements=model_requirements(SKLEARN_MODEL_PACKAGES),
     )
     version = str(info.registered_model_version)
     for key, value in tags.items():
@@ -390,6 +394,7 @@ def train_lifetime_value(
             registered_model_name=CLV_MODEL,
             input_example=example,
             signature=infer_signature(example, wrapper.model.predict(example)),
+            pip_requirements=model_requirements(PYFUNC_MODEL_PACKAGES),
         )
         version = str(info.registered_model_version)
         for key, value in {**tags, "holdout_mae": metrics["mae"]}.items():

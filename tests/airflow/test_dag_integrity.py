@@ -78,6 +78,8 @@ def test_write_audit_publish_order(dagbag):
     # Nothing is published before the marts quality gate has passed, which follows the audit build.
     assert dag.get_task("dbt_build").exclude == "tag:training tag:publish"
     assert dag.get_task("dbt_publish").select == "tag:publish"
+    for task_id in ("dbt_build", "dbt_publish"):  # unit tests run in CI, not in every scheduled build
+        assert dag.get_task(task_id).dbt_cmd_flags == ["--exclude-resource-type", "unit_test"]
     assert "validate_marts" in dag.get_task("dbt_publish").get_flat_relative_ids(upstream=True)
     assert "dbt_build" in dag.get_task("validate_marts").get_flat_relative_ids(upstream=True)
     # Erasure requests are applied before anything is validated or built from the raw layer.

@@ -170,7 +170,7 @@ def test_segment_history_records_entries_exits_and_stability(tmp_path, small_dat
 
 
 def test_unit_tests_cover_every_feature_formula_and_segment_rule(tmp_path, small_dataset, make_settings):
-    """The dbt unit tests (hand-computed expectations) run in every build; this proves they exist and pass."""
+    """The dbt unit tests (hand-computed expectations) run here, in CI, not in scheduled builds; they exist and pass."""
     settings = make_settings(tmp_path, small_dataset)
     build(settings, AS_OF)
     results = run_dbt(settings, ["test", "--select", "test_type:unit", "--quiet"], vars=dbt_vars(AS_OF.isoformat(), settings))

@@ -43,6 +43,9 @@ mlflow: {tracking_uri: "sqlite:///mlflow.db", artifact_root: mlartifacts}
 writeback: {crm_url: "sqlite:///data/crm.sqlite", export_dir: exports}
 airflow: {home: airflow}
 quality: {gx_dir: gx}
+# Two training snapshots instead of four: these tests are about the pipeline, not the models' quality (which
+# test_model_quality.py and test_online_retail.py check with the defaults); each snapshot costs a dbt run.
+churn: {training_snapshots: 2}
 """
 
 
