@@ -49,12 +49,13 @@ def dbt_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-# Cosmos runs each dbt task in a fresh copy of the project and keeps dbt's partial-parse state itself: dbt's
-# target and log folders must be that copy's own. An inherited DBT_TARGET_PATH pointed the next run at the state of
-# a copy deleted since (its seeds "not found"), so the DAGs' dbt tasks set them relative to the copy.
 # As dbt advises: unit tests check model logic against fixed inputs, so the day's data cannot change their outcome;
 # they run in development and CI (`make test`), not in every scheduled build. Data tests run in every build.
 SCHEDULED_BUILD_FLAGS = ("--exclude-resource-type", "unit_test")
+
+# Cosmos runs each dbt task in a fresh copy of the project and keeps dbt's partial-parse state itself: dbt's
+# target and log folders must be that copy's own. An inherited DBT_TARGET_PATH pointed the next run at the state of
+# a copy deleted since (its seeds "not found"), so the DAGs' dbt tasks set them relative to the copy.
 COSMOS_DBT_ENV = {"DBT_TARGET_PATH": "target", "DBT_LOG_PATH": "logs"}
 
 DBT_VAR_NAMES = ("as_of", "churn_horizon_days", "reporting_currency", "audit_schema")  # what dbt_vars() sets

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -258,3 +260,29 @@ def test_users_with_unknown_features_are_assigned_on_what_is_known(algorithm):
     in_second = full == full[200]
     assert (partial[in_second] == full[200]).mean() > 0.95
     assert model.predict(np.array([[np.nan, np.nan]])).shape == (1,), "nothing known: still assigned"
+
+
+def test_a_logged_model_declares_the_installed_versions_it_needs(tmp_path, make_settings):
+    """Declared, not inferred: the requirements pin what is installed, and nothing else (MLflow's inference, run
+    under pytest, listed pytest)."""
+    from importlib.metadata import version
+
+    import sklearn
+    from sklearn.linear_model import LogisticRegression
+
+    from segflow.ml.registry import SKLEARN_MODEL_PACKAGES, configure_mlflow, model_requirements
+
+    requirements = model_requirements(SKLEARN_MODEL_PACKAGES)
+    assert f"scikit-learn=={sklearn.__version__}" in requirements and f"segflow=={version('segflow')}" in requirements
+    mlflow = configure_mlflow(make_settings(tmp_path, tmp_path))
+    X, y = np.arange(20).reshape(-1, 1).astype(float), np.array([0, 1] * 10)
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(
+            LogisticRegression().fit(X, y),
+            name="m",
+            serialization_format="cloudpickle",
+            pip_requirements=requirements,
+        )
+    lines = Path(mlflow.pyfunc.get_model_dependencies(info.model_uri)).read_text().split()
+    assert sorted(lines) == sorted([f"mlflow=={mlflow.__version__}", *requirements])
+    assert not any(line.startswith("pytest") for line in lines)
