@@ -85,6 +85,10 @@ DEFAULT_ARGS = {
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=30),
     "execution_timeout": timedelta(hours=2),
+    # Depth first: a task's priority grows along its run, so the next step of a started run goes before the first
+    # step of another. A backfill's runs (10 active at once by default) then finish one after another and scoring
+    # follows them, instead of every run waiting for the last one's stage (Airflow's default, "downstream").
+    "weight_rule": "upstream",
     "on_failure_callback": on_failure_alert,
     # Progress lines for `segflow run` (no-ops in scheduled runs).
     "on_execute_callback": progress.on_start,

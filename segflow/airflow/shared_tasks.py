@@ -24,3 +24,15 @@ def templated_dbt_vars(task_id: str = "dbt_vars") -> dict:
     from segflow.core.dbt import DBT_VAR_NAMES
 
     return {name: f"{{{{ ti.xcom_pull(task_ids='{task_id}')['{name}'] }}}}" for name in DBT_VAR_NAMES}
+
+
+def dbt_parse_cache_dir(dag_id: str):
+    """Where a DAG's dbt tasks keep dbt's partial-parse state between invocations (under Cosmos' cache_dir, as a
+    DbtDag does): the publish step then re-parses only what changed since the build of the same date instead of
+    the whole project (~7 s of each ~19 s publish at 250 users). dbt itself decides whether the saved state is
+    usable - a run for another date (other --vars) parses in full. None when Cosmos' cache is disabled."""
+    from cosmos import settings
+
+    if not (settings.enable_cache and settings.enable_cache_partial_parse):
+        return None
+    return settings.cache_dir / dag_id

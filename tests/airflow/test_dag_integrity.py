@@ -55,6 +55,8 @@ def test_no_cycles_and_retries_everywhere(dagbag, dag_id):
         assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
         assert task.execution_timeout is not None, f"{dag_id}.{task.task_id} has no timeout"
         assert task.on_failure_callback, f"{dag_id}.{task.task_id} has no failure callback"
+        # Depth first: a started run's next step goes before another run's first (backfills finish in order).
+        assert task.weight_rule == "upstream", f"{dag_id}.{task.task_id} is not scheduled depth first"
 
 
 def test_duckdb_writers_share_the_single_slot_pool(dagbag):
@@ -80,6 +82,8 @@ def test_write_audit_publish_order(dagbag):
     assert dag.get_task("dbt_publish").select == "tag:publish"
     for task_id in ("dbt_build", "dbt_publish"):  # unit tests run in CI, not in every scheduled build
         assert dag.get_task(task_id).dbt_cmd_flags == ["--exclude-resource-type", "unit_test"]
+        # dbt's partial-parse state is kept between the two (Cosmos' cache), so publishing does not re-parse all.
+        assert dag.get_task(task_id).cache_dir.name == "segflow_build"
     assert "validate_marts" in dag.get_task("dbt_publish").get_flat_relative_ids(upstream=True)
     assert "dbt_build" in dag.get_task("validate_marts").get_flat_relative_ids(upstream=True)
     # Erasure requests are applied before anything is validated or built from the raw layer.
