@@ -1,5 +1,7 @@
 """TaskFlow tasks shared by several DAGs (defined once, instantiated inside each DAG)."""
 
+from pathlib import Path
+
 from airflow.sdk import task
 
 from segflow.airflow import callables
@@ -26,7 +28,7 @@ def templated_dbt_vars(task_id: str = "dbt_vars") -> dict:
     return {name: f"{{{{ ti.xcom_pull(task_ids='{task_id}')['{name}'] }}}}" for name in DBT_VAR_NAMES}
 
 
-def dbt_parse_cache_dir(dag_id: str):
+def dbt_parse_cache_dir(dag_id: str) -> Path | None:
     """Where a DAG's dbt tasks keep dbt's partial-parse state between invocations (under Cosmos' cache_dir, as a
     DbtDag does): the publish step then re-parses only what changed since the build of the same date instead of
     the whole project (~7 s of each ~19 s publish at 250 users). dbt itself decides whether the saved state is

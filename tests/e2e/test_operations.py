@@ -186,19 +186,21 @@ def airflow(env: dict, *args: str) -> str:
     return run([str(BIN / "airflow"), *args], full, timeout=300).stdout
 
 
-def runs(env: dict, dag_id: str) -> list[dict]:
-    """The DAG's runs, read from the metadata database (cheaper to poll than the CLI)."""
+def metadata(env: dict, sql: str, **params) -> list[dict]:
+    """Rows of a query on Airflow's metadata database (cheaper to poll than the CLI)."""
     from sqlalchemy import create_engine, text
 
     engine = create_engine(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
     try:
         with engine.connect() as conn:
-            rows = conn.execute(
-                text("SELECT run_id, run_type, state FROM dag_run WHERE dag_id = :d ORDER BY id"), {"d": dag_id}
-            )
-            return [dict(r._mapping) for r in rows]
+            return [dict(r._mapping) for r in conn.execute(text(sql), params)]
     finally:
         engine.dispose()
+
+
+def runs(env: dict, dag_id: str) -> list[dict]:
+    """The DAG's runs, oldest first."""
+    return metadata(env, "SELECT run_id, run_type, state FROM dag_run WHERE dag_id = :d ORDER BY id", d=dag_id)
 
 
 def wait_until(condition, timeout: float, what: str, env: dict):
@@ -216,37 +218,22 @@ def wait_until(condition, timeout: float, what: str, env: dict):
 
 def task_states(env: dict) -> list[dict]:
     """Task instances not (yet) successful or tried more than once, with their timings: what a timeout waited on."""
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT dag_id, run_id, task_id, state, try_number, queued_dttm, start_date, end_date "
-                    "FROM task_instance WHERE state IS DISTINCT FROM 'success' OR try_number > 1 "
-                    "ORDER BY start_date NULLS LAST"
-                )
-            )
-            return [{k: str(v) for k, v in r._mapping.items()} for r in rows]
-    finally:
-        engine.dispose()
+    rows = metadata(
+        env,
+        "SELECT dag_id, run_id, task_id, state, try_number, queued_dttm, start_date, end_date "
+        "FROM task_instance WHERE state IS DISTINCT FROM 'success' OR try_number > 1 ORDER BY start_date NULLS LAST",
+    )
+    return [{k: str(v) for k, v in row.items()} for row in rows]
 
 
 def settled(env: dict, build_runs: int) -> bool:
     """At least `build_runs` build runs, all succeeded, and scoring has caught up: no asset event waiting for a
     score run and no score run queued or running (the warehouse itself is not polled: a reader blocks writers)."""
-    from sqlalchemy import create_engine, text
-
     build, score = runs(env, "segflow_build"), runs(env, "segflow_score")
     failed = [r for r in build + score if r["state"] == "failed"]
     assert not failed, f"failed runs: {failed}"
-    engine = create_engine(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
-    with engine.connect() as conn:
-        waiting = conn.execute(
-            text("SELECT count(*) FROM asset_dag_run_queue WHERE target_dag_id = 'segflow_score'")
-        ).scalar()
-    engine.dispose()
+    queued = "SELECT count(*) AS n FROM asset_dag_run_queue WHERE target_dag_id = 'segflow_score'"
+    waiting = metadata(env, queued)[0]["n"]
     return (
         len(build) >= build_runs
         and all(r["state"] == "success" for r in build)
@@ -271,8 +258,8 @@ def backfilled(stack, daily):
         "--to-date",
         str(WINDOW[-1] + timedelta(days=1)),
     )
-    # A bound on liveness, not a speed goal (BENCHMARKS.md measures speed): ~15 min here alone, up to twice that
-    # beside the rest of the suite on 2 cores; a stuck run fails with the task states it waited on.
+    # A bound on liveness, not a speed goal (BENCHMARKS.md measures speed): 11-14 min beside the rest of the suite on
+    # 2 cores (over 25 min before runs were scheduled depth first); a stuck run fails with the task states it waited on.
     wait_until(lambda: settled(env, len(WINDOW) + 1), 2700, "the backfill and the scheduled run", env)
     root, process = daily
     assert process.wait(timeout=1500) == 0, (root / "daily.log").read_text()[-4000:]
@@ -307,16 +294,12 @@ def test_unpausing_runs_a_real_scheduled_run_on_the_local_executor(backfilled):
     """Unpausing segflow_build made the scheduler start the latest daily interval (logical date: today's midnight,
     as of yesterday) on PostgreSQL with the LocalExecutor; its asset event triggered scoring, and as the latest
     date it owns the current tables, whatever the backfill published around it."""
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(backfilled["env"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
-    with engine.connect() as conn:
-        scheduled = conn.execute(
-            text("SELECT logical_date, state FROM dag_run WHERE dag_id = 'segflow_build' AND run_type = 'scheduled'")
-        ).fetchall()
-    engine.dispose()
-    assert [state for _, state in scheduled] == ["success"]
-    day = (scheduled[0][0] - timedelta(days=1)).date()
+    scheduled = metadata(
+        backfilled["env"],
+        "SELECT logical_date, state FROM dag_run WHERE dag_id = 'segflow_build' AND run_type = 'scheduled'",
+    )
+    assert [r["state"] for r in scheduled] == ["success"]
+    day = (scheduled[0]["logical_date"] - timedelta(days=1)).date()
     with duckdb.connect(str(backfilled["root"] / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute("SELECT DISTINCT as_of FROM marts.user_scores").fetchall() == [(day,)]
         assert con.execute("SELECT DISTINCT as_of FROM marts.user_features").fetchall() == [(day,)]
