@@ -105,26 +105,28 @@ def apply_environ(settings: Settings) -> dict[str, str]:
     return env
 
 
-def airflow_cli(*args: str, settings: Settings, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, **airflow_environ(settings)}
-    return subprocess.run(
-        [str(Path(sys.executable).with_name("airflow")), *args], env=env, check=check, capture_output=True, text=True
-    )
+# What `airflow db migrate` and `airflow pools set` do, in one interpreter: each Airflow CLI call costs seconds of
+# start-up and import before its work, and every `segflow run` and `segflow ui start` prepares the database.
+_PREPARE_METADATA_DB = """
+import sys
+from airflow.models.pool import Pool
+from airflow.utils import db
+db.upgradedb()
+Pool.create_or_update_pool(sys.argv[1], 1, sys.argv[2], include_deferred=False)
+"""
 
 
 def ensure_metadata_db(settings: Settings) -> None:
     """Create/upgrade the Airflow metadata DB and the DuckDB writer pool (idempotent)."""
-    result = airflow_cli("db", "migrate", settings=settings, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"airflow db migrate failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
-    result = airflow_cli(
-        "pools",
-        "set",
-        "duckdb_writer",
-        "1",
-        "DuckDB allows one writer process per file",
-        settings=settings,
-        check=False,
+    from segflow.airflow.callables import DUCKDB_POOL
+
+    result = subprocess.run(
+        [sys.executable, "-c", _PREPARE_METADATA_DB, DUCKDB_POOL, "DuckDB allows one writer process per file"],
+        env={**os.environ, **airflow_environ(settings)},
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"airflow pools set failed:\n{result.stderr[-4000:]}")
+        raise RuntimeError(
+            f"preparing the Airflow metadata DB (migration, pool) failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+        )

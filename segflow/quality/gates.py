@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from segflow.core.config import Settings
@@ -139,9 +140,11 @@ def validate_frame(
         context.validation_definitions,
         gx.ValidationDefinition(name=suite_name, data=_batch_definition(context, suite_name), suite=suite),
     )
+    # GX reports the first unexpected rows by position; the keys of those five are read here. Asked for key columns
+    # (unexpected_index_column_names), GX looks up the key of every unexpected row one at a time before keeping
+    # five: 70 s of a 90 s validation on the 400,000 lines of Online Retail, whose category is always empty.
     result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
-    if key and key in frame.columns:
-        result_format["unexpected_index_column_names"] = [key]
+    frame = frame.reset_index(drop=True)
     checkpoint = _replace(
         context.checkpoints,
         gx.Checkpoint(
@@ -172,9 +175,8 @@ def validate_frame(
         )
         if errors:  # GX reports metric errors as a failed expectation: say so instead of "observed None"
             observed = f"error: {errors[0].get('exception_message')}"
-        sample = [
-            str(i.get(key)) for i in res.get("partial_unexpected_index_list") or [] if isinstance(i, dict) and key in i
-        ]
+        positions = [i for i in res.get("partial_unexpected_index_list") or [] if isinstance(i, (int, np.integer))]
+        sample = [str(v) for v in frame[key].iloc[positions]] if key and key in frame.columns else []
         outcomes.append(
             ExpectationOutcome(
                 suite_name,

@@ -73,8 +73,12 @@ def test_clean_scores_pass_and_data_docs_show_the_result(make_settings, tmp_path
 
 def test_critical_failure_names_suite_expectation_value_and_keys(make_settings, tmp_path):
     bad = scores()
-    bad.loc[3, "churn_probability"] = 1.7
+    bad.loc[[3, 7], "churn_probability"] = 1.7
+    bad.loc[1, "churn_probability"] = None  # GX leaves nulls out of the range check: keys must still line up
+    bad.index = bad.index[::-1] + 100  # the keys come from the rows GX names, whatever the frame's index
     outcomes = validate_frame(make_settings(tmp_path, tmp_path), "marts_user_scores", bad, {"feature_rows": 20})
+    (out_of_range,) = [o for o in outcomes if o.expectation == "expect_column_values_to_be_between" and not o.success]
+    assert out_of_range.sample_keys == ["U3", "U7"]
     with pytest.raises(QualityGateError) as err:
         enforce(outcomes)
     message = str(err.value)
