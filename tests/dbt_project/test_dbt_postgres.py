@@ -13,8 +13,15 @@ from segflow.extract import run_extract
 from tests.conftest import AS_OF
 
 pytestmark = pytest.mark.postgres
-PG_TYPES = {"VARCHAR": "text", "TIMESTAMP": "timestamp", "DATE": "date", "DOUBLE": "double precision",
-            "INTEGER": "integer", "BIGINT": "bigint", "BOOLEAN": "boolean"}
+PG_TYPES = {
+    "VARCHAR": "text",
+    "TIMESTAMP": "timestamp",
+    "DATE": "date",
+    "DOUBLE": "double precision",
+    "INTEGER": "integer",
+    "BIGINT": "bigint",
+    "BOOLEAN": "boolean",
+}
 
 
 def copy_raw_to_postgres(warehouse, url: str, schemas: tuple[str, ...] = ("raw", "scoring")) -> None:
@@ -26,22 +33,35 @@ def copy_raw_to_postgres(warehouse, url: str, schemas: tuple[str, ...] = ("raw",
     with duckdb.connect(str(warehouse), read_only=True) as con, engine.begin() as pg:
         for schema in schemas:
             pg.execute(text(f"CREATE SCHEMA {schema}"))
-            tables = con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = ? "
-                                 "AND table_type = 'BASE TABLE'", [schema]).fetchall()
+            tables = con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND table_type = 'BASE TABLE'",
+                [schema],
+            ).fetchall()
             for (table,) in tables:
-                columns = con.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = ? "
-                                      "AND table_name = ? ORDER BY ordinal_position", [schema, table]).fetchall()
-                pg.execute(text(f"CREATE TABLE {schema}.{table} (" + ", ".join(f'"{c}" {PG_TYPES[t]}' for c, t in columns) + ")"))
+                columns = con.execute(
+                    "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = ? "
+                    "AND table_name = ? ORDER BY ordinal_position",
+                    [schema, table],
+                ).fetchall()
+                pg.execute(
+                    text(
+                        f"CREATE TABLE {schema}.{table} (" + ", ".join(f'"{c}" {PG_TYPES[t]}' for c, t in columns) + ")"
+                    )
+                )
                 rows = con.execute(f"SELECT * FROM {schema}.{table}").fetchall()
                 if rows:
                     names = ", ".join(f'"{c}"' for c, _ in columns)
                     marks = ", ".join(f":p{i}" for i in range(len(columns)))
-                    pg.execute(text(f"INSERT INTO {schema}.{table} ({names}) VALUES ({marks})"),
-                               [{f"p{i}": v for i, v in enumerate(r)} for r in rows])
+                    pg.execute(
+                        text(f"INSERT INTO {schema}.{table} ({names}) VALUES ({marks})"),
+                        [{f"p{i}": v for i, v in enumerate(r)} for r in rows],
+                    )
     engine.dispose()
 
 
-def test_postgres_build_gives_the_same_marts_as_duckdb(tmp_path, small_dataset, make_settings, postgres_database, monkeypatch):
+def test_postgres_build_gives_the_same_marts_as_duckdb(
+    tmp_path, small_dataset, make_settings, postgres_database, monkeypatch
+):
     server, database = postgres_database
     postgres_url = server.url(database)
     settings = make_settings(tmp_path, small_dataset)
@@ -58,9 +78,14 @@ def test_postgres_build_gives_the_same_marts_as_duckdb(tmp_path, small_dataset, 
     from sqlalchemy import create_engine
 
     engine = create_engine(postgres_url)
-    for table, key in [("user_features", ["user_id"]), ("user_segments", ["user_id", "segment_name"]),
-                       ("user_identity_links", ["identifier_type", "identifier"]), ("user_features_history", ["user_id", "as_of"]),
-                       ("user_segment_history", ["user_id", "as_of", "segment_name"]), ("segment_sizes_over_time", ["as_of", "segment_name"])]:
+    for table, key in [
+        ("user_features", ["user_id"]),
+        ("user_segments", ["user_id", "segment_name"]),
+        ("user_identity_links", ["identifier_type", "identifier"]),
+        ("user_features_history", ["user_id", "as_of"]),
+        ("user_segment_history", ["user_id", "as_of", "segment_name"]),
+        ("segment_sizes_over_time", ["as_of", "segment_name"]),
+    ]:
         with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
             expected = con.execute(f"SELECT * FROM marts.{table}").df().sort_values(key).reset_index(drop=True)
         actual = pd.read_sql(f"SELECT * FROM marts.{table}", engine).sort_values(key).reset_index(drop=True)
@@ -68,7 +93,9 @@ def test_postgres_build_gives_the_same_marts_as_duckdb(tmp_path, small_dataset, 
         assert len(actual) == len(expected) > 0, table
         for column in expected.columns:
             e, a = expected[column], actual[column]
-            if column == "evidence" and "segment" in table:  # JSON text: the same object, spelled by each database its own way
+            if (
+                column == "evidence" and "segment" in table
+            ):  # JSON text: the same object, spelled by each database its own way
                 parse = lambda values: [json.loads(v) if isinstance(v, str) and v.strip() else None for v in values]  # noqa: E731
                 assert parse(a) == parse(e), f"{table}.{column} differs"
             elif pd.api.types.is_numeric_dtype(e) and not pd.api.types.is_bool_dtype(e):

@@ -17,13 +17,25 @@ def manifest(tmp_path_factory):
     from dbt.cli.main import dbtRunner
 
     root = tmp_path_factory.mktemp("dbt_parse")
-    env = {"SEGFLOW_WAREHOUSE_PATH": str(root / "w.duckdb"), "DBT_TARGET_PATH": str(root / "target"),
-           "DBT_LOG_PATH": str(root / "logs")}
+    env = {
+        "SEGFLOW_WAREHOUSE_PATH": str(root / "w.duckdb"),
+        "DBT_TARGET_PATH": str(root / "target"),
+        "DBT_LOG_PATH": str(root / "logs"),
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        result = dbtRunner().invoke(["parse", "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir",
-                                     str(DBT_PROJECT_DIR), "--no-partial-parse", "--quiet"])
+        result = dbtRunner().invoke(
+            [
+                "parse",
+                "--project-dir",
+                str(DBT_PROJECT_DIR),
+                "--profiles-dir",
+                str(DBT_PROJECT_DIR),
+                "--no-partial-parse",
+                "--quiet",
+            ]
+        )
         assert result.success, result.exception
         return json.loads((root / "target" / "manifest.json").read_text())
     finally:
@@ -61,18 +73,31 @@ def test_python_written_tables_are_declared_sources(manifest):
     from segflow.core import tables
 
     declared = {f"{s['schema']}.{s['name']}" for s in manifest["sources"].values()}
-    for table in (tables.SCORES_TABLE, tables.VALIDATION_RESULTS_TABLE, tables.MONITORING_TABLE,
-                  tables.MODEL_REFERENCES_TABLE):
+    for table in (
+        tables.SCORES_TABLE,
+        tables.VALIDATION_RESULTS_TABLE,
+        tables.MONITORING_TABLE,
+        tables.MODEL_REFERENCES_TABLE,
+    ):
         assert table in declared, table
-    assert {"raw.crm_contacts", "raw.events", "raw.transactions", "raw.sources", "raw.load_audit",
-            "raw.quarantine", "raw.loaded_files"} <= declared
+    assert {
+        "raw.crm_contacts",
+        "raw.events",
+        "raw.transactions",
+        "raw.sources",
+        "raw.load_audit",
+        "raw.quarantine",
+        "raw.loaded_files",
+    } <= declared
 
 
 def test_exposures_name_what_their_consumers_read(manifest):
     parents = {e["name"]: {d.split(".")[-1] for d in e["depends_on"]["nodes"]} for e in manifest["exposures"].values()}
     assert parents["crm_segment_writeback"] == {"user_scores", "user_features"}
     assert parents["activation_export"] == {"user_scores", "user_features"}
-    assert {"user_features_history", "churn_training_set", "user_scores_history"} <= parents["ml_persona_and_churn_models"]
+    assert {"user_features_history", "churn_training_set", "user_scores_history"} <= parents[
+        "ml_persona_and_churn_models"
+    ]
 
 
 def test_every_model_has_its_own_yml_beside_it(manifest):
