@@ -111,7 +111,8 @@ _PREPARE_METADATA_DB = """
 import sys
 from airflow.models.pool import Pool
 from airflow.utils import db
-db.upgradedb()
+from airflow.utils.providers_configuration_loader import providers_configuration_loaded
+providers_configuration_loaded(db.upgradedb)()  # as the CLI's `db migrate` runs it
 Pool.create_or_update_pool(sys.argv[1], 1, sys.argv[2], include_deferred=False)
 """
 
