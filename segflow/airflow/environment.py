@@ -107,8 +107,12 @@ def apply_environ(settings: Settings) -> dict[str, str]:
 
 # What `airflow db migrate` and `airflow pools set` do, in one interpreter: each Airflow CLI call costs seconds of
 # start-up and import before its work, and every `segflow run` and `segflow ui start` prepares the database.
+# Like the CLI, it first writes airflow.cfg with its generated secrets: components started together without one
+# (api-server, scheduler) would each generate their own JWT secret, and tasks fail with "Invalid auth token".
 _PREPARE_METADATA_DB = """
 import sys
+from airflow.configuration import write_default_airflow_configuration_if_needed
+write_default_airflow_configuration_if_needed()
 from airflow.models.pool import Pool
 from airflow.utils import db
 from airflow.utils.providers_configuration_loader import providers_configuration_loaded

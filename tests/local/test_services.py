@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,30 @@ def test_secret_files_are_readable_by_their_owner_only(tmp_path):
     for path in (secret_file(existing), secret_file(tmp_path / "logs" / "airflow-api-server.log")):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert existing.read_text() == "{}", "an existing file keeps its content"
+
+
+def test_airflow_is_prepared_with_one_config_that_every_component_reads(tmp_path, sources_settings, monkeypatch):
+    """`segflow run` and `segflow ui start` prepare Airflow first: the database migrated, the DuckDB pool, and
+    airflow.cfg with the secrets Airflow generates. Without that file the api-server and the scheduler, started
+    together, each made up a JWT secret of their own and every task failed with "Invalid auth token"."""
+    import re
+    import sqlite3
+
+    from segflow.airflow.environment import airflow_environ, airflow_home, ensure_metadata_db
+
+    for key in [k for k in os.environ if k.startswith("AIRFLOW")]:
+        monkeypatch.delenv(key)
+    settings = sources_settings({}, airflow={"home": str(tmp_path / "airflow")})
+    ensure_metadata_db(settings)
+    config = (airflow_home(settings) / "airflow.cfg").read_text()
+    secret = re.search(r"^jwt_secret = (\S+)$", config, re.MULTILINE)
+    assert secret, "airflow.cfg holds no JWT secret"
+    read = subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), "config", "get-value", "api_auth", "jwt_secret"],
+        env={**os.environ, **airflow_environ(settings)},
+        capture_output=True,
+        text=True,
+    )
+    assert read.stdout.strip() == secret.group(1), read.stderr[-2000:]
+    with sqlite3.connect(airflow_home(settings) / "airflow.db") as db:
+        assert db.execute("SELECT slots FROM slot_pool WHERE pool = 'duckdb_writer'").fetchone() == (1,)
