@@ -61,11 +61,11 @@ PYTEST_WORKERS ?= 2
 
 test: $(UV)  ## the test suite (unit, DAG integrity, end to end, operations, browser); skips say what they need
 	$(UV) sync --frozen
-	$(UV) run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30
+	$(UV) run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=30
 
 test-fast: $(UV)  ## unit tests only
 	$(UV) sync --frozen
-	$(UV) run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not e2e"
+	$(UV) run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not e2e"
 
 # sqlfluff's dbt templater compiles the project: it needs a warehouse path (an empty scratch file will do).
 LINT_ENV := SEGFLOW_WAREHOUSE_PATH=$(CURDIR)/.cache/lint/warehouse.duckdb DBT_TARGET_PATH=$(CURDIR)/.cache/lint/dbt-target \

@@ -8,37 +8,9 @@ from pathlib import Path
 
 import pytest
 
-# Beside another pytest worker, libraries that start a thread per core (OpenMP in scikit-learn's gradient boosting,
-# OpenBLAS) oversubscribe the cores and their threads spin: a churn training took 97 s beside the other worker,
-# 27 s alone. One thread each, set before they load; the pipelines the tests start inherit it.
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
-    for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ.setdefault(_threads, "1")
-
 from segflow.core.config import REPO_ROOT, load_settings
 
 AS_OF = date(2026, 9, 30)
-
-# The longest files first, so that neither worker is left alone with one at the end (make test gives xdist
-# --no-loadscope-reorder: whole files in this order; by default xdist starts with the files of most tests, which
-# put these - few tests, minutes each - last). Measured worker time with both workers busy, 2026-11-30.
-LONGEST_FIRST = (
-    "tests/e2e/test_operations.py",  # ~17 min: the Airflow stack, a 14-day backfill and the daily reference
-    "tests/e2e/test_pipeline.py",  # ~15 min: nine pipeline runs
-    "tests/dbt_project/test_dbt_history.py",  # ~9 min
-    "tests/e2e/test_online_retail.py",  # ~6 min
-    "tests/e2e/test_model_quality.py",  # ~5 min
-    "tests/dbt_project/test_dbt_models.py",  # ~4.5 min
-    "tests/e2e/test_atomic_publish.py",  # ~4.5 min
-    "tests/quality/test_quality_on_data.py",  # ~4 min
-    "tests/e2e/test_bench_smoke.py",  # ~4 min
-    "tests/ml/test_ml.py",  # ~3 min
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: file order kept
 
 
 def settings_env(root: Path, data: Path) -> dict[str, str]:
