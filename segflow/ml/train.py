@@ -58,6 +58,15 @@ class TrainingSummary:
     lifetime_value: dict
 
 
+# What builds marts.user_features_history for one as-of date: the feature models, their audit candidate, the store.
+FEATURE_PARTITION_MODELS = (
+    "tag:features",
+    "audit_user_features",
+    "store_user_features_history",
+    "user_features_history",
+)
+
+
 def ensure_feature_partition(settings: Settings, as_of: date) -> None:
     """Build marts.user_features_history for `as_of` (from data known then) unless it exists already."""
     with connect(settings.warehouse_path, read_only=True) as con:
@@ -70,14 +79,7 @@ def ensure_feature_partition(settings: Settings, as_of: date) -> None:
         # Past dates are built in their own audit schema so they never race the daily build's candidates.
         run_dbt(
             settings,
-            [
-                "run",
-                "--select",
-                "tag:features",
-                "audit_user_features",
-                "store_user_features_history",
-                "user_features_history",
-            ],
+            ["run", "--select", *FEATURE_PARTITION_MODELS],
             vars=dbt_vars(as_of.isoformat(), settings, audit_schema="audit_training"),
         )
 

@@ -10,6 +10,7 @@ import duckdb
 import pandas as pd
 
 from segflow.core.dbt import dbt_vars, run_dbt
+from segflow.ml.train import FEATURE_PARTITION_MODELS
 from tests.conftest import AS_OF
 from tests.dbt_project.test_dbt_models import build
 
@@ -31,15 +32,7 @@ def test_a_past_date_reproduces_what_was_known_then(tmp_path, small_dataset, mak
     build(later, AS_OF)  # the warehouse now holds 20 more days
     run_dbt(
         later,
-        [
-            "run",
-            "--select",
-            "tag:features",
-            "audit_user_features",
-            "store_user_features_history",
-            "user_features_history",
-            "--quiet",
-        ],
+        ["run", "--select", *FEATURE_PARTITION_MODELS, "--quiet"],
         vars=dbt_vars(past.isoformat(), later),
     )
     rebuilt = partition(later)
