@@ -19,8 +19,14 @@ from segflow.airflow import callables
 from segflow.airflow.assets import USER_FEATURES
 from segflow.airflow.callables import DUCKDB_POOL
 from segflow.airflow.dag_defaults import segflow_dag
-from segflow.airflow.shared_tasks import dbt_parse_cache_dir, dbt_vars, resolve_as_of, templated_dbt_vars
-from segflow.core.dbt import COSMOS_DBT_ENV, SCHEDULED_BUILD_FLAGS, dbt_target
+from segflow.airflow.shared_tasks import (
+    dbt_parse_cache_dir,
+    dbt_vars,
+    resolve_as_of,
+    templated_dbt_env,
+    templated_dbt_vars,
+)
+from segflow.core.dbt import SCHEDULED_BUILD_FLAGS, dbt_target
 from segflow.core.resources import DBT_PROJECT_DIR
 
 # The target comes from the environment Airflow runs with (SEGFLOW_DBT_TARGET, set from segflow.yml by segflow's
@@ -39,7 +45,7 @@ dbt_operator_args = {
     "emit_datasets": False,
     "pool": DUCKDB_POOL,
     "vars": templated_dbt_vars(),
-    "env": COSMOS_DBT_ENV,
+    "env": templated_dbt_env(),
     "dbt_cmd_flags": list(SCHEDULED_BUILD_FLAGS),
     "cache_dir": dbt_parse_cache_dir("segflow_build"),
 }

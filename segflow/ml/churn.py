@@ -344,29 +344,36 @@ def model_features(model) -> list[str]:
     return list(names) if names is not None else list(MODEL_FEATURES)
 
 
+REASON_BATCH_ROWS = 200_000  # rows per prediction of the occluded copies: one call, bounded memory
+
+
 def reason_codes(model, X: pd.DataFrame, top: int = 3, reference: pd.DataFrame | None = None) -> list[str | None]:
     """Per user, the features that raise their churn probability most, as 'feature=value (+points)': each
     feature's contribution is how much the probability falls when that feature alone is set to the typical value
     of `reference` (all buyers scored; X itself by default): median, or the most frequent category. None when no
-    feature raises it."""
+    feature raises it. The occluded copies of a batch of users are predicted in one call (a call per feature
+    costs the model's fixed overhead - for boosted trees one pass over every tree - each time)."""
     reference = X if reference is None else reference
-    base = model.predict_proba(X)[:, 1]
-    columns, contributions = [], []
+    columns, typical = [], []
     for col in X.columns:
         series = reference[col]
         if series.isna().all():
             continue
-        if col in CATEGORICAL_FEATURES:
-            typical = series.mode().iloc[0]
-        else:
-            typical = float(series.median())
-        changed = X.copy()
-        changed[col] = typical
         columns.append(col)
-        contributions.append(base - model.predict_proba(changed)[:, 1])
+        typical.append(series.mode().iloc[0] if col in CATEGORICAL_FEATURES else float(series.median()))
     if not columns:
         return [None] * len(X)
-    matrix = np.column_stack(contributions)
+    matrix = np.empty((len(X), len(columns)))
+    step = max(1, REASON_BATCH_ROWS // (len(columns) + 1))
+    for start in range(0, len(X), step):
+        part = X.iloc[start : start + step]
+        copies = [part]
+        for col, value in zip(columns, typical, strict=True):
+            changed = part.copy()
+            changed[col] = value
+            copies.append(changed)
+        p = model.predict_proba(pd.concat(copies, ignore_index=True))[:, 1].reshape(len(copies), len(part))
+        matrix[start : start + len(part)] = (p[0] - p[1:]).T
     order = np.argsort(-matrix, axis=1)[:, :top]
     out: list[str | None] = []
     for i in range(len(X)):

@@ -1,3 +1,4 @@
+{{ config(schema=audit_schema()) }}
 -- Candidate user features as of var('as_of'): validated (dbt tests + GX) before marts.user_features is published.
 select
     cast(user_id as varchar) as user_id,

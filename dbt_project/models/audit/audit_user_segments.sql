@@ -1,3 +1,4 @@
+{{ config(schema=audit_schema()) }}
 -- Candidate rule-segment memberships compiled from the analyst-editable seed `segment_rules`.
 -- Every membership is kept (multi-membership); the highest-priority one is the user's primary segment.
 -- depends_on: {{ ref('segment_rules') }}

@@ -1,3 +1,4 @@
+{{ config(schema=audit_schema() ~ '_intermediate') }}
 -- Each user's product categories as of var('as_of'):
 -- - top_category: the category of most product views, cart adds, purchases and wishlist adds over 90 days, with
 --   its share of them;

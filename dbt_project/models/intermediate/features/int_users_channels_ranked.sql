@@ -1,3 +1,4 @@
+{{ config(schema=audit_schema() ~ '_intermediate') }}
 -- Each user's most frequent channel and device over the 90 days up to var('as_of'); ties break alphabetically
 -- so reruns are reproducible.
 with events_90d as (

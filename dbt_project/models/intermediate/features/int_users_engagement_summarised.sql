@@ -1,3 +1,4 @@
+{{ config(schema=audit_schema() ~ '_intermediate') }}
 {#
   Each tracked user's behaviour up to var('as_of'): the day of their last event (any type, ever), and over the
   30 days up to as_of active days, sessions, email opens and clicks, page views (also over 7 days), intent

@@ -1,3 +1,4 @@
+{{ config(schema=audit_schema() ~ '_intermediate') }}
 {#
   User features as of var('as_of'), from data known then only: one row per canonical user, assembled from the
   building blocks (purchases, engagement, categories, channels) and the CRM profile. Formulas (column meanings:

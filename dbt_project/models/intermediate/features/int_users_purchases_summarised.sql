@@ -1,3 +1,4 @@
+{{ config(schema=audit_schema() ~ '_intermediate') }}
 {#
   Each buyer's completed purchases as of var('as_of'): first and last purchase, lifetime totals, frequency and
   monetary value over 365 / 180 / 90 / 30 days (amounts in the reporting currency), and the buy-till-you-die
