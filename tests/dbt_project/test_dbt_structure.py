@@ -110,16 +110,16 @@ def test_a_run_for_another_date_reparses_only_the_audit_models(tmp_path, make_se
     """The dates reach dbt as environment variables (segflow.core.dbt.DATE_ENV), not --vars: the next date's
     invocation keeps dbt's partial parse and re-parses just the 7 models whose schema is the date's audit schema
     (each with its yml) instead of the whole project."""
-    from segflow.core.dbt import dbt_vars, run_dbt
+    from segflow.core.dbt import DATE_ENV, dbt_vars, run_dbt
 
+    for name in DATE_ENV.values():
+        monkeypatch.setenv(name, "")  # run_dbt sets them in this process: removed again after the test
     monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path / "target"))
     monkeypatch.setenv("DBT_LOG_PATH", str(tmp_path / "logs"))
     settings = make_settings(tmp_path, tmp_path / "data")
     audit = {"audit_user_features", "audit_user_segments", "int_users_featurised"}
     parsed = []
     for day in ("2026-09-01", "2026-09-02"):
-        for name in DATE_ENV_NAMES:
-            monkeypatch.delenv(name, raising=False)  # run_dbt sets them for this process
         run_dbt(settings, ["parse", "--quiet"], vars=dbt_vars(day, settings))
         perf = json.loads((tmp_path / "target" / "perf_info.json").read_text())
         assert perf["is_partial_parse_enabled"]
@@ -129,6 +129,3 @@ def test_a_run_for_another_date_reparses_only_the_audit_models(tmp_path, make_se
         assert {nodes[n]["schema"] for n in audit} == {schema, f"{schema}_intermediate"}
         assert nodes["user_features"]["schema"] == "marts"
     assert parsed[0] == perf["path_count"] and parsed[1] <= 2 * 7, parsed
-
-
-DATE_ENV_NAMES = ("SEGFLOW_AS_OF", "SEGFLOW_AUDIT_SCHEMA", "SEGFLOW_FEATURE_DATES")
