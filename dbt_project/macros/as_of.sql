@@ -35,8 +35,9 @@
 {%- endmacro %}
 
 {# Where a build puts its candidates: SEGFLOW_AUDIT_SCHEMA, one schema per as-of date (write-audit-publish; runs
-   of different dates never read each other's candidates) or the training builds' own, else `audit`. A relation's schema is fixed when dbt parses, so the audit models call this in their config(): dbt
-   records that those files read the variable and re-parses just them when it changes. #}
+   of different dates never read each other's candidates) or the training builds' own, else `audit`. A relation's
+   schema is fixed when dbt parses, so the audit models call this in their config(): dbt records that those files
+   read the variable and re-parses just them when it changes. #}
 {% macro audit_schema() -%}
     {%- set value = env_var('SEGFLOW_AUDIT_SCHEMA', '') | trim -%}
     {{- return(value if value else 'audit') -}}
