@@ -26,7 +26,7 @@ from segflow.airflow.shared_tasks import (
     templated_dbt_env,
     templated_dbt_vars,
 )
-from segflow.core.dbt import SCHEDULED_BUILD_FLAGS, dbt_target
+from segflow.core.dbt import SCHEDULED_BUILD_FLAGS, dbt_target, release_dbt_duckdb
 from segflow.core.resources import DBT_PROJECT_DIR
 
 # The target comes from the environment Airflow runs with (SEGFLOW_DBT_TARGET, set from segflow.yml by segflow's
@@ -48,6 +48,9 @@ dbt_operator_args = {
     "env": templated_dbt_env(),
     "dbt_cmd_flags": list(SCHEDULED_BUILD_FLAGS),
     "cache_dir": dbt_parse_cache_dir("segflow_build"),
+    # The profile keeps one DuckDB connection per invocation; close it when dbt is done: the tasks of a
+    # `segflow run` share one process (a worker runs each task in a process of its own, which ends with it).
+    "callback": release_dbt_duckdb,
 }
 
 FULL_REFRESH_DOC = (

@@ -117,6 +117,21 @@ class DbtError(RuntimeError):
     pass
 
 
+def release_dbt_duckdb(*_args: Any, **_kwargs: Any) -> None:
+    """Close the DuckDB connection dbt-duckdb keeps for the whole process (the profile's `keep_open: true`), so
+    that the warehouse file is free once a dbt invocation has returned. Also a Cosmos operator `callback` (hence
+    the ignored arguments: the project folder and the task context).
+    """
+    try:
+        from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+    except ImportError:  # dbt-duckdb is not installed: nothing is open
+        return
+    with DuckDBConnectionManager._LOCK:
+        environment, DuckDBConnectionManager._ENV = DuckDBConnectionManager._ENV, None
+    if environment is not None:
+        environment.close()
+
+
 def run_dbt(settings: Settings, args: list[str], vars: dict[str, Any] | None = None) -> Any:
     """Invoke dbt in-process; raise DbtError with the failing nodes when the command fails."""
     from dbt.cli.main import dbtRunner
@@ -135,7 +150,10 @@ def run_dbt(settings: Settings, args: list[str], vars: dict[str, Any] | None = N
     ]
     if cli_vars:
         cli += ["--vars", json.dumps(cli_vars)]
-    result = dbtRunner().invoke(cli)
+    try:
+        result = dbtRunner().invoke(cli)
+    finally:
+        release_dbt_duckdb()
     if not result.success:
         failures = []
         for node in getattr(result.result, "results", None) or []:

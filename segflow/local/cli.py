@@ -150,6 +150,7 @@ def run_dag(
     from airflow.dag_processing.dagbag import DagBag
 
     from segflow.airflow.progress import PROGRESS_FD_ENV
+    from segflow.core.dbt import release_dbt_duckdb
     from segflow.core.resources import DAGS_FOLDER
 
     logical_date = datetime.combine(as_of + timedelta(days=1), dtime(), tzinfo=UTC)
@@ -164,6 +165,8 @@ def run_dag(
             conf = {"as_of": as_of.isoformat(), **({"full_refresh": True} if full_refresh else {})}
             run = bag.get_dag(dag_id).test(logical_date=logical_date, run_conf=conf)
     finally:
+        # After a failed dbt task as well: the next DAG of this process needs the warehouse file.
+        release_dbt_duckdb()
         os.environ.pop(PROGRESS_FD_ENV, None)
         if write_fd is not None:
             os.close(write_fd)
