@@ -25,6 +25,7 @@ from segflow.core.resources import DBT_PROJECT_DIR
 INPUT_MODELS = {
     "int_events_attributed": "events",
     "int_orders_attributed": "orders",
+    "int_order_lines_attributed": "lines",
     "int_contacts_versioned_as_of": "contacts",
     "int_identities_resolved": "identities",
 }
@@ -151,10 +152,50 @@ def user_features_pandas(inputs: dict[str, Any], as_of: date) -> pd.DataFrame:
     days["is_repeat"] = days.groupby("user_id").cumcount() > 0
     rhythm = days.groupby("user_id").agg(purchase_days=("order_date", "size"), last_gap=("gap", "last"))
     rhythm["repeat_purchase_value"] = days[days["is_repeat"]].groupby("user_id")["amount_reporting"].mean()
+    days["in_365"] = days["order_date"] > day - pd.Timedelta(days=365)
+    rhythm["purchase_days_365d"] = days.groupby("user_id")["in_365"].sum()
     ranked = o.sort_values(["user_id", "order_ts", "order_id"])
     third = ranked[ranked.groupby("user_id").cumcount() == 2].set_index("user_id")["order_date"]
     rhythm["third_purchase_date"] = third
+    rhythm["last_order_lines"] = ranked.groupby("user_id")["line_count"].last()
+    # Returns (cancelled and refunded orders within 365 days), of buyers only: they join the purchase summary.
+    every_order = inputs["orders"]
+    returned = every_order[
+        every_order["status"].isin(["cancelled", "refunded"])
+        & (pd.to_datetime(every_order["order_date"]) > day - pd.Timedelta(days=365))
+    ]
+    rhythm["returned_value_365d"] = returned["amount_reporting"].abs().groupby(returned["user_id"]).sum()
     order_stats = order_stats.merge(rhythm.reset_index(), how="left", on="user_id")
+    # Days of the last 365 the data covers: from its first order (any customer, any status).
+    first_order = pd.to_datetime(every_order["order_date"]).min()
+    observed_days = min(365, (day - first_order).days + 1) if pd.notna(first_order) else np.nan
+
+    # Products (lines with a product id of completed orders; a product on several lines of an order counts once).
+    lines = inputs["lines"]
+    bought = lines.loc[lines["status"] == "completed", ["user_id", "order_id", "order_date", "product_id"]]
+    bought = bought.drop_duplicates().assign(order_date=lambda x: pd.to_datetime(x["order_date"]))
+    recent = bought[bought["order_date"] > day - pd.Timedelta(days=90)]
+    products = pd.DataFrame(
+        {
+            "buyers": bought.groupby("product_id")["user_id"].nunique(),
+            "buyers_90d": recent.groupby("product_id")["user_id"].nunique(),
+            "is_sold_30d": bought.groupby("product_id")["order_date"].max() > day - pd.Timedelta(days=30),
+        }
+    )
+    products["buyers_90d"] = products["buyers_90d"].fillna(0)
+    user_products = bought.groupby(["user_id", "product_id"]).size().rename("times_bought").reset_index()
+    user_products = user_products.merge(products.reset_index(), on="product_id")
+    user_products["log_buyers"] = np.log1p(user_products["buyers"].astype("float64"))
+    user_products["sold_30d"] = user_products["is_sold_30d"].astype("float64")
+    per_user = user_products.groupby("user_id")
+    product_stats = pd.DataFrame(
+        {
+            "avg_product_buyers_90d": per_user["buyers_90d"].mean(),
+            "avg_log_product_buyers": per_user["log_buyers"].mean(),
+            "products_sold_30d_share": per_user["sold_30d"].mean(),
+            "repeat_product_share": 1 - per_user.size() / per_user["times_bought"].sum(),
+        }
+    ).reset_index()
 
     event_date = pd.to_datetime(events["event_date"])
     e30 = events[event_date > day - pd.Timedelta(days=30)]
@@ -230,7 +271,7 @@ def user_features_pandas(inputs: dict[str, Any], as_of: date) -> pd.DataFrame:
     )[["user_id", "device"]].rename(columns={"device": "preferred_device"})
 
     f = users.merge(contacts, how="left", on="user_id")
-    for frame in (order_stats, engagement, abandonment, top_category, interest, channel, device):
+    for frame in (order_stats, product_stats, engagement, abandonment, top_category, interest, channel, device):
         f = f.merge(frame, how="left", on="user_id")
 
     out = pd.DataFrame({"user_id": f["user_id"], "as_of": pd.Timestamp(as_of)})
@@ -278,6 +319,16 @@ def user_features_pandas(inputs: dict[str, Any], as_of: date) -> pd.DataFrame:
     out["avg_lines_per_order"] = f["avg_lines_per_order"]
     out["repeat_purchase_value"] = f["repeat_purchase_value"]
     out["third_purchase_date"] = f["third_purchase_date"]
+    out["returned_value_365d"] = round_half_away(f["returned_value_365d"].fillna(0.0), 2)
+    out["last_order_lines_ratio"] = f["last_order_lines"] / f["avg_lines_per_order"]
+    out["purchase_day_rate_365d"] = f["purchase_days_365d"] / observed_days
+    for column in (
+        "avg_product_buyers_90d",
+        "avg_log_product_buyers",
+        "products_sold_30d_share",
+        "repeat_product_share",
+    ):
+        out[column] = f[column]
     counts = {c: f[c].fillna(0) for c in ("active_days_30d", "sessions_30d", "email_opens_30d", "email_clicks_30d")}
     engagement_score = (
         30 * np.minimum(counts["active_days_30d"] / 10.0, 1)

@@ -101,6 +101,7 @@ TRANSACTIONS = Dataset(
         Column("status", "VARCHAR", True, "completed / cancelled / refunded / pending (other values: 'other')"),
         Column("line_type", "VARCHAR", False, "product (default) / fee / discount / adjustment"),
         Column("category", "VARCHAR", False, "product category"),
+        Column("product_id", "VARCHAR", False, "product (SKU, stock code) of the line, when the source has one"),
         Column("item_count", "INTEGER", False, "number of items (quantity)"),
     ),
     key=("order_id", "line_id"),

@@ -32,13 +32,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, SplineTransformer
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, SplineTransformer, StandardScaler
 
 from segflow.ml.features import (
     BOOLEAN_FEATURES,
     CATEGORICAL_FEATURES,
     COUNT_FEATURES,
     MODEL_FEATURES,
+    RATIO_FEATURES,
     SCORE_FEATURES,
     log1p_clipped,
     observed,
@@ -61,7 +62,8 @@ SELECTION_MARGIN = 0.015
 def _spline_logistic(X: pd.DataFrame) -> Pipeline:
     numeric = observed(COUNT_FEATURES, X)
     plain = observed(SCORE_FEATURES + BOOLEAN_FEATURES, X)
-    missing = [c for c in numeric + plain if X[c].isna().any()]
+    ratios = observed(RATIO_FEATURES, X)
+    missing = [c for c in numeric + plain + ratios if X[c].isna().any()]
     parts = [
         (
             "log",
@@ -79,6 +81,7 @@ def _spline_logistic(X: pd.DataFrame) -> Pipeline:
             Pipeline([("impute", SimpleImputer(strategy="median")), ("spline", SplineTransformer(n_knots=4))]),
             plain,
         ),
+        ("ratio", Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]), ratios),
         ("cat", OneHotEncoder(handle_unknown="ignore", min_frequency=0.01, sparse_output=False), CATEGORICAL_FEATURES),
     ]
     if missing:
@@ -92,7 +95,7 @@ def _spline_logistic(X: pd.DataFrame) -> Pipeline:
 
 
 def _boosting(X: pd.DataFrame, seed: int) -> Pipeline:
-    numeric = observed(COUNT_FEATURES + SCORE_FEATURES + BOOLEAN_FEATURES, X)
+    numeric = observed(COUNT_FEATURES + SCORE_FEATURES + RATIO_FEATURES + BOOLEAN_FEATURES, X)
     prep = ColumnTransformer(
         [
             ("num", "passthrough", numeric),  # missing values are a branch of their own in the trees

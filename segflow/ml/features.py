@@ -42,12 +42,19 @@ COUNT_FEATURES = [
     "avg_items_per_order",
     "avg_lines_per_order",
     "days_since_last_activity",
+    "returned_value_365d",
+    # What the customer's products say (where the source has product ids): how widely bought they are.
+    "avg_product_buyers_90d",
+    "avg_log_product_buyers",
 ]
 # Linear as they are: churn hazard grows steadily with days since the last purchase.
-SCORE_FEATURES = ["recency_days", "engagement_score", "top_category_share", "age"]
+SCORE_FEATURES = ["recency_days", "engagement_score", "top_category_share", "age", "repeat_product_share"]
+# Ratios and shares around 1 or within [0, 1]: standardised, without splines (as in the offline experiments on
+# Online Retail that chose them; docs/models.md).
+RATIO_FEATURES = ["last_order_lines_ratio", "purchase_day_rate_365d", "products_sold_30d_share"]
 CATEGORICAL_FEATURES = ["income_band", "preferred_device", "age_band", "country"]
 BOOLEAN_FEATURES = ["cart_abandoned_30d", "has_email_consent"]
-MODEL_FEATURES = COUNT_FEATURES + SCORE_FEATURES + CATEGORICAL_FEATURES + BOOLEAN_FEATURES
+MODEL_FEATURES = COUNT_FEATURES + SCORE_FEATURES + RATIO_FEATURES + CATEGORICAL_FEATURES + BOOLEAN_FEATURES
 # What the lifetime-value models read (segflow.ml.clv): x, t_x, T in days and m, from user_features.
 CLV_FEATURES = ["purchase_days", "days_first_to_last_purchase", "customer_age_days", "repeat_purchase_value"]
 

@@ -153,6 +153,8 @@ def test_unit_tests_cover_every_feature_formula_and_segment_rule(tmp_path, small
         "every_seed_rule_with_its_threshold_and_priority",
         "buy_till_you_die_signal_interactions_and_loyal_newcomers",
         "interests_become_normalised_tags",
+        "returns_latest_order_and_purchase_day_rate",
+        "products_reach_recent_sales_and_rebuying",
     } <= names
     import csv
 

@@ -56,7 +56,7 @@ def test_bench_harness_measures_every_stage_and_checks_the_baseline(tmp_path):
         assert stage["wall_s"] > 0 and stage["cpu_s"] > 0 and stage["peak_rss_mb"] > 50, stage
     baseline = measured[("baseline", "pandas_baseline")]["details"]
     assert baseline["equal"], baseline["mismatches"]
-    assert baseline["columns_compared"] == 57 and baseline["users"] == measured[("full", "score")]["rows"]
+    assert baseline["columns_compared"] == 64 and baseline["users"] == measured[("full", "score")]["rows"]
     # The incremental run loads only its new day; the full refresh loaded every day up to the full as-of date.
     assert measured[("incremental", "extract")]["details"]["files"] < measured[("full", "extract")]["details"]["files"]
     assert result["dataset"]["events"] > 0 and result["machine"]["cores"] == os.cpu_count()

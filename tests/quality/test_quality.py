@@ -113,6 +113,7 @@ def test_warnings_are_recorded_but_do_not_block(make_settings, tmp_path):
             "order_ts": pd.to_datetime(["2026-01-01", "2099-01-01"]),
             "status": ["completed", "completed"],
             "category": ["home", "home"],
+            "product_id": ["P1", None],
             "item_count": [1, 2],
             "line_id": [None, None],
             "line_type": [None, None],

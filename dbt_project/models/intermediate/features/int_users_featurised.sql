@@ -11,7 +11,10 @@
       purchase within the last 30 days, new customers included) > new (first purchase within 30 days) > repeat
       (2+) > active.
   - buy-till-you-die signal (int_users_purchases_summarised): purchase days, customer age, gaps between purchase
-      days, recency_ratio = recency_days / mean_interpurchase_days, spend per order and per repeat purchase day.
+      days, recency_ratio = recency_days / mean_interpurchase_days, spend per order and per repeat purchase day;
+      returns, the latest order against the usual one, purchase days per observed day.
+  - products (int_users_products_summarised, where the source has product ids): how widely bought and how
+      recently sold the customer's products are, and how much the customer rebuys them.
   - days_since_last_interaction: the latest of the last event (where behaviour is used) and the last purchase;
       for users with neither, since the contact was created.
   Without an analytics source the engagement features are unknown (null), not zero; so they are for users without
@@ -102,6 +105,13 @@ base as (
         o.avg_lines_per_order,
         o.repeat_purchase_value,
         o.third_purchase_date,
+        {{ round_to('coalesce(o.returned_value_365d, 0)', 2) }} as returned_value_365d,
+        o.last_order_lines_ratio,
+        o.purchase_day_rate_365d,
+        pr.avg_product_buyers_90d,
+        pr.avg_log_product_buyers,
+        pr.products_sold_30d_share,
+        pr.repeat_product_share,
         case when {{ tracked }} then coalesce(e.active_days_30d, 0) end as active_days_30d,
         case when {{ tracked }} then coalesce(e.sessions_30d, 0) end as sessions_30d,
         case when {{ tracked }} then coalesce(e.email_opens_30d, 0) end as email_opens_30d,
@@ -131,6 +141,7 @@ base as (
     from profile as p
     cross join datasets as ds
     left join {{ ref('int_users_purchases_summarised') }} as o on p.user_id = o.user_id
+    left join {{ ref('int_users_products_summarised') }} as pr on p.user_id = pr.user_id
     left join {{ ref('int_users_engagement_summarised') }} as e on p.user_id = e.user_id
     left join {{ ref('int_users_categories_ranked') }} as t on p.user_id = t.user_id
     left join {{ ref('int_users_channels_ranked') }} as ch on p.user_id = ch.user_id

@@ -5,10 +5,43 @@
   signal: purchase days, the customer's age since the first purchase, the gaps between purchase days, the spend
   of repeat purchase days (the inputs of BG/NBD and Gamma-Gamma, segflow.ml.clv) and the date of the third order.
   A purchase day is a day with at least one completed order (several orders on one day are one transaction).
+  Also: the value of cancelled and refunded orders over 365 days, the lines of the latest order against the
+  customer's usual, and purchase days per day of the last 365 that the data covers (a customer first seen in
+  data that starts 100 days back has had 100 days to buy, not 365).
 #}
 with orders as (
     select * from {{ ref('int_orders_attributed') }}
     where status = 'completed'
+),
+
+returns as (
+    select
+        user_id,
+        sum(abs(amount_reporting)) as returned_value_365d
+    from {{ ref('int_orders_attributed') }}
+    where status in ('cancelled', 'refunded')
+        and order_date > {{ as_of_date() }} - 365
+    group by user_id
+),
+
+-- The first order date of the data known on the as-of date (any customer, any status).
+history as (
+    select min(order_date) as first_order_date
+    from {{ ref('int_orders_attributed') }}
+),
+
+latest_orders as (
+    select
+        user_id,
+        line_count as last_order_lines
+    from (
+        select
+            user_id,
+            line_count,
+            row_number() over (partition by user_id order by order_ts desc, order_id desc) as recency_rank
+        from orders
+    ) as ranked
+    where recency_rank = 1
 ),
 
 numbered_orders as (
@@ -35,6 +68,7 @@ rhythm as (
     select
         user_id,
         count(*) as purchase_days,
+        count(*) filter (where order_date > {{ as_of_date() }} - 365) as purchase_days_365d,
         max({{ days_between('previous_date', 'order_date') }}) filter (
             where day_number = days_total and day_number > 1
         ) as last_interpurchase_days,
@@ -93,7 +127,15 @@ select
     t.avg_items_per_order,
     t.avg_lines_per_order,
     r.repeat_purchase_value,
-    th.third_purchase_date
+    th.third_purchase_date,
+    coalesce(rt.returned_value_365d, 0) as returned_value_365d,
+    {{ as_double('lo.last_order_lines') }} / t.avg_lines_per_order as last_order_lines_ratio,
+    {{ as_double('r.purchase_days_365d') }} / least(
+        365, {{ days_between('h.first_order_date', as_of_date()) }} + 1
+    ) as purchase_day_rate_365d
 from totals as t
 inner join rhythm as r on t.user_id = r.user_id
+inner join latest_orders as lo on t.user_id = lo.user_id
+cross join history as h
 left join third_orders as th on t.user_id = th.user_id
+left join returns as rt on t.user_id = rt.user_id

@@ -30,6 +30,7 @@ converted as (
         l.status,
         l.line_type,
         l.category,
+        l.product_id,
         l.item_count,
         l.file_date,
         l.is_future_timestamp

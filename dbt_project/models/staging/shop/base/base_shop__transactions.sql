@@ -23,6 +23,7 @@ select
         else 'adjustment'
     end as line_type,
     lower(nullif(trim(category), '')) as category,
+    nullif(trim(product_id), '') as product_id,
     item_count,
     -- Rows of dated files are known from their file's date; rows of undated snapshot exports from their own date.
     coalesce(_file_date, cast(order_ts as date)) as file_date,
