@@ -131,3 +131,19 @@ def test_invalid_json_line_is_quarantined_and_a_truncated_last_line_refuses_the_
     last.write_text(content[: len(content) - 30])
     with pytest.raises(ExtractError, match=rf"{last.name}: truncated file: the last line \(\d+\) is incomplete JSON"):
         run_extract(settings, AS_OF, "run-2", sources=("events",))
+
+
+def test_a_check_that_evaluates_to_null_refuses_the_batch_instead_of_dropping_rows(
+    tmp_path, small_dataset, make_settings, monkeypatch
+):
+    """A row whose checks neither pass nor list it (a condition that is NULL) would be neither loaded nor
+    quarantined: the batch is refused and nothing of it is loaded."""
+    import segflow.extract.loader as loader
+
+    checks = loader._checks
+    monkeypatch.setattr(loader, "_checks", lambda plan, dataset: [*checks(plan, dataset), ("NULL", "'x'", "'x'")])
+    settings = make_settings(tmp_path, small_dataset)
+    with pytest.raises(ExtractError, match="neither loaded nor quarantined"):
+        run_extract(settings, AS_OF, "run-1", sources=("transactions",))
+    assert _query(settings, "SELECT count(*) FROM raw.transactions")[0][0] == 0
+    assert _query(settings, "SELECT count(*) FROM raw.quarantine")[0][0] == 0
