@@ -258,7 +258,7 @@ def backfilled(stack, daily):
         "--to-date",
         str(WINDOW[-1] + timedelta(days=1)),
     )
-    # A bound on liveness, not a speed goal (BENCHMARKS.md measures speed): 11-14 min beside the rest of the suite on
+    # A bound on liveness, not a speed goal (BENCHMARKS.md measures speed): 6-15 min beside the rest of the suite on
     # 2 cores (over 25 min before runs were scheduled depth first); a stuck run fails with the task states it waited on.
     wait_until(lambda: settled(env, len(WINDOW) + 1), 2700, "the backfill and the scheduled run", env)
     root, process = daily
