@@ -237,8 +237,10 @@ def load_batch(
     )
     # Every count of the batch in one scan (a scan per count was a third of a file's load).
     structurally_ok, refused, listed, passing, unreadable_rows = con.execute(
-        "SELECT count(*), count_if(f IS NOT FALSE), count_if(l), count_if(NOT f), count_if(NOT f AND u) "
-        f"FROM (SELECT ({failing}) AS f, {listed_cond} AS l, {unreadable_cond} AS u FROM batch_checked)"
+        # count_if of no rows is NULL, not 0 (an empty CRM window, a file whose every line was refused).
+        "SELECT count(*), "
+        + ", ".join(f"coalesce(count_if({c}), 0)" for c in ("f IS NOT FALSE", "l", "NOT f", "NOT f AND u"))
+        + f" FROM (SELECT ({failing}) AS f, {listed_cond} AS l, {unreadable_cond} AS u FROM batch_checked)"
     ).fetchone()
     # Every row refused must be listed in the quarantine: a check whose SQL condition turned NULL would otherwise
     # drop rows silently (neither loaded nor quarantined).

@@ -126,3 +126,18 @@ def test_unreadable_consent_is_no_consent_and_replaces_an_older_opt_in(tmp_path,
         (False,),
     ]
     assert any("unreadable consent" in n for n in result.details[0]["notes"])
+
+
+def test_a_backfilled_day_before_the_crm_watermark_loads_an_empty_window(tmp_path, sources_settings):
+    path, settings = _crm(
+        tmp_path,
+        sources_settings,
+        "CREATE TABLE contacts (contact_id TEXT, created_at TEXT, updated_at TEXT, email TEXT)",
+    )
+    with sqlite3.connect(path) as con:
+        con.execute("INSERT INTO contacts VALUES ('C1', '2026-04-01 09:00:00', '2026-05-09 09:00:00', 'a@x.com')")
+    run_extract(settings, D, "r1")
+    # An earlier date after a later one (a backfill): nothing in the CRM window is known yet.
+    earlier = run_extract(settings, date(2026, 4, 20), "r2")["crm"]
+    assert (earlier.rows_in, earlier.rows_loaded, earlier.rows_quarantined, earlier.new_rows) == (0, 0, 0, 0)
+    audit_balances(settings)
