@@ -7,9 +7,10 @@ and updates the static Data Docs site. Each expectation carries
 recorded and logged but does not block. Every result goes to the warehouse table
 `quality.validation_results`.
 
-Validation path: the batch is read from DuckDB into a pandas DataFrame and validated with GX's pandas
-datasource. GX's SQL datasource on DuckDB is unreliable (see DEVELOPERS notes), while pandas evaluation
-is exact; batches are bounded (the rows one run loaded, or one mart), so memory stays predictable.
+Validation path: marts and score batches (one row per user) are read from DuckDB into a pandas DataFrame and
+validated with GX's pandas datasource (GX's SQL datasource on DuckDB is unreliable, pandas evaluation is exact).
+Raw batches (every row a run loaded, tens of millions on a first run) are evaluated inside the warehouse by
+segflow.quality.in_engine, with the same outcomes, and stored in the same GX context.
 Row-level parsing problems never reach GX: the extract quarantines them (see docs/architecture.md).
 """
 
@@ -260,7 +261,11 @@ RAW_BATCHES = {
 
 
 def validate_raw_tables(settings: Settings, as_of: date, run_id: str) -> dict:
-    """Validate the rows this run loaded (the run's batch) for each raw source that received any."""
+    """Validate the rows this run loaded (the run's batch) for each raw source that received any. The row checks
+    run inside the warehouse (segflow.quality.in_engine): a first run's tens of millions of rows never become a
+    pandas frame. Results go to quality.validation_results and the GX Data Docs like every other suite's."""
+    from segflow.quality.in_engine import store_in_data_docs, validate_relation
+
     max_ts = pd.Timestamp(as_of + timedelta(days=2))
     params: dict[str, dict[str, Any]] = {
         "raw_transactions": {"max_ts": max_ts, "currencies": sorted(currency_rates())},
@@ -268,39 +273,19 @@ def validate_raw_tables(settings: Settings, as_of: date, run_id: str) -> dict:
         "raw_crm_contacts": {"min_birth_date": pd.Timestamp("1900-01-01"), "as_of": pd.Timestamp(as_of)},
     }
     outcomes: list[ExpectationOutcome] = []
+    evaluated = []
     with connect(settings.warehouse_path, read_only=True) as con:
         for suite, sql in RAW_BATCHES.items():
-            for files in raw_chunks(con, sql, run_id):
-                frame = con.execute(
-                    f"SELECT * FROM ({sql}) WHERE _source_file IN (SELECT unnest(?::VARCHAR[]))", [run_id, files]
-                ).df()
-                if "birth_date" in frame:
-                    frame["birth_date"] = pd.to_datetime(frame["birth_date"])
-                if len(frame):
-                    outcomes.extend(
-                        validate_frame(settings, suite, frame, params[suite], run_name=f"as_of={as_of}_{run_id}")
-                    )
+            if con.execute(f"SELECT 1 FROM ({sql}) AS batch LIMIT 1", [run_id]).fetchone() is None:
+                continue
+            suite_outcomes, results = validate_relation(con, suite, sql, [run_id], settings, params[suite])
+            outcomes.extend(suite_outcomes)
+            evaluated.append((suite, results))
+    # GX's stores are written after the warehouse connection is closed (a writer may be waiting for it).
+    for suite, results in evaluated:
+        store_in_data_docs(settings, suite, results, batch_id=f"{suite}-{run_id}", run_name=f"as_of={as_of}_{run_id}")
     record(settings, outcomes, as_of, run_id)
     return enforce(outcomes)
-
-
-RAW_CHUNK_ROWS = 1_000_000
-
-
-def raw_chunks(con, sql: str, run_id: str, max_rows: int = RAW_CHUNK_ROWS) -> list[list[str]]:
-    """The run's loaded files in groups of at most `max_rows` rows (a file is never split). A daily run is one
-    group; a full refresh of a year of 1M users' events (30M rows) would need >24 GB as one pandas frame in GX.
-    Expectations hold per group, so uniqueness is checked within a group of files (dbt deduplicates across)."""
-    counts = con.execute(f"SELECT _source_file, count(*) FROM ({sql}) GROUP BY 1 ORDER BY 1", [run_id]).fetchall()
-    groups: list[list[str]] = []
-    rows = 0
-    for name, n in counts:
-        if not groups or rows + n > max_rows:
-            groups.append([])
-            rows = 0
-        groups[-1].append(name)
-        rows += n
-    return groups
 
 
 def validate_mart_tables(settings: Settings, as_of: date, run_id: str) -> dict:

@@ -158,19 +158,3 @@ def test_scores_of_a_past_date_are_counted_against_its_history_partition(make_se
     assert validate_scores(settings, scores(21), past, "r")["warnings"] == 0
     with pytest.raises(QualityGateError, match="expect_table_row_count_to_equal"):
         validate_scores(settings, scores(20), past, "r")
-
-
-def test_raw_validation_groups_a_large_load_by_whole_files():
-    import duckdb
-
-    from segflow.quality.gates import raw_chunks
-
-    con = duckdb.connect()
-    con.execute(
-        "CREATE TABLE t AS SELECT 'r1' AS _run_id, 'f' || (i // 100)::VARCHAR AS _source_file FROM range(1000) r(i)"
-    )
-    con.execute("INSERT INTO t SELECT 'r0', 'old', FROM range(5)")
-    groups = raw_chunks(con, "SELECT * FROM t WHERE _run_id = ?", "r1", max_rows=250)
-    assert [len(g) for g in groups] == [2, 2, 2, 2, 2], "whole files, at most 250 rows per group"
-    assert sorted(f for g in groups for f in g) == sorted(f"f{i}" for i in range(10)), "every file of the run, once"
-    assert raw_chunks(con, "SELECT * FROM t WHERE _run_id = ?", "r1") == [sorted(f"f{i}" for i in range(10))]
