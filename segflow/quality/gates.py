@@ -264,6 +264,7 @@ def validate_raw_tables(settings: Settings, as_of: date, run_id: str) -> dict:
     """Validate the rows this run loaded (the run's batch) for each raw source that received any. The row checks
     run inside the warehouse (segflow.quality.in_engine): a first run's tens of millions of rows never become a
     pandas frame. Results go to quality.validation_results and the GX Data Docs like every other suite's."""
+    from segflow.core.engines import DuckDBEngine
     from segflow.quality.in_engine import store_in_data_docs, validate_relation
 
     max_ts = pd.Timestamp(as_of + timedelta(days=2))
@@ -278,7 +279,9 @@ def validate_raw_tables(settings: Settings, as_of: date, run_id: str) -> dict:
         for suite, sql in RAW_BATCHES.items():
             if con.execute(f"SELECT 1 FROM ({sql}) AS batch LIMIT 1", [run_id]).fetchone() is None:
                 continue
-            suite_outcomes, results = validate_relation(con, suite, sql, [run_id], settings, params[suite])
+            suite_outcomes, results = validate_relation(
+                DuckDBEngine(con), suite, sql, [run_id], settings, params[suite]
+            )
             outcomes.extend(suite_outcomes)
             evaluated.append((suite, results))
     # GX's stores are written after the warehouse connection is closed (a writer may be waiting for it).

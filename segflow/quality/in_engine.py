@@ -7,8 +7,9 @@ reads a few example rows. Outcomes follow GX's semantics (nulls ignored except b
 unexpected counts and percentages; parity with GX's pandas evaluation is tested), and each result is stored in the
 GX context as a validation result, so Data Docs show it beside the suites GX evaluates itself.
 
-The SQL is standard (CASE inside sum, GROUP BY ... HAVING, LIMIT); only expectation types listed in
-`SUPPORTED` are accepted, and a suite using another type fails loudly rather than being skipped.
+The SQL is standard (CASE inside sum, GROUP BY ... HAVING, LIMIT) and runs on every engine of
+segflow.core.engines (DuckDB and PostgreSQL are tested equal); only expectation types listed in `SUPPORTED` are
+accepted, and a suite using another type fails loudly rather than being skipped.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import datetime as dt
 import math
 from typing import Any
 
+from segflow.core.engines import Engine, fetchone
 from segflow.quality.gates import ExpectationOutcome, gx_context, load_suite
 
 SUPPORTED = (
@@ -112,7 +114,7 @@ def _mostly_success(unexpected: int, counted: int, mostly: float | None) -> bool
 
 
 def validate_relation(
-    con,
+    engine: Engine,
     suite_name: str,
     relation_sql: str,
     sql_parameters: list[Any],
@@ -122,7 +124,7 @@ def validate_relation(
     """Evaluate the suite over `relation_sql` (a SELECT; `sql_parameters` bind its placeholders) in the engine.
 
     Args:
-        con: an open DuckDB connection (read-only is enough).
+        engine: the warehouse (segflow.core.engines); read-only is enough.
         suite_name: a suite in the expectations folder.
         relation_sql: the batch to judge.
         sql_parameters: values for the placeholders of `relation_sql`.
@@ -135,8 +137,7 @@ def validate_relation(
     parameters = parameters or {}
     suite, key = load_suite(settings, suite_name)
     batch = f"({relation_sql}) AS batch"
-    described = con.execute(f"DESCRIBE SELECT * FROM ({relation_sql})", sql_parameters).fetchall()
-    types = {row[0]: str(row[1]) for row in described}
+    types = engine.column_types(relation_sql, sql_parameters)
     expectations = []
     for expectation in suite.expectations:
         config = expectation.configuration
@@ -158,7 +159,8 @@ def validate_relation(
             continue
         row_checks[i] = unexpected_predicate(config.type, kwargs["column"], kwargs)
         aggregates.append(f"sum(CASE WHEN {row_checks[i]} THEN 1 ELSE 0 END)")
-    counts = con.execute(f"SELECT {', '.join(aggregates)} FROM {batch}", sql_parameters).fetchone()
+    counts = fetchone(engine, f"SELECT {', '.join(aggregates)} FROM {batch}", sql_parameters)
+    assert counts is not None  # an aggregate without GROUP BY returns one row
     rows = int(counts[0])
     nonnull = {c: int(counts[1 + j]) for j, c in enumerate(columns)}
     unexpected = {i: int(counts[1 + len(columns) + j] or 0) for j, i in enumerate(row_checks)}
@@ -183,7 +185,7 @@ def validate_relation(
             success = False
             result = {"observed_value": f"error: column {column} is not in the batch"}
         elif config.type == "expect_column_values_to_be_in_type_list":
-            sql_type = types[column]
+            sql_type = types[str(column)]
             dtype = PANDAS_DTYPES.get(sql_type.split("(")[0].upper(), sql_type)
             success = dtype in kwargs["type_list"]
             result = {"observed_value": dtype}
@@ -191,12 +193,13 @@ def validate_relation(
             assert column is not None  # every other supported type is a column map expectation
             if config.type == "expect_column_values_to_be_unique":
                 col = quote(column)
-                n = con.execute(
+                repeats = fetchone(
+                    engine,
                     f"SELECT coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM {batch} WHERE {col} IS NOT NULL "
                     f"GROUP BY {col} HAVING count(*) > 1) AS d",
                     sql_parameters,
-                ).fetchone()[0]
-                bad = int(n)
+                )
+                bad = int(repeats[0]) if repeats else 0
                 repeated = f"SELECT {col} FROM {batch} WHERE {col} IS NOT NULL GROUP BY {col} HAVING count(*) > 1"
                 condition = f"{col} IN ({repeated})"
                 params_for_sample = sql_parameters + sql_parameters
@@ -209,10 +212,10 @@ def validate_relation(
             if bad:
                 picked = [quote(column)] + ([quote(key)] if key and key in types else [])
                 order = quote(key) if key and key in types else quote(column)
-                sample = con.execute(
+                sample = engine.fetchall(
                     f"SELECT {', '.join(picked)} FROM {batch} WHERE {condition} ORDER BY {order} LIMIT 5",
                     params_for_sample,
-                ).fetchall()
+                )
                 sample_values = [row[0] for row in sample]
                 sample_keys = [str(row[1]) for row in sample] if len(picked) > 1 else []
             result = {

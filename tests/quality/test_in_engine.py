@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from segflow.core.dbt import currency_rates
+from segflow.core.engines import DuckDBEngine
 from segflow.extract import run_extract
 from segflow.quality.gates import RAW_BATCHES, validate_frame, validate_raw_tables
 from segflow.quality.in_engine import literal, validate_relation
@@ -40,7 +41,7 @@ def _outcomes(con, tmp_path, make_settings, expectations, parameters=None):
     folder = tmp_path / "suites"
     _suite(folder, expectations)
     settings = make_settings(tmp_path, tmp_path, SEGFLOW__QUALITY__EXPECTATIONS_DIR=str(folder))
-    outcomes, _ = validate_relation(con, "s", "SELECT * FROM t", [], settings, parameters)
+    outcomes, _ = validate_relation(DuckDBEngine(con), "s", "SELECT * FROM t", [], settings, parameters)
     return outcomes
 
 
@@ -117,7 +118,7 @@ def test_raw_suites_in_the_engine_equal_gx_on_defective_data(tmp_path, dirty_dat
     for suite, sql in RAW_BATCHES.items():
         with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
             con.execute("SET TimeZone = 'UTC'")
-            engine, _ = validate_relation(con, suite, sql, ["run-1"], settings, params[suite])
+            engine, _ = validate_relation(DuckDBEngine(con), suite, sql, ["run-1"], settings, params[suite])
             frame = con.execute(sql, ["run-1"]).df()
         if "birth_date" in frame:
             frame["birth_date"] = pd.to_datetime(frame["birth_date"])
@@ -137,3 +138,39 @@ def test_the_raw_gate_shows_its_results_in_data_docs(tmp_path, small_dataset, ma
     pages = {p.parent.parent.parent.name for p in (site / "validations").rglob("*.html")}
     assert {"raw_transactions", "raw_events", "raw_crm_contacts"} <= pages, pages
     assert "raw_events" in (site / "index.html").read_text()
+
+
+def test_the_same_suite_gives_the_same_outcomes_on_postgresql(tmp_path, dirty_dataset, make_settings, postgres_url):
+    """The raw events suite on the same defective rows, once in DuckDB and once in PostgreSQL."""
+    from sqlalchemy import create_engine, text
+
+    from segflow.core.engines import connect_engine
+
+    settings = make_settings(tmp_path, dirty_dataset)
+    run_extract(settings, AS_OF, "run-1")
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        events = con.execute("SELECT * FROM raw.events").df()
+    loader = create_engine(postgres_url)
+    with loader.begin() as conn:
+        conn.execute(text("CREATE SCHEMA raw"))
+    events.to_sql("events", loader, schema="raw", index=False)
+    loader.dispose()
+    params = {"max_ts": pd.Timestamp(AS_OF + timedelta(days=2))}
+    found = {}
+    for url in (f"duckdb://{settings.warehouse_path}", postgres_url):
+        with connect_engine(url) as engine:
+            outcomes, _ = validate_relation(
+                engine, "raw_events", RAW_BATCHES["raw_events"], ["run-1"], settings, params
+            )
+        found[engine.dialect] = [
+            (o.expectation, o.column, o.success, o.unexpected_count, o.element_count) for o in outcomes
+        ]
+    assert found["postgres"] == found["duckdb"]
+    assert [f for f in found["postgres"] if not f[2]], "the defective events fail an expectation on both engines"
+
+
+def test_an_unknown_warehouse_url_is_refused():
+    from segflow.core.engines import connect_engine
+
+    with pytest.raises(ValueError, match="unsupported warehouse URL scheme 'mysql'"), connect_engine("mysql://x/db"):
+        pass
