@@ -350,6 +350,13 @@ def model_features(model) -> list[str]:
 REASON_BATCH_ROWS = 200_000  # rows per prediction of the occluded copies: one call, bounded memory
 
 
+def _is_value(series: pd.Series, value) -> np.ndarray:
+    """Where `series` holds `value` (missing matching missing), as a plain boolean array."""
+    if pd.isna(value):
+        return series.isna().to_numpy(dtype=bool)
+    return series.eq(value).fillna(False).to_numpy(dtype=bool)
+
+
 def reason_codes(model, X: pd.DataFrame, top: int = 3, reference: pd.DataFrame | None = None) -> list[str | None]:
     """Per user, the features that raise their churn probability most, as 'feature=value (+points)': each
     feature's contribution is how much the probability falls when that feature alone is set to the typical value
@@ -366,25 +373,34 @@ def reason_codes(model, X: pd.DataFrame, top: int = 3, reference: pd.DataFrame |
         typical.append(series.mode().iloc[0] if col in CATEGORICAL_FEATURES else float(series.median()))
     if not columns:
         return [None] * len(X)
-    matrix = np.empty((len(X), len(columns)))
+    matrix = np.zeros((len(X), len(columns)))
+    # A user whose value already is the typical one gains nothing from setting it: exactly 0, not predicted. On
+    # generated data at 100k users that is a third of all (user, feature) pairs.
+    differs = np.column_stack([~_is_value(X[col], value) for col, value in zip(columns, typical, strict=True)])
     step = max(1, REASON_BATCH_ROWS // (len(columns) + 1))
     for start in range(0, len(X), step):
         part = X.iloc[start : start + step]
+        part_differs = differs[start : start + step]
         copies = [part]
-        for col, value in zip(columns, typical, strict=True):
-            changed = part.copy()
+        for j, (col, value) in enumerate(zip(columns, typical, strict=True)):
+            changed = part[part_differs[:, j]].copy()
             changed[col] = value
             copies.append(changed)
-        p = model.predict_proba(pd.concat(copies, ignore_index=True))[:, 1].reshape(len(copies), len(part))
-        matrix[start : start + len(part)] = (p[0] - p[1:]).T
+        p = model.predict_proba(pd.concat(copies, ignore_index=True))[:, 1]
+        base, offset = p[: len(part)], len(part)
+        for j in range(len(columns)):
+            rows = np.flatnonzero(part_differs[:, j])
+            matrix[start + rows, j] = base[rows] - p[offset : offset + len(rows)]
+            offset += len(rows)
     order = np.argsort(-matrix, axis=1)[:, :top]
+    values = X[columns].to_numpy(dtype=object)
     out: list[str | None] = []
     for i in range(len(X)):
         parts = []
         for j in order[i]:
             if matrix[i, j] < 0.005:  # below half a percentage point: not a reason
                 break
-            value = X.iloc[i][columns[j]]
+            value = values[i, j]
             shown = "unknown" if pd.isna(value) else (value if isinstance(value, str) else f"{float(value):g}")
             parts.append(f"{columns[j]}={shown} (+{matrix[i, j]:.2f})")
         out.append("; ".join(parts) or None)
