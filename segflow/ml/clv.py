@@ -151,8 +151,11 @@ class GammaGamma:
             return -cls.log_likelihood(np.exp(log_params), x, m).sum() / len(x)
 
         start = np.log([1.0, 1.0, max(float(np.median(m)), 1.0)])
+        # Nelder-Mead finds the basin, L-BFGS-B polishes. On Online Retail it converges in ~200 iterations; where
+        # values barely vary within a customer the likelihood has a ridge towards p -> infinity that Nelder-Mead
+        # walks until maxiter (20,000 took 70 s at 100k users, 2,000 reaches the same optimum after the polish).
         best = minimize(
-            objective, start, method="Nelder-Mead", options={"maxiter": 20_000, "xatol": 1e-8, "fatol": 1e-10}
+            objective, start, method="Nelder-Mead", options={"maxiter": 2_000, "xatol": 1e-8, "fatol": 1e-10}
         )
         bounds = [(np.log(1e-8), np.log(1e8))] * 3
         best = minimize(objective, np.clip(best.x, bounds[0][0], bounds[0][1]), method="L-BFGS-B", bounds=bounds)
