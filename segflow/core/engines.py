@@ -62,12 +62,24 @@ class DuckDBEngine:
 
 
 @functools.lru_cache(maxsize=256)
-def transpile(sql: str, dialect: str) -> str:
-    """`sql` (DuckDB's dialect) in another engine's dialect; unsupported constructs raise rather than degrade."""
+def transpile(sql: str, dialect: str, escape_percent: bool = False) -> str:
+    """`sql` (DuckDB's dialect) in another engine's dialect; unsupported constructs raise rather than degrade.
+    `escape_percent` doubles `%` inside string literals, for drivers that format parameters with `%s` (psycopg2
+    would otherwise read the `%+` of a regular expression as a placeholder)."""
     import sqlglot
+    from sqlglot import exp
     from sqlglot.errors import ErrorLevel
 
-    return sqlglot.transpile(sql, read="duckdb", write=dialect, unsupported_level=ErrorLevel.RAISE)[0]
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    if escape_percent:
+        tree = tree.transform(
+            lambda node: (
+                exp.Literal.string(node.this.replace("%", "%%"))
+                if isinstance(node, exp.Literal) and node.is_string
+                else node
+            )
+        )
+    return tree.sql(dialect=dialect, unsupported_level=ErrorLevel.RAISE)
 
 
 class PostgresEngine:
@@ -78,7 +90,7 @@ class PostgresEngine:
 
     def _execute(self, sql: str, params: Sequence[Any]):
         cursor = self.con.cursor()
-        cursor.execute(transpile(sql, self.dialect), list(params))
+        cursor.execute(transpile(sql, self.dialect, escape_percent=bool(params)), list(params))
         return cursor
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:

@@ -239,25 +239,49 @@ def _run_suites(settings: Settings, batches: dict[str, tuple[pd.DataFrame, dict]
     return enforce(outcomes)
 
 
-# Validation frames: the rows this run loaded plus columns the suites need that a single row cannot tell
-# (is the customer known to the CRM? does the normalised email repeat?).
-RAW_BATCHES = {
-    "raw_transactions": """
-        SELECT t.* REPLACE (CASE WHEN position('@' IN t.customer_ref) > 0 THEN '(an email)' ELSE t.customer_ref END AS customer_ref),
-               t.order_id || '|' || coalesce(t.line_id, '') AS order_line_key, (NOT EXISTS (SELECT 1 FROM raw.crm_contacts)
-                     OR t.customer_ref IN (SELECT contact_id FROM raw.crm_contacts)
-                     OR lower(trim(t.customer_ref)) IN (SELECT lower(trim(email)) FROM raw.crm_contacts)) AS customer_known
-        FROM raw.transactions t WHERE t._run_id = ?""",
-    "raw_events": "SELECT * FROM raw.events WHERE _run_id = ?",
-    # Clear-text PII never reaches GX (results, logs and Data Docs show unexpected values): the suite judges flags
-    # computed here. A shared email is checked within the run's batch.
-    "raw_crm_contacts": """
-        SELECT * EXCLUDE (email, phone, first_name, last_name),
-               CASE WHEN email IS NOT NULL THEN regexp_full_match(trim(email), '[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+[.][A-Za-z]{2,}') END
-                   AS email_is_valid,
-               email IS NOT NULL AND count(*) OVER (PARTITION BY lower(trim(email))) > 1 AS email_shared
-        FROM raw.crm_contacts WHERE _run_id = ?""",
+# The batches the raw suites judge: the rows this run loaded plus columns a single row cannot tell (is the
+# customer known to the CRM? does the normalised email repeat?). Written in portable SQL with the loaded table's
+# columns listed (segflow.core.engines transpiles it for each engine).
+EMAIL_PATTERN = "^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+[.][A-Za-z]{2,}$"
+RAW_TABLES = {"raw_transactions": "transactions", "raw_events": "events", "raw_crm_contacts": "crm_contacts"}
+# Clear-text PII never reaches GX (results, logs and Data Docs show unexpected values): these columns are left
+# out or masked, and the suite judges flags computed from them. A shared email is checked within the run's batch.
+RAW_PII_EXCLUDED = {"raw_crm_contacts": ("email", "phone", "first_name", "last_name")}
+RAW_REPLACED = {
+    "raw_transactions": {
+        "customer_ref": "CASE WHEN position('@' IN t.customer_ref) > 0 THEN '(an email)' ELSE t.customer_ref END"
+    }
 }
+RAW_DERIVED = {
+    "raw_transactions": [
+        "t.order_id || '|' || coalesce(t.line_id, '') AS order_line_key",
+        """(NOT EXISTS (SELECT 1 FROM raw.crm_contacts)
+            OR t.customer_ref IN (SELECT contact_id FROM raw.crm_contacts)
+            OR lower(trim(t.customer_ref)) IN (SELECT lower(trim(email)) FROM raw.crm_contacts)) AS customer_known""",
+    ],
+    "raw_crm_contacts": [
+        f"CASE WHEN t.email IS NOT NULL THEN regexp_matches(trim(t.email), '{EMAIL_PATTERN}') END AS email_is_valid",
+        "t.email IS NOT NULL AND count(*) OVER (PARTITION BY lower(trim(t.email))) > 1 AS email_shared",
+    ],
+}
+
+
+def raw_batch_sql(engine, suite: str) -> str:
+    """The SELECT of `suite`'s batch (one `?`: the run id) over the loaded table's current columns.
+
+    Args:
+        engine: the warehouse (segflow.core.engines).
+        suite: a raw suite name (a key of RAW_TABLES).
+
+    Returns:
+        Portable SQL in DuckDB's dialect.
+    """
+    table = f"raw.{RAW_TABLES[suite]}"
+    excluded = RAW_PII_EXCLUDED.get(suite, ())
+    replaced = RAW_REPLACED.get(suite, {})
+    columns = [c for c in engine.column_types(f"SELECT * FROM {table}") if c not in excluded]
+    select = [f"{replaced[c]} AS {c}" if c in replaced else f't."{c}"' for c in columns]
+    return f"SELECT {', '.join(select + RAW_DERIVED.get(suite, []))} FROM {table} AS t WHERE t._run_id = ?"
 
 
 def validate_raw_tables(settings: Settings, as_of: date, run_id: str) -> dict:
@@ -276,12 +300,12 @@ def validate_raw_tables(settings: Settings, as_of: date, run_id: str) -> dict:
     outcomes: list[ExpectationOutcome] = []
     evaluated = []
     with connect(settings.warehouse_path, read_only=True) as con:
-        for suite, sql in RAW_BATCHES.items():
+        engine = DuckDBEngine(con)
+        for suite in RAW_TABLES:
+            sql = raw_batch_sql(engine, suite)
             if con.execute(f"SELECT 1 FROM ({sql}) AS batch LIMIT 1", [run_id]).fetchone() is None:
                 continue
-            suite_outcomes, results = validate_relation(
-                DuckDBEngine(con), suite, sql, [run_id], settings, params[suite]
-            )
+            suite_outcomes, results = validate_relation(engine, suite, sql, [run_id], settings, params[suite])
             outcomes.extend(suite_outcomes)
             evaluated.append((suite, results))
     # GX's stores are written after the warehouse connection is closed (a writer may be waiting for it).

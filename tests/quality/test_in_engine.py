@@ -12,7 +12,7 @@ import pytest
 from segflow.core.dbt import currency_rates
 from segflow.core.engines import DuckDBEngine
 from segflow.extract import run_extract
-from segflow.quality.gates import RAW_BATCHES, validate_frame, validate_raw_tables
+from segflow.quality.gates import RAW_TABLES, raw_batch_sql, validate_frame, validate_raw_tables
 from segflow.quality.in_engine import literal, validate_relation
 from tests.conftest import AS_OF
 
@@ -101,23 +101,26 @@ def test_arguments_are_quoted_as_literals():
         literal(float("nan"))
 
 
+def raw_parameters():
+    """The suites' parameters as the raw gate sets them for AS_OF."""
+    return {
+        "raw_transactions": {"max_ts": pd.Timestamp(AS_OF + timedelta(days=2)), "currencies": sorted(currency_rates())},
+        "raw_events": {"max_ts": pd.Timestamp(AS_OF + timedelta(days=2))},
+        "raw_crm_contacts": {"min_birth_date": pd.Timestamp("1900-01-01"), "as_of": pd.Timestamp(AS_OF)},
+    }
+
+
 def test_raw_suites_in_the_engine_equal_gx_on_defective_data(tmp_path, dirty_dataset, make_settings):
     """Every raw suite on the defective generated data: success and unexpected count of each expectation as GX's
     pandas engine finds them on the same batch pulled into a frame (the way the raw gate used to run)."""
     settings = make_settings(tmp_path, dirty_dataset)
     run_extract(settings, AS_OF, "run-1")
-    params = {
-        "raw_transactions": {
-            "max_ts": pd.Timestamp(AS_OF + timedelta(days=2)),
-            "currencies": sorted(currency_rates()),
-        },
-        "raw_events": {"max_ts": pd.Timestamp(AS_OF + timedelta(days=2))},
-        "raw_crm_contacts": {"min_birth_date": pd.Timestamp("1900-01-01"), "as_of": pd.Timestamp(AS_OF)},
-    }
+    params = raw_parameters()
     failures = 0
-    for suite, sql in RAW_BATCHES.items():
+    for suite in RAW_TABLES:
         with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
             con.execute("SET TimeZone = 'UTC'")
+            sql = raw_batch_sql(DuckDBEngine(con), suite)
             engine, _ = validate_relation(DuckDBEngine(con), suite, sql, ["run-1"], settings, params[suite])
             frame = con.execute(sql, ["run-1"]).df()
         if "birth_date" in frame:
@@ -140,33 +143,37 @@ def test_the_raw_gate_shows_its_results_in_data_docs(tmp_path, small_dataset, ma
     assert "raw_events" in (site / "index.html").read_text()
 
 
-def test_the_same_suite_gives_the_same_outcomes_on_postgresql(tmp_path, dirty_dataset, make_settings, postgres_url):
-    """The raw events suite on the same defective rows, once in DuckDB and once in PostgreSQL."""
+def test_the_raw_suites_give_the_same_outcomes_on_postgresql(tmp_path, dirty_dataset, make_settings, postgres_url):
+    """Every raw suite on the same defective rows, once in DuckDB and once in PostgreSQL (the loaded tables copied
+    there): the batch SQL and the compiled checks are transpiled, the outcomes are equal."""
     from sqlalchemy import create_engine, text
 
     from segflow.core.engines import connect_engine
 
     settings = make_settings(tmp_path, dirty_dataset)
     run_extract(settings, AS_OF, "run-1")
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
-        events = con.execute("SELECT * FROM raw.events").df()
     loader = create_engine(postgres_url)
     with loader.begin() as conn:
         conn.execute(text("CREATE SCHEMA raw"))
-    events.to_sql("events", loader, schema="raw", index=False)
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        for table in RAW_TABLES.values():
+            con.execute(f"SELECT * FROM raw.{table}").df().to_sql(table, loader, schema="raw", index=False)
     loader.dispose()
-    params = {"max_ts": pd.Timestamp(AS_OF + timedelta(days=2))}
-    found = {}
+    found: dict[str, list] = {}
     for url in (f"duckdb://{settings.warehouse_path}", postgres_url):
         with connect_engine(url) as engine:
-            outcomes, _ = validate_relation(
-                engine, "raw_events", RAW_BATCHES["raw_events"], ["run-1"], settings, params
-            )
-        found[engine.dialect] = [
-            (o.expectation, o.column, o.success, o.unexpected_count, o.element_count) for o in outcomes
-        ]
+            for suite, params in raw_parameters().items():
+                outcomes, _ = validate_relation(
+                    engine, suite, raw_batch_sql(engine, suite), ["run-1"], settings, params
+                )
+                found.setdefault(engine.dialect, []).extend(
+                    (suite, o.expectation, o.column, o.success, o.unexpected_count, o.element_count) for o in outcomes
+                )
     assert found["postgres"] == found["duckdb"]
-    assert [f for f in found["postgres"] if not f[2]], "the defective events fail an expectation on both engines"
+    failed = {f[:3] for f in found["postgres"] if not f[3]}
+    assert ("raw_crm_contacts", "expect_column_values_to_be_in_set", "email_is_valid") in failed  # the regex
+    assert ("raw_transactions", "expect_column_values_to_be_in_set", "customer_known") in failed
+    assert ("raw_events", "expect_column_values_to_be_between", "event_ts") in failed
 
 
 def test_an_unknown_warehouse_url_is_refused():
