@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -32,6 +33,7 @@ from segflow.core.config import Settings
 from segflow.core.dbt import currency_rates
 from segflow.core.tables import VALIDATION_RESULTS_DDL
 from segflow.core.warehouse import connect
+from segflow.extract.mapping import quote_ident
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,25 @@ def _batch_definition(context, asset_name: str):
         return asset.add_batch_definition_whole_dataframe("batch")
 
 
+def run_identifier(run_name: str, run_time: datetime | None = None):
+    """GX's run identifier for `run_name` (the as-of date and run id), in the characters its stores accept."""
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    return RunIdentifier(run_name=re.sub(r"[^A-Za-z0-9_.=-]+", "_", run_name), run_time=run_time)
+
+
+def observed_text(result: dict[str, Any]) -> Any:
+    """What an expectation observed, as recorded: its observed value, or for a row-level expectation the count and
+    share of unexpected rows with up to three of them."""
+    observed = result.get("observed_value")
+    if observed is None and result.get("unexpected_count") is not None:
+        observed = (
+            f"{result['unexpected_count']} unexpected of {result.get('element_count')}"
+            f" ({result.get('unexpected_percent') or 0:.2f}%); e.g. {result.get('partial_unexpected_list', [])[:3]}"
+        )
+    return observed
+
+
 def validate_frame(
     settings: Settings,
     suite_name: str,
@@ -128,11 +149,8 @@ def validate_frame(
 ) -> list[ExpectationOutcome]:
     """Validate `frame` with the suite as a GX Checkpoint (result stored, Data Docs updated). `run_name` names
     the result in the Data Docs (the pipeline passes the as-of date and the Airflow run id)."""
-    import re
-
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
-    from great_expectations.core.run_identifier import RunIdentifier
 
     suite, key = load_suite(settings, suite_name)
     context = gx_context(settings)
@@ -155,19 +173,14 @@ def validate_frame(
             actions=[UpdateDataDocsAction(name="update_data_docs")],
         ),
     )
-    run_id = RunIdentifier(run_name=re.sub(r"[^A-Za-z0-9_.=-]+", "_", run_name)) if run_name else None
+    run_id = run_identifier(run_name) if run_name else None
     run = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters or {}, run_id=run_id)
     result = next(iter(run.run_results.values()))
     outcomes = []
     for r in result.results:
         cfg = r.expectation_config
         res = r.result or {}
-        observed = res.get("observed_value")
-        if observed is None and res.get("unexpected_count") is not None:
-            observed = (
-                f"{res['unexpected_count']} unexpected of {res.get('element_count')} ({res.get('unexpected_percent') or 0:.2f}%)"
-                f"; e.g. {res.get('partial_unexpected_list', [])[:3]}"
-            )
+        observed = observed_text(res)
         info = r.exception_info or {}
         errors = (
             [info]
@@ -280,8 +293,18 @@ def raw_batch_sql(engine, suite: str) -> str:
     excluded = RAW_PII_EXCLUDED.get(suite, ())
     replaced = RAW_REPLACED.get(suite, {})
     columns = [c for c in engine.column_types(f"SELECT * FROM {table}") if c not in excluded]
-    select = [f"{replaced[c]} AS {c}" if c in replaced else f't."{c}"' for c in columns]
+    select = [f"{replaced[c]} AS {quote_ident(c)}" if c in replaced else f"t.{quote_ident(c)}" for c in columns]
     return f"SELECT {', '.join(select + RAW_DERIVED.get(suite, []))} FROM {table} AS t WHERE t._run_id = ?"
+
+
+def raw_parameters(as_of: date) -> dict[str, dict[str, Any]]:
+    """The raw suites' `$PARAMETER` values for a run as of `as_of`."""
+    max_ts = pd.Timestamp(as_of + timedelta(days=2))
+    return {
+        "raw_transactions": {"max_ts": max_ts, "currencies": sorted(currency_rates())},
+        "raw_events": {"max_ts": max_ts},
+        "raw_crm_contacts": {"min_birth_date": pd.Timestamp("1900-01-01"), "as_of": pd.Timestamp(as_of)},
+    }
 
 
 def validate_raw_tables(settings: Settings, as_of: date, run_id: str) -> dict:
@@ -291,12 +314,7 @@ def validate_raw_tables(settings: Settings, as_of: date, run_id: str) -> dict:
     from segflow.core.engines import DuckDBEngine
     from segflow.quality.in_engine import store_in_data_docs, validate_relation
 
-    max_ts = pd.Timestamp(as_of + timedelta(days=2))
-    params: dict[str, dict[str, Any]] = {
-        "raw_transactions": {"max_ts": max_ts, "currencies": sorted(currency_rates())},
-        "raw_events": {"max_ts": max_ts},
-        "raw_crm_contacts": {"min_birth_date": pd.Timestamp("1900-01-01"), "as_of": pd.Timestamp(as_of)},
-    }
+    params = raw_parameters(as_of)
     outcomes: list[ExpectationOutcome] = []
     evaluated = []
     with connect(settings.warehouse_path, read_only=True) as con:

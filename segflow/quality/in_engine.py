@@ -19,16 +19,21 @@ import math
 from typing import Any
 
 from segflow.core.engines import Engine, fetchone
-from segflow.quality.gates import ExpectationOutcome, gx_context, load_suite
+from segflow.extract.mapping import quote_ident, quote_literal
+from segflow.quality.gates import ExpectationOutcome, gx_context, load_suite, observed_text, run_identifier
 
+# Expectations a row condition decides (counted in the one aggregate scan).
+ROW_CONDITIONS = (
+    "expect_column_values_to_not_be_null",
+    "expect_column_values_to_be_in_set",
+    "expect_column_values_to_be_between",
+)
 SUPPORTED = (
     "expect_table_columns_to_match_set",
     "expect_table_row_count_to_be_between",
     "expect_column_values_to_be_in_type_list",
-    "expect_column_values_to_not_be_null",
     "expect_column_values_to_be_unique",
-    "expect_column_values_to_be_in_set",
-    "expect_column_values_to_be_between",
+    *ROW_CONDITIONS,
 )
 
 # The pandas dtype a DuckDB column type arrives as, so suites written for GX's pandas engine keep their type lists.
@@ -50,10 +55,6 @@ PANDAS_DTYPES = {
 }
 
 
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def literal(value: Any) -> str:
     """A SQL literal for an expectation argument (suites are trusted code, but quoting stays exact)."""
     if value is None:
@@ -69,7 +70,7 @@ def literal(value: Any) -> str:
         return f"TIMESTAMP '{stamp.replace(tzinfo=None).isoformat(sep=' ')}'"
     if isinstance(value, dt.date):
         return f"DATE '{value.isoformat()}'"
-    return "'" + str(value).replace("'", "''") + "'"
+    return quote_literal(value)
 
 
 def _resolve(value: Any, parameters: dict[str, Any]) -> Any:
@@ -83,7 +84,7 @@ def _resolve(value: Any, parameters: dict[str, Any]) -> Any:
 
 def unexpected_predicate(kind: str, column: str, kwargs: dict[str, Any]) -> str:
     """The SQL condition a row fails (nulls are never unexpected here except for the not-null check)."""
-    col = quote(column)
+    col = quote_ident(column)
     if kind == "expect_column_values_to_not_be_null":
         return f"{col} IS NULL"
     if kind == "expect_column_values_to_be_in_set":
@@ -148,14 +149,10 @@ def validate_relation(
 
     # One scan: every row condition's count, and the non-null count of every column a map expectation reads.
     columns = sorted({kw["column"] for _, kw in expectations if "column" in kw and kw["column"] in types})
-    aggregates = ["count(*)"] + [f"count({quote(c)})" for c in columns]
+    aggregates = ["count(*)"] + [f"count({quote_ident(c)})" for c in columns]
     row_checks: dict[int, str] = {}
     for i, (config, kwargs) in enumerate(expectations):
-        if config.type in ("expect_table_columns_to_match_set", "expect_table_row_count_to_be_between"):
-            continue
-        if config.type in ("expect_column_values_to_be_in_type_list", "expect_column_values_to_be_unique"):
-            continue
-        if kwargs["column"] not in types:
+        if config.type not in ROW_CONDITIONS or kwargs["column"] not in types:
             continue
         row_checks[i] = unexpected_predicate(config.type, kwargs["column"], kwargs)
         aggregates.append(f"sum(CASE WHEN {row_checks[i]} THEN 1 ELSE 0 END)")
@@ -169,30 +166,27 @@ def validate_relation(
     results: list[dict[str, Any]] = []
     for i, (config, kwargs) in enumerate(expectations):
         column = kwargs.get("column")
-        severity = (config.meta or {}).get("severity", "critical")
-        result: dict[str, Any] = {}
-        missing_column = column is not None and column not in types
+        sample_keys: list[str] = []
         if config.type == "expect_table_columns_to_match_set":
-            observed_columns = list(types)
             wanted = set(kwargs["column_set"])
-            success = wanted == set(observed_columns) if kwargs.get("exact_match", True) else wanted <= set(types)
-            result = {"observed_value": observed_columns}
+            success = wanted == set(types) if kwargs.get("exact_match", True) else wanted <= set(types)
+            result: dict[str, Any] = {"observed_value": list(types)}
         elif config.type == "expect_table_row_count_to_be_between":
             low, high = kwargs.get("min_value"), kwargs.get("max_value")
             success = (low is None or rows >= low) and (high is None or rows <= high)
             result = {"observed_value": rows}
-        elif missing_column:
+        elif column not in types:
             success = False
             result = {"observed_value": f"error: column {column} is not in the batch"}
         elif config.type == "expect_column_values_to_be_in_type_list":
-            sql_type = types[str(column)]
+            sql_type = types[column]
             dtype = PANDAS_DTYPES.get(sql_type.split("(")[0].upper(), sql_type)
             success = dtype in kwargs["type_list"]
             result = {"observed_value": dtype}
         else:
-            assert column is not None  # every other supported type is a column map expectation
             if config.type == "expect_column_values_to_be_unique":
-                col = quote(column)
+                col = quote_ident(column)
+                repeated = f"SELECT {col} FROM {batch} WHERE {col} IS NOT NULL GROUP BY {col} HAVING count(*) > 1"
                 repeats = fetchone(
                     engine,
                     f"SELECT coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM {batch} WHERE {col} IS NOT NULL "
@@ -200,44 +194,40 @@ def validate_relation(
                     sql_parameters,
                 )
                 bad = int(repeats[0]) if repeats else 0
-                repeated = f"SELECT {col} FROM {batch} WHERE {col} IS NOT NULL GROUP BY {col} HAVING count(*) > 1"
-                condition = f"{col} IN ({repeated})"
-                params_for_sample = sql_parameters + sql_parameters
+                condition, params_for_sample = f"{col} IN ({repeated})", sql_parameters + sql_parameters
             else:
                 bad, condition, params_for_sample = unexpected[i], row_checks[i], sql_parameters
             counted = rows if config.type == "expect_column_values_to_not_be_null" else nonnull[column]
             success = _mostly_success(bad, counted, kwargs.get("mostly"))
-            sample_values: list[Any] = []
-            sample_keys: list[str] = []
+            sample: list[tuple] = []
             if bad:
-                picked = [quote(column)] + ([quote(key)] if key and key in types else [])
-                order = quote(key) if key and key in types else quote(column)
+                keyed = bool(key) and key in types
+                picked = [quote_ident(column)] + ([quote_ident(key)] if keyed else [])
                 sample = engine.fetchall(
-                    f"SELECT {', '.join(picked)} FROM {batch} WHERE {condition} ORDER BY {order} LIMIT 5",
+                    f"SELECT {', '.join(picked)} FROM {batch} WHERE {condition} "
+                    f"ORDER BY {quote_ident(key) if keyed else picked[0]} LIMIT 5",
                     params_for_sample,
                 )
-                sample_values = [row[0] for row in sample]
-                sample_keys = [str(row[1]) for row in sample] if len(picked) > 1 else []
+                sample_keys = [str(row[1]) for row in sample] if keyed else []
             result = {
                 "element_count": rows,
                 "unexpected_count": bad,
                 "unexpected_percent": _percent(bad, counted),
                 "missing_count": rows - nonnull[column],
                 "missing_percent": _percent(rows - nonnull[column], rows),
-                "partial_unexpected_list": [_jsonable(v) for v in sample_values],
+                "partial_unexpected_list": [_jsonable(row[0]) for row in sample],
             }
-            observed = (
-                f"{bad} unexpected of {rows} ({result['unexpected_percent'] or 0:.2f}%)"
-                f"; e.g. {result['partial_unexpected_list'][:3]}"
-            )
-            outcomes.append(
-                ExpectationOutcome(suite_name, config.type, column, severity, success, observed, bad, rows, sample_keys)
-            )
-            results.append({"config": config, "success": success, "result": result})
-            continue
         outcomes.append(
             ExpectationOutcome(
-                suite_name, config.type, column, severity, bool(success), str(result["observed_value"]), None, None
+                suite_name,
+                config.type,
+                column,
+                (config.meta or {}).get("severity", "critical"),
+                bool(success),
+                str(observed_text(result)),
+                result.get("unexpected_count"),
+                result.get("element_count"),
+                sample_keys,
             )
         )
         results.append({"config": config, "success": bool(success), "result": result})
@@ -254,10 +244,7 @@ def _jsonable(value: Any) -> Any:
 
 def store_in_data_docs(settings, suite_name: str, results: list[dict[str, Any]], batch_id: str, run_name: str) -> None:
     """Record an in-engine evaluation as a GX validation result and render it into the Data Docs."""
-    import re
-
     from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
-    from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.resource_identifiers import (
         ExpectationSuiteIdentifier,
         ValidationResultIdentifier,
@@ -268,7 +255,7 @@ def store_in_data_docs(settings, suite_name: str, results: list[dict[str, Any]],
     context = gx_context(settings)
     suite, _ = load_suite(settings, suite_name)
     _replace(context.suites, suite)
-    run_id = RunIdentifier(run_name=re.sub(r"[^A-Za-z0-9_.=-]+", "_", run_name), run_time=dt.datetime.now(dt.UTC))
+    run_id = run_identifier(run_name, run_time=dt.datetime.now(dt.UTC))
     evaluated = [
         ExpectationValidationResult(success=r["success"], expectation_config=r["config"], result=r["result"])
         for r in results

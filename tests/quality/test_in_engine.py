@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 
 import duckdb
 import pandas as pd
 import pytest
 
-from segflow.core.dbt import currency_rates
 from segflow.core.engines import DuckDBEngine
 from segflow.extract import run_extract
-from segflow.quality.gates import RAW_TABLES, raw_batch_sql, validate_frame, validate_raw_tables
+from segflow.quality.gates import RAW_TABLES, raw_batch_sql, raw_parameters, validate_frame, validate_raw_tables
 from segflow.quality.in_engine import literal, validate_relation
 from tests.conftest import AS_OF
 
@@ -101,21 +99,12 @@ def test_arguments_are_quoted_as_literals():
         literal(float("nan"))
 
 
-def raw_parameters():
-    """The suites' parameters as the raw gate sets them for AS_OF."""
-    return {
-        "raw_transactions": {"max_ts": pd.Timestamp(AS_OF + timedelta(days=2)), "currencies": sorted(currency_rates())},
-        "raw_events": {"max_ts": pd.Timestamp(AS_OF + timedelta(days=2))},
-        "raw_crm_contacts": {"min_birth_date": pd.Timestamp("1900-01-01"), "as_of": pd.Timestamp(AS_OF)},
-    }
-
-
 def test_raw_suites_in_the_engine_equal_gx_on_defective_data(tmp_path, dirty_dataset, make_settings):
     """Every raw suite on the defective generated data: success and unexpected count of each expectation as GX's
     pandas engine finds them on the same batch pulled into a frame (the way the raw gate used to run)."""
     settings = make_settings(tmp_path, dirty_dataset)
     run_extract(settings, AS_OF, "run-1")
-    params = raw_parameters()
+    params = raw_parameters(AS_OF)
     failures = 0
     for suite in RAW_TABLES:
         with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
@@ -162,7 +151,7 @@ def test_the_raw_suites_give_the_same_outcomes_on_postgresql(tmp_path, dirty_dat
     found: dict[str, list] = {}
     for url in (f"duckdb://{settings.warehouse_path}", postgres_url):
         with connect_engine(url) as engine:
-            for suite, params in raw_parameters().items():
+            for suite, params in raw_parameters(AS_OF).items():
                 outcomes, _ = validate_relation(
                     engine, suite, raw_batch_sql(engine, suite), ["run-1"], settings, params
                 )
