@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from segflow.core.config import Settings
-from segflow.core.warehouse import connect
+from segflow.core.engines import connect_engine
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,14 @@ class WritebackSummary:
 
 
 def read_scored_users(settings: Settings) -> pd.DataFrame:
-    with connect(settings.warehouse_path, read_only=True) as con:
-        return con.execute("""
+    """The published scores of every user with the consent and contact fields write-back needs."""
+    with connect_engine(settings.warehouse_url) as engine:
+        return engine.frame("""
             SELECT s.user_id, s.as_of, s.persona, s.primary_segment, s.churn_risk_band, s.churn_probability,
                    s.churn_reasons, s.clv_12m, s.expected_orders_90d, s.p_alive, f.has_email_consent, f.is_crm_contact, f.email_sha256
             FROM marts.user_scores s JOIN marts.user_features f USING (user_id)
             ORDER BY s.user_id
-        """).df()
+        """)
 
 
 def crm_rows(scored: pd.DataFrame) -> pd.DataFrame:

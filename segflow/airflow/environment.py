@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from segflow.core.config import Settings
-from segflow.core.dbt import DBT_TARGET_ENV, dbt_target
+from segflow.core.dbt import DBT_TARGET_ENV, dbt_target, warehouse_env
 from segflow.core.resources import AIRFLOW_SETTINGS_DIR, DAGS_FOLDER, DBT_PROJECT_DIR, PACKAGE_DIR
 
 LOCAL_SETTINGS_DIR = AIRFLOW_SETTINGS_DIR  # airflow_local_settings.py
@@ -37,7 +37,7 @@ def airflow_environ(settings: Settings, environ: dict[str, str] | None = None) -
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
         "AIRFLOW__USAGE_DATA_COLLECTION__ENABLED": "False",
         "AIRFLOW__COSMOS__CACHE_DIR": str(home / "cosmos_cache"),
-        "SEGFLOW_WAREHOUSE_PATH": str(settings.warehouse_path),
+        **warehouse_env(settings),
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
         "DBT_PROFILES_DIR": str(DBT_PROJECT_DIR),
         DBT_TARGET_ENV: dbt_target(settings, environ),
@@ -58,7 +58,7 @@ def airflow_environ(settings: Settings, environ: dict[str, str] | None = None) -
     derived = (
         "PYTHONPATH",
         "PATH",
-        "SEGFLOW_WAREHOUSE_PATH",
+        *warehouse_env(settings),
         "MLFLOW_TRACKING_URI",
         "SEGFLOW_CONFIG",
         "DBT_PROFILES_DIR",

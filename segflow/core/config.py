@@ -34,6 +34,30 @@ class ConfigError(ValueError):
     """The configuration cannot be used. The message is one line naming the file or variable and the key."""
 
 
+class UnsupportedWarehouse(ConfigError):
+    """The configured warehouse engine cannot run the task asked of it (yet)."""
+
+
+WAREHOUSE_SCHEMES = {"duckdb": "duckdb", "postgresql": "postgresql", "postgres": "postgresql"}
+
+
+def warehouse_scheme(url: str) -> str:
+    """The engine a warehouse URL names (`duckdb` or `postgresql`; a driver suffix such as `+psycopg2` is ignored).
+
+    Args:
+        url: a `warehouse.url` value.
+
+    Returns:
+        The engine's name; raises ConfigError for any other scheme.
+    """
+    scheme = url.split("://", 1)[0].split("+")[0].lower() if "://" in url else ""
+    if scheme not in WAREHOUSE_SCHEMES:
+        raise ConfigError(
+            f"warehouse.url: unsupported scheme {scheme or url!r:.40} (duckdb:///path or postgresql://...)"
+        )
+    return WAREHOUSE_SCHEMES[scheme]
+
+
 # --- the schema: every key, its type and default -----------------------------------------------------------
 
 
@@ -69,13 +93,19 @@ MAPPING_KEYS = frozenset({"rename", "constants", "derive", "values", "formats", 
 
 
 class WarehouseConfig(_Section):
-    path: str = Field("warehouse/segflow.duckdb", description="The DuckDB warehouse file.")
+    path: str = Field("warehouse/segflow.duckdb", description="The DuckDB warehouse file (when `url` is not set).")
+    url: str | None = Field(
+        None,
+        description="Where the warehouse is: `duckdb:///path` (default: `path`) or "
+        "`postgresql://user@host:port/database` (password via ${ENV}). The dbt target follows it; docs/production.md "
+        "lists which tasks run on which engine.",
+    )
 
 
 class DbtConfig(_Section):
     target: str | None = Field(
         None,
-        description="Output of dbt_project/profiles.yml to build with (default: duckdb); "
+        description="Output of dbt_project/profiles.yml to build with (default: the engine of warehouse.url); "
         "the environment variable SEGFLOW_DBT_TARGET wins.",
     )
 
@@ -395,6 +425,32 @@ def resolve_sqlite_url(url: str, root: Path) -> str:
     return url
 
 
+def redact_url(url: str) -> str:
+    """`url` with its password (if any) replaced by ***, for messages and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
+
+
+def resolve_warehouse_url(warehouse: dict[str, Any], root: Path, environ: dict[str, str]) -> None:
+    """Expand ${ENV} in `warehouse.url` and make a DuckDB URL's path absolute; a DuckDB URL sets `warehouse.path`
+    too, so `path` and `url` never name different files."""
+    if not warehouse.get("url"):
+        return
+    url = expand_env_refs(str(warehouse["url"]), environ)
+    if warehouse_scheme(url) == "duckdb":
+        # As SQLAlchemy reads them: duckdb:///relative/to/root.duckdb, duckdb:////absolute/path.duckdb.
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        if not path or path == ":memory:":
+            raise ConfigError("warehouse.url: a DuckDB warehouse needs a file (duckdb:///path/to/file.duckdb)")
+        warehouse["path"] = str((root / path).resolve())
+        url = f"duckdb:///{warehouse['path']}"
+    warehouse["url"] = url
+
+
 def find_config_file(
     explicit: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None
 ) -> Path | None:
@@ -450,7 +506,24 @@ class Settings:
         return default if node is None else node
 
     @property
+    def warehouse_url(self) -> str:
+        """The warehouse as a URL (segflow.core.engines.connect_engine); the DuckDB file when none is set."""
+        return self.raw["warehouse"]["url"] or f"duckdb:///{self.raw['warehouse']['path']}"
+
+    @property
+    def warehouse_engine(self) -> str:
+        """`duckdb` or `postgresql`: the scheme of `warehouse_url`."""
+        return warehouse_scheme(self.warehouse_url)
+
+    @property
     def warehouse_path(self) -> Path:
+        """The DuckDB warehouse file. Raises for another engine: a task that only speaks DuckDB must not quietly
+        read or write a local file while the warehouse is elsewhere."""
+        if self.warehouse_engine != "duckdb":
+            raise UnsupportedWarehouse(
+                f"warehouse.url is a {self.warehouse_engine} warehouse, and this task still reads and writes the "
+                "warehouse through DuckDB only (docs/production.md lists the tasks that run on other engines)"
+            )
         return Path(self.raw["warehouse"]["path"])
 
     @property
@@ -505,6 +578,7 @@ def load_settings(path: str | os.PathLike | None = None, environ: dict[str, str]
     for section, key in URL_KEYS:
         if resolved[section].get(key):
             resolved[section][key] = resolve_sqlite_url(expand_env_refs(str(resolved[section][key]), environ), root)
+    resolve_warehouse_url(resolved["warehouse"], root, environ)
     model = SegflowConfig.model_validate(resolved)
     return Settings(raw=model.model_dump(), root=root, config_file=config_file, model=model)
 

@@ -5,9 +5,10 @@ The daily build itself runs through Cosmos in the DAG; both use the same project
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +30,48 @@ def currency_rates() -> dict[str, float]:
 
 def dbt_target(settings: Settings | None = None, environ: Mapping[str, str] | None = None) -> str:
     """The one mapping from the environment to the dbt target (an output of dbt_project/profiles.yml): the
-    variable SEGFLOW_DBT_TARGET, else `dbt.target` of segflow.yml, else duckdb. The DAGs (at parse time, from
-    the environment Airflow runs with), the CLI, training builds and the docs build all call it."""
+    variable SEGFLOW_DBT_TARGET, else `dbt.target` of segflow.yml, else the engine of `warehouse.url` (duckdb or
+    postgres). The DAGs (at parse time, from the environment Airflow runs with), the CLI, training builds and the
+    docs build all call it."""
     environ = os.environ if environ is None else environ
     configured = settings.model.dbt.target if settings is not None else None
-    return environ.get(DBT_TARGET_ENV) or configured or DEFAULT_DBT_TARGET
+    follows = WAREHOUSE_TARGETS[settings.warehouse_engine] if settings is not None else DEFAULT_DBT_TARGET
+    return environ.get(DBT_TARGET_ENV) or configured or follows
+
+
+WAREHOUSE_TARGETS = {"duckdb": "duckdb", "postgresql": "postgres"}  # engine of warehouse.url -> profiles.yml output
+# What profiles.yml's postgres output reads, taken from a postgresql:// warehouse.url.
+POSTGRES_ENV = {
+    "host": "SEGFLOW_PG_HOST",
+    "port": "SEGFLOW_PG_PORT",
+    "username": "SEGFLOW_PG_USER",
+    "password": "SEGFLOW_PG_PASSWORD",
+    "database": "SEGFLOW_PG_DATABASE",
+}
+
+
+def warehouse_env(settings: Settings) -> dict[str, str]:
+    """The variables profiles.yml reads to reach the configured warehouse: the DuckDB file, or the PostgreSQL
+    server's host, port, user, password and database from `warehouse.url`."""
+    if settings.warehouse_engine == "duckdb":
+        return {"SEGFLOW_WAREHOUSE_PATH": str(settings.warehouse_path)}
+    from urllib.parse import unquote, urlsplit
+
+    url = urlsplit(settings.warehouse_url)
+    parts = {
+        "host": url.hostname or "127.0.0.1",
+        "port": str(url.port or 5432),
+        "username": unquote(url.username or "postgres"),
+        "password": unquote(url.password or ""),
+        "database": url.path.lstrip("/") or "postgres",
+    }
+    return {POSTGRES_ENV[key]: value for key, value in parts.items()}
 
 
 def dbt_env(settings: Settings) -> dict[str, str]:
-    """Environment dbt needs: the warehouse path and the target from the settings (profiles.yml reads them)."""
+    """Environment dbt needs: where the warehouse is and the target, from the settings (profiles.yml reads them)."""
     env = {
-        "SEGFLOW_WAREHOUSE_PATH": str(settings.warehouse_path),
+        **warehouse_env(settings),
         "DBT_PROFILES_DIR": str(DBT_PROJECT_DIR),
         DBT_TARGET_ENV: dbt_target(settings),
     }
@@ -132,13 +164,28 @@ def release_dbt_duckdb(*_args: Any, **_kwargs: Any) -> None:
         environment.close()
 
 
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` set in os.environ for the block, the previous values (or their absence) restored after it."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def run_dbt(settings: Settings, args: list[str], vars: dict[str, Any] | None = None) -> Any:
     """Invoke dbt in-process; raise DbtError with the failing nodes when the command fails."""
     from dbt.cli.main import dbtRunner
 
     cli_vars, date_env = split_dbt_vars(vars)
-    os.environ.update({**dbt_env(settings), **date_env})
-    Path(settings.warehouse_path).parent.mkdir(parents=True, exist_ok=True)
+    if settings.warehouse_engine == "duckdb":
+        Path(settings.warehouse_path).parent.mkdir(parents=True, exist_ok=True)
     cli = [
         *args,
         "--project-dir",
@@ -150,10 +197,13 @@ def run_dbt(settings: Settings, args: list[str], vars: dict[str, Any] | None = N
     ]
     if cli_vars:
         cli += ["--vars", json.dumps(cli_vars)]
-    try:
-        result = dbtRunner().invoke(cli)
-    finally:
-        release_dbt_duckdb()
+    # The variables hold for this invocation only: left in the process, they would choose the target and warehouse
+    # of the next invocation with other settings (SEGFLOW_DBT_TARGET wins over the settings by design).
+    with _environment({**dbt_env(settings), **date_env}):
+        try:
+            result = dbtRunner().invoke(cli)
+        finally:
+            release_dbt_duckdb()
     if not result.success:
         failures = []
         for node in getattr(result.result, "results", None) or []:

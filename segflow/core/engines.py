@@ -13,8 +13,11 @@ import contextlib
 import functools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # PostgreSQL type OIDs (pg_type) as DuckDB names the same types.
 POSTGRES_TYPES = {
@@ -42,10 +45,33 @@ class Engine(Protocol):
 
     def column_types(self, sql: str, params: Sequence[Any] = ()) -> dict[str, str]: ...
 
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run a statement (or, without parameters, several separated by `;`) and commit it."""
+        ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement for each row of parameters, all committed together."""
+        ...
+
+    def frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        """The query's rows as a DataFrame with DuckDB's dtypes (datetime64 dates, nullable integers, floats)."""
+        ...
+
+    def transaction(self, **frames: pd.DataFrame) -> contextlib.AbstractContextManager[Any]:
+        """A block whose statements commit together at its end or not at all; each keyword's DataFrame is a table
+        of that name for the block's SQL (loaded through the engine's bulk path)."""
+        ...
+
 
 def fetchone(engine: Engine, sql: str, params: Sequence[Any] = ()) -> tuple | None:
     rows = engine.fetchall(sql, params)
     return rows[0] if rows else None
+
+
+def scalar(engine: Engine, sql: str, params: Sequence[Any] = ()) -> Any:
+    """The first column of the first row of `sql` (None when it returns no row)."""
+    row = fetchone(engine, sql, params)
+    return None if row is None else row[0]
 
 
 class DuckDBEngine:
@@ -59,6 +85,20 @@ class DuckDBEngine:
 
     def column_types(self, sql: str, params: Sequence[Any] = ()) -> dict[str, str]:
         return {row[0]: str(row[1]) for row in self.fetchall(f"DESCRIBE SELECT * FROM ({sql})", params)}
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.con.execute(sql, list(params))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.con.executemany(sql, [list(row) for row in rows])
+
+    def frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        return self.con.execute(sql, list(params)).df()
+
+    def transaction(self, **frames: pd.DataFrame) -> contextlib.AbstractContextManager[Any]:
+        from segflow.core.warehouse import transaction
+
+        return transaction(self.con, **frames)
 
 
 @functools.lru_cache(maxsize=256)
@@ -82,16 +122,80 @@ def transpile(sql: str, dialect: str, escape_percent: bool = False) -> str:
     return tree.sql(dialect=dialect, unsupported_level=ErrorLevel.RAISE)
 
 
+INTEGER_OIDS = (20, 21, 23)
+TEMPORAL_OIDS = (1082, 1114, 1184)
+TEXT_OIDS = (25, 1043)
+
+
+def postgres_column_type(values: pd.Series) -> str:
+    """The PostgreSQL type of a temporary table column holding `values`."""
+    import datetime as dt
+
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(values):
+        return "BOOLEAN"
+    if pd.api.types.is_integer_dtype(values):
+        return "BIGINT"
+    if pd.api.types.is_float_dtype(values):
+        return "DOUBLE PRECISION"
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return "TIMESTAMP"
+    present = values.dropna()
+    if len(present) and all(isinstance(v, dt.datetime) for v in present):
+        return "TIMESTAMP"
+    if len(present) and all(isinstance(v, dt.date) for v in present):
+        return "DATE"
+    return "TEXT"
+
+
+COPY_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
+
+
+def copy_text(frame: pd.DataFrame) -> str:
+    """`frame` in the text format of PostgreSQL's COPY: tab-separated, backslash escapes, NULL as \\N; floats keep
+    every digit (repr), so values round-trip exactly."""
+    if frame.empty:
+        return ""
+    lines: pd.Series | None = None
+    for column in frame.columns:
+        values = frame[column]
+        text = values.astype(str).astype(object)
+        for raw, escaped in COPY_ESCAPES:
+            text = text.str.replace(raw, escaped, regex=False)
+        text = text.where(values.notna(), "\\N")
+        lines = text if lines is None else lines + "\t" + text
+    return "\n".join(lines) + "\n"  # type: ignore[arg-type]  # a frame with rows has a column
+
+
 class PostgresEngine:
     dialect = "postgres"
 
     def __init__(self, con) -> None:
         self.con = con
+        self.in_transaction = False
 
     def _execute(self, sql: str, params: Sequence[Any]):
         cursor = self.con.cursor()
         cursor.execute(transpile(sql, self.dialect, escape_percent=bool(params)), list(params))
         return cursor
+
+    def _unit(self) -> contextlib.AbstractContextManager[Any]:
+        """Commit at the end of this statement, unless it is part of a transaction() block."""
+        # psycopg2's `with connection` is a transaction (also in autocommit sessions) that commits when it ends.
+        return contextlib.nullcontext() if self.in_transaction else self.con
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        import sqlglot
+
+        statements = [sql] if params else [s.sql("duckdb") for s in sqlglot.parse(sql, read="duckdb") if s]
+        with self._unit():
+            for statement in statements:
+                self._execute(statement, params).close()
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self._unit(), contextlib.closing(self.con.cursor()) as cursor:
+            cursor.executemany(transpile(sql, self.dialect, escape_percent=True), [list(row) for row in rows])
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with contextlib.closing(self._execute(sql, params)) as cursor:
@@ -101,13 +205,53 @@ class PostgresEngine:
         with contextlib.closing(self._execute(f"SELECT * FROM ({sql}) AS q LIMIT 0", params)) as cursor:
             return {d.name: POSTGRES_TYPES.get(d.type_code, f"OID {d.type_code}") for d in cursor.description}
 
+    def frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        import pandas as pd
+
+        with contextlib.closing(self._execute(sql, params)) as cursor:
+            rows = cursor.fetchall()
+            description = cursor.description
+        columns: dict[str, Any] = {}
+        for i, d in enumerate(description):
+            values = [row[i] for row in rows]
+            if d.type_code in INTEGER_OIDS:
+                columns[d.name] = pd.array(values, dtype="Int64")
+            elif d.type_code in (700, 701, 1700):  # NUMERIC arrives as Decimal
+                columns[d.name] = pd.to_numeric(pd.Series(values, dtype="object"), errors="coerce").astype("float64")
+            elif d.type_code in TEMPORAL_OIDS:
+                columns[d.name] = pd.to_datetime(pd.Series(values, dtype="object"), utc=d.type_code == 1184)
+            elif d.type_code in TEXT_OIDS:  # pandas' string dtype, as DuckDB returns text
+                columns[d.name] = pd.Series(values, dtype="str")
+            else:
+                columns[d.name] = pd.Series(values, dtype="object")
+        return pd.DataFrame(columns, index=pd.RangeIndex(len(rows)))
+
+    @contextlib.contextmanager
+    def transaction(self, **frames: pd.DataFrame) -> Iterator[PostgresEngine]:
+        import io
+
+        from segflow.extract.mapping import quote_ident
+
+        with self.con:  # commits when the block ends, rolls back on an exception
+            self.in_transaction = True
+            try:
+                with contextlib.closing(self.con.cursor()) as cursor:
+                    for name, frame in frames.items():
+                        columns = ", ".join(f"{quote_ident(c)} {postgres_column_type(frame[c])}" for c in frame.columns)
+                        cursor.execute(f"CREATE TEMPORARY TABLE {quote_ident(name)} ({columns}) ON COMMIT DROP")
+                        # COPY, PostgreSQL's bulk path, in its text format (CSV cannot tell NULL from '').
+                        cursor.copy_expert(f"COPY {quote_ident(name)} FROM STDIN", io.StringIO(copy_text(frame)))
+                yield self
+            finally:
+                self.in_transaction = False
+
 
 @contextlib.contextmanager
 def connect_engine(url: str, read_only: bool = True) -> Iterator[Engine]:
     """An engine on the warehouse at `url`, closed when the block ends.
 
     Args:
-        url: `duckdb:///absolute/path.duckdb` or `postgresql://user@host:port/database` (a SQLAlchemy driver
+        url: `duckdb:////absolute/path.duckdb` (`duckdb:///relative.duckdb`) or `postgresql://user@host:port/database` (a SQLAlchemy driver
             suffix such as `postgresql+psycopg2://` is accepted).
         read_only: DuckDB only: open the file without taking the writer's lock.
 
@@ -118,7 +262,7 @@ def connect_engine(url: str, read_only: bool = True) -> Iterator[Engine]:
     if scheme == "duckdb":
         from segflow.core.warehouse import connect
 
-        path = url[len("duckdb://") :]
+        path = url.split(":///", 1)[1]  # duckdb:///relative or duckdb:////absolute, as SQLAlchemy reads them
         with connect(Path(path), read_only=read_only) as con:
             yield DuckDBEngine(con)
     elif scheme in ("postgresql", "postgres"):

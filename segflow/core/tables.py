@@ -60,28 +60,37 @@ OUTPUT_DDL = (SCORES_DDL, VALIDATION_RESULTS_DDL, MONITORING_DDL)
 
 
 def ensure_output_tables(con) -> None:
-    """Create every Python-written output table that does not exist yet (idempotent)."""
+    """Create every Python-written output table that does not exist yet (idempotent).
+
+    Args:
+        con: a DuckDB connection or a segflow.core.engines engine (any warehouse engine).
+    """
+    from segflow.core.engines import DuckDBEngine
+
+    engine = con if hasattr(con, "dialect") else DuckDBEngine(con)
     for ddl in OUTPUT_DDL:
-        con.execute(ddl)
+        engine.execute(ddl)
     for column, kind in SCORES_COLUMNS.items():
-        con.execute(f"ALTER TABLE {SCORES_TABLE} ADD COLUMN IF NOT EXISTS {column} {kind}")
-    _migrate_scores(con)
+        engine.execute(f"ALTER TABLE {SCORES_TABLE} ADD COLUMN IF NOT EXISTS {column} {kind}")
+    _migrate_scores(engine)
 
 
-def _migrate_scores(con) -> None:
+def _migrate_scores(engine) -> None:
     """Warehouses of segflow <= 0.1 kept the score history as a Python-written marts table; dbt now owns
     marts.user_scores(_history) as views over scoring.user_scores. Move the rows once, then let dbt create its
     views (it refuses to replace a table it does not own)."""
     kinds = dict(
-        con.execute(
+        engine.fetchall(
             "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'marts' "
             "AND table_name IN ('user_scores_history', 'user_scores')"
-        ).fetchall()
+        )
     )
     if kinds.get("user_scores_history") != "BASE TABLE":
         return
-    if not con.execute("SELECT count(*) FROM scoring.user_scores").fetchone()[0]:
-        con.execute("INSERT INTO scoring.user_scores BY NAME SELECT * FROM marts.user_scores_history")
-    con.execute("DROP TABLE marts.user_scores_history")
+    if not engine.fetchall(f"SELECT count(*) FROM {SCORES_TABLE}")[0][0]:
+        old = engine.column_types("SELECT * FROM marts.user_scores_history")
+        columns = ", ".join(c for c in SCORES_COLUMNS if c in old)  # the newer columns stay empty for those dates
+        engine.execute(f"INSERT INTO {SCORES_TABLE} ({columns}) SELECT {columns} FROM marts.user_scores_history")
+    engine.execute("DROP TABLE marts.user_scores_history")
     if kinds.get("user_scores") == "BASE TABLE":
-        con.execute("DROP TABLE marts.user_scores")
+        engine.execute("DROP TABLE marts.user_scores")

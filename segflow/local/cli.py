@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from pathlib import Path
 
-from segflow.core.config import REPO_ROOT, load_settings
+from segflow.core.config import REPO_ROOT, load_settings, redact_url
 
 
 def _console(file=None):
@@ -82,7 +82,7 @@ def cmd_init(args) -> int:
     settings = _prepare_airflow(args.config)
     print(
         f"Airflow metadata DB and pool ready (AIRFLOW_HOME={os.environ['AIRFLOW_HOME']}, "
-        f"warehouse={settings.warehouse_path})"
+        f"warehouse={redact_url(settings.warehouse_url)})"
     )
     return 0
 

@@ -142,7 +142,7 @@ def evaluate_date(settings: Settings, as_of: date, horizon: int) -> DateResult:
     run_extract(settings, later, f"backtest_outcomes_{later}")  # what arrived until D + H, to observe outcomes
     for day in (earlier, later):
         ensure_feature_partition(settings, day)
-    now, after, before = (read_features(settings.warehouse_path, d) for d in (as_of, later, earlier))
+    now, after, before = (read_features(settings.warehouse_url, d) for d in (as_of, later, earlier))
     newest = pd.to_datetime(after["last_purchase_date"]).max()
     if pd.isna(newest) or newest.date() < later - timedelta(days=DATA_END_SLACK_DAYS):
         raise LookupError(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import date
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,7 +11,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
-from segflow.core.warehouse import connect
+from segflow.core.engines import connect_engine
 
 # Heavy-tailed counts, amounts and durations are log-scaled before standardising.
 COUNT_FEATURES = [
@@ -76,19 +75,28 @@ PROFILE_FEATURES = (
 )
 
 
-def read_features(warehouse: str | Path, as_of: date | str | None = None) -> pd.DataFrame:
-    """marts.user_features, or one partition of marts.user_features_history when `as_of` is given."""
-    with connect(warehouse, read_only=True) as con:
+def read_features(warehouse_url: str, as_of: date | str | None = None) -> pd.DataFrame:
+    """marts.user_features, or one partition of marts.user_features_history when `as_of` is given.
+
+    Args:
+        warehouse_url: the warehouse (Settings.warehouse_url: DuckDB or PostgreSQL).
+        as_of: the feature date, or None for the published features.
+
+    Returns:
+        One row per user, ordered by user id.
+    """
+    with connect_engine(warehouse_url) as engine:
         if as_of is None:
-            return con.execute("SELECT * FROM marts.user_features ORDER BY user_id").df()
-        return con.execute(
-            "SELECT * FROM marts.user_features_history WHERE as_of = ?::DATE ORDER BY user_id", [str(as_of)]
-        ).df()
+            return engine.frame("SELECT * FROM marts.user_features ORDER BY user_id")
+        return engine.frame(
+            "SELECT * FROM marts.user_features_history WHERE as_of = CAST(? AS DATE) ORDER BY user_id", [str(as_of)]
+        )
 
 
-def read_training_set(warehouse: str | Path) -> pd.DataFrame:
-    with connect(warehouse, read_only=True) as con:
-        return con.execute("SELECT * FROM ml.churn_training_set ORDER BY as_of, user_id").df()
+def read_training_set(warehouse_url: str) -> pd.DataFrame:
+    """ml.churn_training_set (every snapshot's features and labels) from the warehouse at `warehouse_url`."""
+    with connect_engine(warehouse_url) as engine:
+        return engine.frame("SELECT * FROM ml.churn_training_set ORDER BY as_of, user_id")
 
 
 def prepare(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from segflow.core.config import Settings
+from segflow.core.engines import connect_engine, scalar
 from segflow.core.tables import MONITORING_DDL
-from segflow.core.warehouse import connect, transaction
+from segflow.extract.mapping import quote_ident
 from segflow.ml.clustering import CLUSTER_COLUMNS
 from segflow.ml.features import CATEGORICAL_FEATURES, MODEL_FEATURES, prepare
 
@@ -79,14 +80,14 @@ def save_reference(settings: Settings, model_name: str, version: str, frame: pd.
     """Store the training reference of a registered model version (warehouse table and MLflow artifact)."""
     columns = [c for c in frame.columns if c in MODEL_FEATURES or c in CLUSTER_COLUMNS]
     reference = reference_profile(prepare(frame, columns))
-    with connect(settings.warehouse_path) as con:
-        con.execute(REFERENCES_DDL)
-        with transaction(con):
-            con.execute(
+    with connect_engine(settings.warehouse_url, read_only=False) as engine:
+        engine.execute(REFERENCES_DDL)
+        with engine.transaction():
+            engine.execute(
                 "DELETE FROM ml.model_references WHERE model_name = ? AND model_version = ?", [model_name, str(version)]
             )
-            con.execute(
-                "INSERT INTO ml.model_references VALUES (?, ?, ?, ?, ?)",
+            engine.execute(
+                "INSERT INTO ml.model_references VALUES (?, ?, ?, CAST(? AS JSON), ?)",
                 [model_name, str(version), len(frame), json.dumps(reference), _now()],
             )
     import mlflow
@@ -123,23 +124,21 @@ def monitor(settings: Settings, as_of: date, scores: pd.DataFrame, features: pd.
     share_limit = float(cfg.get("share_change_warning", 0.1))
     mean_limit = float(cfg.get("score_mean_change_warning", 0.1))
     rows: list[dict] = []
-    with connect(settings.warehouse_path) as con:
-        con.execute(REFERENCES_DDL)
+    with connect_engine(settings.warehouse_url, read_only=False) as engine:
+        engine.execute(REFERENCES_DDL)
         refs = {
-            (n, v): json.loads(r)
-            for n, v, r in con.execute(
-                "SELECT model_name, model_version, reference FROM ml.model_references"
-            ).fetchall()
+            (n, v): r if isinstance(r, dict) else json.loads(r)  # PostgreSQL's driver parses JSON itself
+            for n, v, r in engine.fetchall("SELECT model_name, model_version, reference FROM ml.model_references")
         }
         previous = (
-            con.execute(
+            engine.frame(
                 """
             SELECT * FROM marts.user_scores_history
-            WHERE as_of = (SELECT max(as_of) FROM marts.user_scores_history WHERE as_of < ?::DATE)
+            WHERE as_of = (SELECT max(as_of) FROM marts.user_scores_history WHERE as_of < CAST(? AS DATE))
         """,
                 [as_of.isoformat()],
-            ).df()
-            if _has_table(con, "marts", "user_scores_history")
+            )
+            if _has_table(engine, "marts", "user_scores_history")
             else pd.DataFrame()
         )
 
@@ -214,20 +213,23 @@ def _describe(r) -> str:
     return f"{r.check.replace('_', ' ')}: {r.subject} {r.reference_value:.3f} -> {r.value:.3f} (change > {r.threshold})"
 
 
-def _has_table(con, schema: str, table: str) -> bool:
+def _has_table(engine, schema: str, table: str) -> bool:
     return bool(
-        con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [schema, table]
-        ).fetchone()[0]
+        scalar(
+            engine,
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+            [schema, table],
+        )
     )
 
 
 def _store(settings: Settings, as_of: date, frame: pd.DataFrame) -> None:
-    with connect(settings.warehouse_path) as con:
-        con.execute(REFERENCES_DDL)
-        with transaction(con, monitoring_df=frame):
-            con.execute("DELETE FROM ml.model_monitoring WHERE as_of = ?::DATE", [as_of.isoformat()])
-            con.execute("INSERT INTO ml.model_monitoring BY NAME SELECT * FROM monitoring_df")
+    columns = ", ".join(quote_ident(c) for c in frame.columns)
+    with connect_engine(settings.warehouse_url, read_only=False) as engine:
+        engine.execute(REFERENCES_DDL)
+        with engine.transaction(monitoring_df=frame):
+            engine.execute("DELETE FROM ml.model_monitoring WHERE as_of = CAST(? AS DATE)", [as_of.isoformat()])
+            engine.execute(f"INSERT INTO ml.model_monitoring ({columns}) SELECT {columns} FROM monitoring_df")
 
 
 def _log_to_mlflow(settings: Settings, as_of: date, frame: pd.DataFrame, warnings: list[str]) -> None:

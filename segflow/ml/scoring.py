@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from segflow.core.config import Settings
-from segflow.core.tables import ensure_output_tables
-from segflow.core.warehouse import connect, one, transaction
+from segflow.core.engines import connect_engine, scalar
+from segflow.core.tables import SCORES_COLUMNS, SCORES_TABLE, ensure_output_tables
 from segflow.ml.churn import model_features, reason_codes, risk_band
 from segflow.ml.clustering import CLUSTER_COLUMNS
 from segflow.ml.clv import clv_inputs
@@ -24,10 +24,10 @@ log = logging.getLogger(__name__)
 
 
 def features_as_of(settings: Settings, as_of: date) -> pd.DataFrame:
-    features = read_features(settings.warehouse_path)
+    features = read_features(settings.warehouse_url)
     if len(features) and str(features["as_of"].iloc[0])[:10] == as_of.isoformat():
         return features
-    history = read_features(settings.warehouse_path, as_of)
+    history = read_features(settings.warehouse_url, as_of)
     if history.empty:
         raise LookupError(f"no user features as of {as_of}: run the build DAG (segflow_build) for that date first")
     return history
@@ -77,10 +77,11 @@ def compute_scores(settings: Settings, as_of: date) -> tuple[pd.DataFrame, str, 
 
 def read_scores(settings: Settings, as_of: date) -> pd.DataFrame:
     """The published scores of `as_of` (from the history, so a past date can be monitored too)."""
-    with connect(settings.warehouse_path, read_only=True) as con:
-        scores = con.execute(
-            "SELECT * FROM marts.user_scores_history WHERE as_of = ?::DATE ORDER BY user_id", [as_of.isoformat()]
-        ).df()
+    with connect_engine(settings.warehouse_url) as engine:
+        scores = engine.frame(
+            "SELECT * FROM marts.user_scores_history WHERE as_of = CAST(? AS DATE) ORDER BY user_id",
+            [as_of.isoformat()],
+        )
     if scores.empty:
         raise LookupError(f"no scores as of {as_of}: run the scoring DAG (segflow_score) for that date first")
     return scores
@@ -90,32 +91,35 @@ def publish_scores(settings: Settings, scores: pd.DataFrame, as_of: date) -> int
     """Replace the as_of partition of scoring.user_scores in one transaction. dbt's views on top show it:
     marts.user_scores_history (every date) and marts.user_scores (the latest date scored), so a backfilled
     earlier date never changes the current scores and readers never see a half-written date."""
-    with connect(settings.warehouse_path) as con:
-        ensure_output_tables(con)
-        segments = con.execute(
-            "SELECT count(*) FROM marts.user_segment_history WHERE as_of = ?::DATE", [as_of.isoformat()]
-        ).fetchall()[0][0]
+    columns = list(SCORES_COLUMNS)
+    computed = {
+        "primary_segment": "coalesce(seg.segment_name, 'General Audience')",
+        "scored_at": "CAST(now() AT TIME ZONE 'UTC' AS TIMESTAMP)",
+    }
+    select = [f"{computed[c]} AS {c}" if c in computed else f"s.{c}" for c in columns]
+    with connect_engine(settings.warehouse_url, read_only=False) as engine:
+        ensure_output_tables(engine)
+        segments = scalar(
+            engine, "SELECT count(*) FROM marts.user_segment_history WHERE as_of = CAST(? AS DATE)", [as_of.isoformat()]
+        )
         if not segments:
             raise LookupError(
                 f"marts.user_segment_history holds no memberships as of {as_of}: run the build DAG for that date first"
             )
-        with transaction(con, scores_df=scores):
-            con.execute("DELETE FROM scoring.user_scores WHERE as_of = ?::DATE", [as_of.isoformat()])
-            con.execute("""
-                INSERT INTO scoring.user_scores BY NAME
-                SELECT s.user_id, s.as_of, s.cluster_id, s.persona, s.churn_probability, s.churn_risk_band,
-                       s.churn_reasons, s.expected_orders_90d, s.p_alive, s.clv_12m,
-                       coalesce(seg.segment_name, 'General Audience') AS primary_segment,
-                       s.clusterer_version, s.churn_model_version, s.clv_model_version,
-                       (now() AT TIME ZONE 'UTC') AS scored_at
+        with engine.transaction(scores_df=scores[[c for c in columns if c not in computed]]):
+            engine.execute("DELETE FROM scoring.user_scores WHERE as_of = CAST(? AS DATE)", [as_of.isoformat()])
+            engine.execute(f"""
+                INSERT INTO {SCORES_TABLE} ({", ".join(columns)})
+                SELECT {", ".join(select)}
                 FROM scores_df s
-                LEFT JOIN marts.user_segment_history seg ON seg.user_id = s.user_id AND seg.is_primary AND seg.as_of = s.as_of
+                LEFT JOIN marts.user_segment_history seg
+                  ON seg.user_id = s.user_id AND seg.is_primary AND seg.as_of = s.as_of
             """)
-            latest = one(con, "SELECT max(as_of) FROM scoring.user_scores")
+            latest = scalar(engine, f"SELECT max(as_of) FROM {SCORES_TABLE}")
             if latest != as_of:
                 log.info(
                     "scores as of %s stored in the history; marts.user_scores stays as of %s (the latest)",
                     as_of,
                     latest,
                 )
-        return one(con, "SELECT count(*) FROM scoring.user_scores WHERE as_of = ?::DATE", [as_of.isoformat()])
+        return scalar(engine, f"SELECT count(*) FROM {SCORES_TABLE} WHERE as_of = CAST(? AS DATE)", [as_of.isoformat()])

@@ -15,7 +15,7 @@ import pandas as pd
 
 from segflow.core.config import Settings
 from segflow.core.dbt import dbt_vars, run_dbt
-from segflow.core.warehouse import connect, one
+from segflow.core.engines import connect_engine, scalar
 from segflow.ml import plots
 from segflow.ml.churn import CANDIDATES, evaluate, model_features, train_churn
 from segflow.ml.clustering import ALGORITHMS, CLUSTER_COLUMNS, silhouette_of, train_clustering
@@ -69,11 +69,11 @@ FEATURE_PARTITION_MODELS = (
 
 def ensure_feature_partition(settings: Settings, as_of: date) -> None:
     """Build marts.user_features_history for `as_of` (from data known then) unless it exists already."""
-    with connect(settings.warehouse_path, read_only=True) as con:
-        exists = one(
-            con,
+    with connect_engine(settings.warehouse_url) as engine:
+        exists = scalar(
+            engine,
             "SELECT count(*) FROM information_schema.tables WHERE table_schema='marts' AND table_name='user_features_history'",
-        ) and one(con, "SELECT count(*) FROM marts.user_features_history WHERE as_of = ?::DATE", [str(as_of)])
+        ) and scalar(engine, "SELECT count(*) FROM marts.user_features_history WHERE as_of = ?", [as_of])
     if not exists:
         log.info("building feature partition as of %s", as_of)
         # Past dates are built in their own audit schema so they never race the daily build's candidates.
@@ -102,7 +102,7 @@ def build_training_data(settings: Settings, as_of: date, dates: list[date]) -> p
         ["run", "--select", "churn_training_set"],
         vars=dbt_vars(as_of.isoformat(), settings, feature_dates=[d.isoformat() for d in dates]),
     )
-    return read_training_set(settings.warehouse_path)
+    return read_training_set(settings.warehouse_url)
 
 
 def _log_figure(mlflow, fig, name: str) -> None:
@@ -142,11 +142,11 @@ def train_models(settings: Settings, as_of: date) -> TrainingSummary:
     seed = int(settings.get("clustering", "seed", default=42))
     snapshots = snapshot_dates(settings, as_of)
     training = build_training_data(settings, as_of, snapshots)
-    features = read_features(settings.warehouse_path, as_of)
+    features = read_features(settings.warehouse_url, as_of)
     lineage = {"as_of": as_of.isoformat(), "git_commit": git_commit(), "horizon_days": settings.horizon_days}
     cluster_summary = train_clusterer(settings, mlflow, client, features, as_of, lineage, seed)
     churn_summary = train_churn_model(settings, mlflow, client, training, snapshots, as_of, lineage, seed)
-    calibration = read_features(settings.warehouse_path, snapshots[-1])  # as of D - H: the holdout's start
+    calibration = read_features(settings.warehouse_url, snapshots[-1])  # as of D - H: the holdout's start
     clv_summary = train_lifetime_value(settings, mlflow, client, features, calibration, as_of, lineage)
     return TrainingSummary(as_of.isoformat(), cluster_summary, churn_summary, clv_summary)
 

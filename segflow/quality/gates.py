@@ -7,10 +7,10 @@ and updates the static Data Docs site. Each expectation carries
 recorded and logged but does not block. Every result goes to the warehouse table
 `quality.validation_results`.
 
-Validation path: marts and score batches (one row per user) are read from DuckDB into a pandas DataFrame and
-validated with GX's pandas datasource (GX's SQL datasource on DuckDB is unreliable, pandas evaluation is exact).
-Raw batches (every row a run loaded, tens of millions on a first run) are evaluated inside the warehouse by
-segflow.quality.in_engine, with the same outcomes, and stored in the same GX context.
+Validation paths: raw and marts batches (every row a run loaded, a million users' candidate marts) are evaluated
+inside the configured warehouse (`warehouse.url`, DuckDB or PostgreSQL) by segflow.quality.in_engine, with the
+outcomes GX's own evaluation gives (tested), and stored in the GX context as validation results. Scores, which
+exist in memory before they are published, are validated with GX's pandas datasource as a Checkpoint.
 Row-level parsing problems never reach GX: the extract quarantines them (see docs/architecture.md).
 """
 
@@ -31,8 +31,8 @@ import pandas as pd
 
 from segflow.core.config import Settings
 from segflow.core.dbt import currency_rates
+from segflow.core.engines import connect_engine, fetchone, scalar
 from segflow.core.tables import VALIDATION_RESULTS_DDL
-from segflow.core.warehouse import connect
 from segflow.extract.mapping import quote_ident
 
 log = logging.getLogger(__name__)
@@ -208,6 +208,8 @@ def validate_frame(
 
 
 def record(settings: Settings, outcomes: list[ExpectationOutcome], as_of: date, run_id: str) -> None:
+    """Append the outcomes to quality.validation_results in the configured warehouse."""
+
     now = datetime.now(UTC).replace(tzinfo=None)
     rows = [
         (
@@ -226,10 +228,12 @@ def record(settings: Settings, outcomes: list[ExpectationOutcome], as_of: date, 
         )
         for o in outcomes
     ]
-    with connect(settings.warehouse_path) as con:
-        con.execute(RESULTS_DDL)
+    with connect_engine(settings.warehouse_url, read_only=False) as engine:
+        engine.execute(RESULTS_DDL)
         if rows:
-            con.executemany("INSERT INTO quality.validation_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            engine.executemany(
+                "INSERT INTO quality.validation_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+            )
 
 
 def enforce(outcomes: list[ExpectationOutcome]) -> dict[str, int]:
@@ -307,76 +311,102 @@ def raw_parameters(as_of: date) -> dict[str, dict[str, Any]]:
     }
 
 
-def validate_raw_tables(settings: Settings, as_of: date, run_id: str) -> dict:
-    """Validate the rows this run loaded (the run's batch) for each raw source that received any. The row checks
-    run inside the warehouse (segflow.quality.in_engine): a first run's tens of millions of rows never become a
-    pandas frame. Results go to quality.validation_results and the GX Data Docs like every other suite's."""
-    from segflow.core.engines import DuckDBEngine
-    from segflow.quality.in_engine import store_in_data_docs, validate_relation
+def _judge_in_engine(
+    settings: Settings, engine, batches: dict[str, tuple[str, list[Any], dict[str, Any]]]
+) -> tuple[list[ExpectationOutcome], list[tuple[str, list[dict[str, Any]]]]]:
+    """Evaluate each suite over its batch inside the warehouse. `batches` maps a suite to (its batch's SELECT, the
+    SELECT's parameters, the suite's `$PARAMETER` values)."""
+    from segflow.quality.in_engine import validate_relation
 
-    params = raw_parameters(as_of)
     outcomes: list[ExpectationOutcome] = []
     evaluated = []
-    with connect(settings.warehouse_path, read_only=True) as con:
-        engine = DuckDBEngine(con)
-        for suite in RAW_TABLES:
-            sql = raw_batch_sql(engine, suite)
-            if con.execute(f"SELECT 1 FROM ({sql}) AS batch LIMIT 1", [run_id]).fetchone() is None:
-                continue
-            suite_outcomes, results = validate_relation(engine, suite, sql, [run_id], settings, params[suite])
-            outcomes.extend(suite_outcomes)
-            evaluated.append((suite, results))
-    # GX's stores are written after the warehouse connection is closed (a writer may be waiting for it).
+    for suite, (sql, sql_parameters, parameters) in batches.items():
+        suite_outcomes, results = validate_relation(engine, suite, sql, sql_parameters, settings, parameters)
+        outcomes.extend(suite_outcomes)
+        evaluated.append((suite, results))
+    return outcomes, evaluated
+
+
+def _conclude(
+    settings: Settings,
+    outcomes: list[ExpectationOutcome],
+    evaluated: list[tuple[str, list[dict[str, Any]]]],
+    as_of: date,
+    run_id: str,
+) -> dict:
+    """Store in-engine results in the GX Data Docs and the warehouse, then stop the run on a critical failure. Called
+    once the reading connection is closed (a DuckDB writer may be waiting for it)."""
+    from segflow.quality.in_engine import store_in_data_docs
+
     for suite, results in evaluated:
         store_in_data_docs(settings, suite, results, batch_id=f"{suite}-{run_id}", run_name=f"as_of={as_of}_{run_id}")
     record(settings, outcomes, as_of, run_id)
     return enforce(outcomes)
 
 
+def validate_raw_tables(settings: Settings, as_of: date, run_id: str) -> dict:
+    """Validate the rows this run loaded (the run's batch) for each raw source that received any. The row checks
+    run inside the warehouse (segflow.quality.in_engine): a first run's tens of millions of rows never become a
+    pandas frame. Results go to quality.validation_results and the GX Data Docs like every other suite's."""
+
+    params = raw_parameters(as_of)
+    with connect_engine(settings.warehouse_url) as engine:
+        batches = {}
+        for suite in RAW_TABLES:
+            sql = raw_batch_sql(engine, suite)
+            if fetchone(engine, f"SELECT 1 FROM ({sql}) AS batch LIMIT 1", [run_id]) is not None:
+                batches[suite] = (sql, [run_id], params[suite])
+        outcomes, evaluated = _judge_in_engine(settings, engine, batches)
+    return _conclude(settings, outcomes, evaluated, as_of, run_id)
+
+
 def validate_mart_tables(settings: Settings, as_of: date, run_id: str) -> dict:
     """Validate the audit candidates of the marts (write-audit-publish: nothing is published yet), and the
-    candidate's segment sizes against the published previous run."""
+    candidate's segment sizes against the published previous run. Evaluated inside the warehouse like the raw
+    gate: a million users' features are never pulled into a frame."""
     from segflow.core.dbt import audit_schema
 
     bounds = settings.get("quality", "segment_size_ratio", default={"min": 0.5, "max": 2.0})
     schema = audit_schema(as_of.isoformat())
-    with connect(settings.warehouse_path, read_only=True) as con:
-        features = con.execute(f"SELECT * FROM {schema}.audit_user_features").df()
-        segments = con.execute(f"SELECT * FROM {schema}.audit_user_segments").df()
-        rules = [r[0] for r in con.execute("SELECT segment_name FROM reference.segment_rules").fetchall()]
-        has_previous = con.execute(
+    with connect_engine(settings.warehouse_url) as engine:
+        rules = [r[0] for r in engine.fetchall("SELECT segment_name FROM reference.segment_rules")]
+        batches: dict[str, tuple[str, list[Any], dict[str, Any]]] = {
+            "marts_user_features": (f"SELECT * FROM {schema}.audit_user_features", [], {}),
+            "marts_user_segments": (f"SELECT * FROM {schema}.audit_user_segments", [], {"segment_rules": rules}),
+        }
+        if scalar(
+            engine,
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'marts' "
-            "AND table_name = 'user_segment_history'"
-        ).fetchall()[0][0]
-        # Compared with the latest published date before this one (a backfill compares with its own past).
-        previous = (
-            f"SELECT rule_name AS segment_name, count(*) AS previous_members FROM marts.user_segment_history "
-            f"WHERE as_of = (SELECT max(as_of) FROM marts.user_segment_history WHERE as_of < DATE '{as_of.isoformat()}') "
-            f"GROUP BY 1"
-        )
-        sizes = con.execute(f"""
-            WITH cand AS (SELECT rule_name AS segment_name, count(*) AS members FROM {schema}.audit_user_segments GROUP BY 1),
-                 prev AS ({previous if has_previous else "SELECT NULL::VARCHAR AS segment_name, NULL::BIGINT AS previous_members WHERE false"})
-            SELECT segment_name, coalesce(members, 0) AS members, previous_members,
-                   coalesce(members, 0) / previous_members::DOUBLE AS size_ratio
-            FROM prev LEFT JOIN cand USING (segment_name)""").df()
-    batches: dict[str, tuple[pd.DataFrame, dict[str, Any]]] = {
-        "marts_user_features": (features, {}),
-        "marts_user_segments": (segments, {"segment_rules": rules}),
-    }
-    if len(sizes):
-        batches["marts_segment_sizes"] = (sizes, {"min_ratio": float(bounds["min"]), "max_ratio": float(bounds["max"])})
-    return _run_suites(settings, batches, as_of, run_id)
+            "AND table_name = 'user_segment_history'",
+        ):
+            # Compared with the latest published date before this one (a backfill compares with its own past).
+            sizes = f"""
+                WITH cand AS (SELECT rule_name AS segment_name, count(*) AS members
+                              FROM {schema}.audit_user_segments GROUP BY rule_name),
+                     prev AS (SELECT rule_name AS segment_name, count(*) AS previous_members
+                              FROM marts.user_segment_history
+                              WHERE as_of = (SELECT max(as_of) FROM marts.user_segment_history WHERE as_of < ?)
+                              GROUP BY rule_name)
+                SELECT prev.segment_name, coalesce(members, 0) AS members, previous_members,
+                       coalesce(members, 0) / CAST(previous_members AS DOUBLE) AS size_ratio
+                FROM prev LEFT JOIN cand ON cand.segment_name = prev.segment_name"""
+            ratios = {"min_ratio": float(bounds["min"]), "max_ratio": float(bounds["max"])}
+            if fetchone(engine, f"SELECT 1 FROM ({sizes}) AS sizes LIMIT 1", [as_of]) is not None:
+                batches["marts_segment_sizes"] = (sizes, [as_of], ratios)
+        outcomes, evaluated = _judge_in_engine(settings, engine, batches)
+    return _conclude(settings, outcomes, evaluated, as_of, run_id)
 
 
 def validate_scores(settings: Settings, scores: pd.DataFrame, as_of: date, run_id: str) -> dict:
     """Validate scores in memory, before they are published."""
-    with connect(settings.warehouse_path, read_only=True) as con:
+
+    with connect_engine(settings.warehouse_url) as engine:
         # The features scored: the published table for its date, else that date's history partition.
-        feature_rows = con.execute(
+        feature_rows = scalar(
+            engine,
             """
-            SELECT coalesce(nullif((SELECT count(*) FROM marts.user_features WHERE as_of = ?::DATE), 0),
-                            (SELECT count(*) FROM marts.user_features_history WHERE as_of = ?::DATE))""",
-            [as_of.isoformat(), as_of.isoformat()],
-        ).fetchall()[0][0]
+            SELECT coalesce(nullif((SELECT count(*) FROM marts.user_features WHERE as_of = ?), 0),
+                            (SELECT count(*) FROM marts.user_features_history WHERE as_of = ?))""",
+            [as_of, as_of],
+        )
     return _run_suites(settings, {"marts_user_scores": (scores, {"feature_rows": feature_rows})}, as_of, run_id)

@@ -135,3 +135,44 @@ def test_helpers():
 def test_repository_config_has_no_secrets():
     text = (REPO_ROOT / "segflow.yml").read_text().lower()
     assert "password:" not in text and "token:" not in text
+
+
+def test_warehouse_url_selects_the_engine_and_the_dbt_target_follows(tmp_path):
+    from segflow.core.config import UnsupportedWarehouse, redact_url
+    from segflow.core.dbt import dbt_target, warehouse_env
+
+    cfg = tmp_path / "segflow.yml"
+    cfg.write_text("warehouse:\n  url: duckdb:///wh/x.duckdb\n")
+    duck = load_settings(cfg, environ={})
+    # Relative to the config file, as SQLAlchemy reads duckdb:///relative; `path` names the same file.
+    assert duck.warehouse_path == tmp_path / "wh" / "x.duckdb"
+    assert duck.warehouse_url == f"duckdb:///{tmp_path / 'wh' / 'x.duckdb'}"
+    assert dbt_target(duck, environ={}) == "duckdb"
+    assert warehouse_env(duck) == {"SEGFLOW_WAREHOUSE_PATH": str(tmp_path / "wh" / "x.duckdb")}
+    assert load_settings(environ={}).warehouse_url.startswith("duckdb:////")  # the default: `path`, absolute
+
+    cfg.write_text("warehouse:\n  url: postgresql+psycopg2://seg:${PG_SECRET}@db.example:6543/marketing\n")
+    pg = load_settings(cfg, environ={"PG_SECRET": "s3cr%40t"})
+    assert pg.warehouse_engine == "postgresql" and dbt_target(pg, environ={}) == "postgres"
+    assert dbt_target(pg, environ={"SEGFLOW_DBT_TARGET": "duckdb"}) == "duckdb"  # the variable still wins
+    assert warehouse_env(pg) == {
+        "SEGFLOW_PG_HOST": "db.example",
+        "SEGFLOW_PG_PORT": "6543",
+        "SEGFLOW_PG_USER": "seg",
+        "SEGFLOW_PG_PASSWORD": "s3cr@t",
+        "SEGFLOW_PG_DATABASE": "marketing",
+    }
+    assert redact_url(pg.warehouse_url) == "postgresql+psycopg2://seg:***@db.example:6543/marketing"
+    with pytest.raises(UnsupportedWarehouse, match="postgresql warehouse"):
+        pg.warehouse_path  # noqa: B018 - a DuckDB-only task must not fall back to a local file
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [("mysql://h/db", "unsupported scheme 'mysql'"), ("duckdb:///:memory:", "needs a file"), ("x.duckdb", "scheme")],
+)
+def test_an_unusable_warehouse_url_is_refused(tmp_path, url, message):
+    cfg = tmp_path / "segflow.yml"
+    cfg.write_text(f"warehouse:\n  url: '{url}'\n")
+    with pytest.raises(ConfigError, match=message):
+        load_settings(cfg, environ={})

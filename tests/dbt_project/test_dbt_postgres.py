@@ -21,12 +21,15 @@ PG_TYPES = {
     "INTEGER": "integer",
     "BIGINT": "bigint",
     "BOOLEAN": "boolean",
+    "JSON": "json",
 }
 
 
-def copy_raw_to_postgres(warehouse, url: str, schemas: tuple[str, ...] = ("raw", "scoring")) -> None:
+def copy_raw_to_postgres(
+    warehouse, url: str, schemas: tuple[str, ...] = ("raw", "scoring"), views: bool = False
+) -> None:
     """The tables segflow writes from Python (the raw layer, the scores) as the extract left them in DuckDB, table
-    for table, into PostgreSQL."""
+    for table, into PostgreSQL; with `views`, the schemas' views too, as tables of their rows."""
     from sqlalchemy import create_engine, text
 
     engine = create_engine(url)
@@ -34,8 +37,8 @@ def copy_raw_to_postgres(warehouse, url: str, schemas: tuple[str, ...] = ("raw",
         for schema in schemas:
             pg.execute(text(f"CREATE SCHEMA {schema}"))
             tables = con.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND table_type = 'BASE TABLE'",
-                [schema],
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND table_type IN (?, ?)",
+                [schema, "BASE TABLE", "VIEW" if views else "BASE TABLE"],
             ).fetchall()
             for (table,) in tables:
                 columns = con.execute(
@@ -103,3 +106,46 @@ def test_postgres_build_gives_the_same_marts_as_duckdb(
             else:
                 assert a.astype(str).tolist() == e.astype(str).tolist(), f"{table}.{column} differs"
     engine.dispose()
+
+
+def test_the_gates_run_on_a_postgresql_warehouse_url(tmp_path, small_dataset, make_settings, postgres_url):
+    """With `warehouse.url` on PostgreSQL, the dbt target follows it and the raw and marts gates run inside
+    PostgreSQL and record there: the same outcomes as the same run on DuckDB. The tasks that still speak only
+    DuckDB refuse to run instead of using a local file."""
+    from segflow.core.config import UnsupportedWarehouse
+    from segflow.core.dbt import dbt_target
+    from segflow.core.engines import connect_engine
+    from segflow.quality.gates import validate_mart_tables, validate_raw_tables
+
+    outcomes = {}
+    duck = make_settings(tmp_path, small_dataset)
+    warehouse = duck.warehouse_path
+    run_extract(duck, AS_OF, "r")
+    copy_raw_to_postgres(warehouse, postgres_url)
+    pg = make_settings(tmp_path, small_dataset, SEGFLOW__WAREHOUSE__URL=postgres_url)
+    assert dbt_target(pg, environ={}) == "postgres" and dbt_target(duck, environ={}) == "duckdb"
+    with pytest.raises(UnsupportedWarehouse, match="postgresql warehouse"):
+        run_extract(pg, AS_OF, "r")
+    for settings in (duck, pg):
+        validate_raw_tables(settings, AS_OF, "r")
+        run_dbt(
+            settings,
+            ["build", "--exclude", "tag:training", "tag:publish", "--quiet"],
+            vars=dbt_vars(str(AS_OF), settings),
+        )
+        validate_mart_tables(settings, AS_OF, "r")
+        with connect_engine(settings.warehouse_url) as engine:
+            outcomes[engine.dialect] = sorted(
+                engine.fetchall(
+                    "SELECT suite, expectation, coalesce(column_name, ''), severity, success, unexpected_count, "
+                    "element_count FROM quality.validation_results WHERE run_id = 'r'"
+                ),
+                key=str,
+            )
+    assert outcomes["postgres"] == outcomes["duckdb"]
+    assert {row[0] for row in outcomes["postgres"]} >= {
+        "raw_transactions",
+        "marts_user_features",
+        "marts_user_segments",
+    }
+    assert all(row[4] for row in outcomes["postgres"]), "the clean generated data passes every suite"

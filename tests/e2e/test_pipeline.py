@@ -135,6 +135,73 @@ def test_one_score_per_user_and_every_stage_published(pipeline):
     assert versions == [("1", "1", "1")]
 
 
+@pytest.mark.postgres
+def test_scoring_and_publishing_run_on_a_postgresql_warehouse(pipeline, postgres_url):
+    """With `warehouse.url` on PostgreSQL (the run's marts copied there), scoring reads the features there and
+    gives the scores DuckDB gives; publishing replaces the date's scores in one transaction (COPY into a temporary
+    table, then one INSERT), a rerun does not duplicate, and a failed publish leaves the last good scores.
+    Monitoring computes and stores there the checks DuckDB's run stored; write-back reads there what DuckDB's run
+    wrote to the CRM table and the export."""
+    from segflow.activation.writeback import write_back
+    from segflow.core.config import load_settings
+    from segflow.core.dbt import dbt_vars, run_dbt
+    from segflow.core.engines import connect_engine
+    from segflow.ml.monitoring import monitor
+    from segflow.ml.scoring import compute_scores, features_as_of, publish_scores, read_scores
+    from tests.dbt_project.test_dbt_postgres import copy_raw_to_postgres
+
+    environ = {k: v for k, v in pipeline["env"].items() if not k.startswith("SEGFLOW__")}
+    duck = load_settings(pipeline["root"] / "segflow.yml", environ=environ)
+    pg = load_settings(pipeline["root"] / "segflow.yml", environ={**environ, "SEGFLOW__WAREHOUSE__URL": postgres_url})
+    copy_raw_to_postgres(duck.warehouse_path, postgres_url, schemas=("marts", "ml"), views=True)
+    with connect_engine(pg.warehouse_url, read_only=False) as engine:
+        engine.execute("DROP TABLE ml.model_monitoring")  # monitoring (below) writes its own rows
+        # dbt's views over the published scores are built there by dbt (below), not copied.
+        engine.execute("DROP TABLE marts.user_scores; DROP TABLE marts.user_scores_history")
+    expected, _, _ = compute_scores(duck, AS_OF)
+    actual, _, _ = compute_scores(pg, AS_OF)
+    pd.testing.assert_frame_equal(actual, expected, check_dtype=False, atol=1e-9)
+
+    assert publish_scores(pg, actual, AS_OF) == publish_scores(pg, actual, AS_OF) == len(expected)
+    published = "SELECT * FROM scoring.user_scores ORDER BY user_id"
+    with connect_engine(pg.warehouse_url) as engine:
+        on_postgres = engine.frame(published).drop(columns="scored_at")
+    with connect_engine(duck.warehouse_url) as engine:
+        on_duckdb = engine.frame(published).drop(columns="scored_at")
+    pd.testing.assert_frame_equal(on_postgres, on_duckdb, check_dtype=False, atol=1e-9)
+    assert on_postgres["churn_reasons"].isna().sum() == on_duckdb["churn_reasons"].isna().sum() > 0  # NULL, not ''
+
+    # dbt's views over scoring.user_scores, then monitoring against the training references: DuckDB's checks.
+    run_dbt(pg, ["run", "--select", "+user_scores", "--quiet"], vars=dbt_vars(str(AS_OF), pg))
+    checks = (
+        'SELECT "check", model_name, model_version, subject, value, reference_value, threshold, status '
+        "FROM ml.model_monitoring WHERE as_of = ? ORDER BY 1, 2, 3, 4"
+    )
+    report = monitor(pg, AS_OF, read_scores(pg, AS_OF), features_as_of(pg, AS_OF))
+    assert len(report.rows) > 10
+    with connect_engine(pg.warehouse_url) as engine:
+        monitored = engine.frame(checks, [AS_OF])
+    with connect_engine(duck.warehouse_url) as engine:
+        pd.testing.assert_frame_equal(monitored, engine.frame(checks, [AS_OF]), check_dtype=False, atol=1e-9)
+
+    # Write-back from PostgreSQL: the CRM table the DuckDB run synced needs no change, the export is the same file.
+    exports = pipeline["root"] / "exports-from-postgresql"
+    pg_writeback = load_settings(
+        pipeline["root"] / "segflow.yml",
+        environ={**environ, "SEGFLOW__WAREHOUSE__URL": postgres_url, "SEGFLOW__WRITEBACK__EXPORT_DIR": str(exports)},
+    )
+    summary = write_back(pg_writeback, AS_OF)
+    assert (summary.crm_inserted, summary.crm_updated, summary.crm_deleted) == (0, 0, 0) and summary.crm_unchanged
+    export = f"as_of={AS_OF.isoformat()}/segments.csv"
+    assert (exports / export).read_text() == (Path(duck.raw["writeback"]["export_dir"]) / export).read_text()
+
+    broken = actual.assign(cluster_id="not a number")
+    with pytest.raises(Exception, match="integer"):
+        publish_scores(pg, broken, AS_OF)
+    with connect_engine(pg.warehouse_url) as engine:
+        assert len(engine.frame(published)) == len(expected), "the failed publish left the last good scores"
+
+
 def test_registry_holds_both_models_with_champion(pipeline):
     import mlflow
     from mlflow import MlflowClient

@@ -149,7 +149,7 @@ def test_the_raw_suites_give_the_same_outcomes_on_postgresql(tmp_path, dirty_dat
             con.execute(f"SELECT * FROM raw.{table}").df().to_sql(table, loader, schema="raw", index=False)
     loader.dispose()
     found: dict[str, list] = {}
-    for url in (f"duckdb://{settings.warehouse_path}", postgres_url):
+    for url in (settings.warehouse_url, postgres_url):
         with connect_engine(url) as engine:
             for suite, params in raw_parameters(AS_OF).items():
                 outcomes, _ = validate_relation(
@@ -170,3 +170,40 @@ def test_an_unknown_warehouse_url_is_refused():
 
     with pytest.raises(ValueError, match="unsupported warehouse URL scheme 'mysql'"), connect_engine("mysql://x/db"):
         pass
+
+
+def test_marts_suites_in_the_engine_equal_gx_on_defective_candidates(tmp_path, small_dataset, make_settings):
+    """The marts gate's suites over audit candidates with planted defects (a missing user id, a repeated user, an
+    out-of-range value, an unknown segment): the same outcome for every expectation as GX's pandas evaluation of
+    the candidate pulled into a frame (the way the marts gate used to run)."""
+    from segflow.core.dbt import audit_schema, dbt_vars, run_dbt
+
+    settings = make_settings(tmp_path, small_dataset)
+    run_extract(settings, AS_OF, "run-1")
+    run_dbt(
+        settings, ["build", "--exclude", "tag:training", "tag:publish", "--quiet"], vars=dbt_vars(str(AS_OF), settings)
+    )
+    schema = audit_schema(AS_OF.isoformat())
+    with duckdb.connect(str(settings.warehouse_path)) as con:
+        con.execute(f"UPDATE {schema}.audit_user_features SET user_id = NULL WHERE rowid = 0")
+        con.execute(f"INSERT INTO {schema}.audit_user_features SELECT * FROM {schema}.audit_user_features LIMIT 2")
+        con.execute(f"UPDATE {schema}.audit_user_features SET engagement_score = 150 WHERE rowid IN (3, 4)")
+        con.execute(f"UPDATE {schema}.audit_user_features SET monetary_365d = -5 WHERE rowid = 5")
+        con.execute(f"UPDATE {schema}.audit_user_features SET lifecycle_stage = 'zombie' WHERE rowid = 6")
+        con.execute(f"UPDATE {schema}.audit_user_segments SET rule_name = 'Nobody' WHERE rowid < 3")
+        known = [r[0] for r in con.execute("SELECT segment_name FROM reference.segment_rules").fetchall()]
+    rules = {"marts_user_segments": {"segment_rules": known}}
+    failures = 0
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        for suite, table in (
+            ("marts_user_features", "audit_user_features"),
+            ("marts_user_segments", "audit_user_segments"),
+        ):
+            sql = f"SELECT * FROM {schema}.{table}"
+            engine, _ = validate_relation(DuckDBEngine(con), suite, sql, [], settings, rules.get(suite))
+            gx = validate_frame(settings, suite, con.execute(sql).df(), rules.get(suite))
+            assert sorted(
+                (o.expectation, o.column or "", o.success, o.unexpected_count or 0) for o in engine
+            ) == sorted((o.expectation, o.column or "", o.success, o.unexpected_count or 0) for o in gx), suite
+            failures += sum(not o.success for o in engine)
+    assert failures == 6, "each planted defect fails its expectation, nothing else fails"
