@@ -177,7 +177,8 @@ class PostgresEngine:
 
     def _execute(self, sql: str, params: Sequence[Any]):
         cursor = self.con.cursor()
-        cursor.execute(transpile(sql, self.dialect, escape_percent=bool(params)), list(params))
+        # psycopg2 formats parameters only when given any: `%` in the SQL stays itself otherwise.
+        cursor.execute(transpile(sql, self.dialect, escape_percent=bool(params)), list(params) or None)
         return cursor
 
     def _unit(self) -> contextlib.AbstractContextManager[Any]:
@@ -219,7 +220,10 @@ class PostgresEngine:
             elif d.type_code in (700, 701, 1700):  # NUMERIC arrives as Decimal
                 columns[d.name] = pd.to_numeric(pd.Series(values, dtype="object"), errors="coerce").astype("float64")
             elif d.type_code in TEMPORAL_OIDS:
-                columns[d.name] = pd.to_datetime(pd.Series(values, dtype="object"), utc=d.type_code == 1184)
+                aware = d.type_code == 1184
+                columns[d.name] = pd.to_datetime(pd.Series(values, dtype="object"), utc=aware).astype(
+                    "datetime64[us, UTC]" if aware else "datetime64[us]"  # DuckDB's resolution
+                )
             elif d.type_code in TEXT_OIDS:  # pandas' string dtype, as DuckDB returns text
                 columns[d.name] = pd.Series(values, dtype="str")
             else:

@@ -58,12 +58,15 @@ class TrainingSummary:
     lifetime_value: dict
 
 
-# What builds marts.user_features_history for one as-of date: the feature models, their audit candidate, the store.
+# What builds marts.user_features_history for one as-of date: the feature models, their audit candidate, the store,
+# the view - and the published view over it: PostgreSQL drops a replaced view's dependants (dbt-postgres replaces a
+# view and drops the old one CASCADE), so marts.user_features would vanish if it were not rebuilt with it.
 FEATURE_PARTITION_MODELS = (
     "tag:features",
     "audit_user_features",
     "store_user_features_history",
     "user_features_history",
+    "user_features",
 )
 
 

@@ -1,4 +1,5 @@
-"""The same dbt project on PostgreSQL (dbt-postgres, the local server) gives the same marts as on DuckDB."""
+"""The same pipeline on PostgreSQL (`warehouse.url`; dbt-postgres, the local server): the same marts, gate outcomes
+and models as on DuckDB."""
 
 from __future__ import annotations
 
@@ -62,22 +63,8 @@ def copy_raw_to_postgres(
     engine.dispose()
 
 
-def test_postgres_build_gives_the_same_marts_as_duckdb(
-    tmp_path, small_dataset, make_settings, postgres_database, monkeypatch
-):
-    server, database = postgres_database
-    postgres_url = server.url(database)
-    settings = make_settings(tmp_path, small_dataset)
-    run_extract(settings, AS_OF, "r")
-    variables = dbt_vars(AS_OF.isoformat(), settings)
-    run_dbt(settings, ["build", "--exclude", "tag:training", "--quiet"], vars=variables)
-    copy_raw_to_postgres(settings.warehouse_path, postgres_url)
-    monkeypatch.setenv("SEGFLOW_DBT_TARGET", "postgres")
-    for key, value in server.dbt_env(database).items():
-        monkeypatch.setenv(key, value)
-    # Everything a build runs, unit tests included (their fixtures are portable SQL).
-    run_dbt(settings, ["build", "--exclude", "tag:training", "--quiet"], vars=variables)
-
+def assert_marts_equal(warehouse, postgres_url: str) -> None:
+    """Every mart of the DuckDB warehouse equals its PostgreSQL build, column by column."""
     from sqlalchemy import create_engine
 
     engine = create_engine(postgres_url)
@@ -89,7 +76,7 @@ def test_postgres_build_gives_the_same_marts_as_duckdb(
         ("user_segment_history", ["user_id", "as_of", "segment_name"]),
         ("segment_sizes_over_time", ["as_of", "segment_name"]),
     ]:
-        with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        with duckdb.connect(str(warehouse), read_only=True) as con:
             expected = con.execute(f"SELECT * FROM marts.{table}").df().sort_values(key).reset_index(drop=True)
         actual = pd.read_sql(f"SELECT * FROM marts.{table}", engine).sort_values(key).reset_index(drop=True)
         assert list(actual.columns) == list(expected.columns), table
@@ -108,32 +95,44 @@ def test_postgres_build_gives_the_same_marts_as_duckdb(
     engine.dispose()
 
 
-def test_the_gates_run_on_a_postgresql_warehouse_url(tmp_path, small_dataset, make_settings, postgres_url):
-    """With `warehouse.url` on PostgreSQL, the dbt target follows it and the raw and marts gates run inside
-    PostgreSQL and record there: the same outcomes as the same run on DuckDB. The tasks that still speak only
-    DuckDB refuse to run instead of using a local file."""
+def test_gates_and_training_run_on_a_postgresql_warehouse_url(tmp_path, make_settings, postgres_url):
+    """With `warehouse.url` on PostgreSQL, the dbt target follows it (every model, data and unit test built there);
+    the raw and marts gates run inside PostgreSQL and record there, and training reads its features and writes its
+    references there: the same marts, gate outcomes and model metrics as the same run on DuckDB. The tasks that still speak only DuckDB refuse to run instead of
+    using a local file."""
     from segflow.core.config import UnsupportedWarehouse
     from segflow.core.dbt import dbt_target
     from segflow.core.engines import connect_engine
+    from segflow.ml.train import train_models
     from segflow.quality.gates import validate_mart_tables, validate_raw_tables
+    from segflow.synthetic.generator import generate
 
-    outcomes = {}
-    duck = make_settings(tmp_path, small_dataset)
+    data = tmp_path / "data"  # enough history for two labelled training snapshots
+    generate(data, users=600, days=150, seed=21, end_date=AS_OF)
+    fewer_snapshots = {"SEGFLOW__CHURN__TRAINING_SNAPSHOTS": "2"}
+    duck = make_settings(tmp_path, data, **fewer_snapshots)
     warehouse = duck.warehouse_path
     run_extract(duck, AS_OF, "r")
     copy_raw_to_postgres(warehouse, postgres_url)
-    pg = make_settings(tmp_path, small_dataset, SEGFLOW__WAREHOUSE__URL=postgres_url)
+    pg = make_settings(
+        tmp_path,
+        data,
+        SEGFLOW__WAREHOUSE__URL=postgres_url,
+        SEGFLOW__MLFLOW__TRACKING_URI=f"sqlite:///{tmp_path / 'pg-mlflow.db'}",
+        SEGFLOW__MLFLOW__ARTIFACT_ROOT=str(tmp_path / "pg-mlartifacts"),
+        **fewer_snapshots,
+    )
     assert dbt_target(pg, environ={}) == "postgres" and dbt_target(duck, environ={}) == "duckdb"
     with pytest.raises(UnsupportedWarehouse, match="postgresql warehouse"):
         run_extract(pg, AS_OF, "r")
+    outcomes, trained, references = {}, {}, {}
     for settings in (duck, pg):
+        variables = dbt_vars(str(AS_OF), settings)
         validate_raw_tables(settings, AS_OF, "r")
-        run_dbt(
-            settings,
-            ["build", "--exclude", "tag:training", "tag:publish", "--quiet"],
-            vars=dbt_vars(str(AS_OF), settings),
-        )
+        run_dbt(settings, ["build", "--exclude", "tag:training", "tag:publish", "--quiet"], vars=variables)
         validate_mart_tables(settings, AS_OF, "r")
+        run_dbt(settings, ["build", "--select", "tag:publish", "--quiet"], vars=variables)
+        trained[settings.warehouse_engine] = train_models(settings, AS_OF)
         with connect_engine(settings.warehouse_url) as engine:
             outcomes[engine.dialect] = sorted(
                 engine.fetchall(
@@ -142,6 +141,9 @@ def test_the_gates_run_on_a_postgresql_warehouse_url(tmp_path, small_dataset, ma
                 ),
                 key=str,
             )
+            references[engine.dialect] = engine.fetchall(
+                "SELECT model_name, model_version, rows FROM ml.model_references ORDER BY 1, 2"
+            )
     assert outcomes["postgres"] == outcomes["duckdb"]
     assert {row[0] for row in outcomes["postgres"]} >= {
         "raw_transactions",
@@ -149,3 +151,15 @@ def test_the_gates_run_on_a_postgresql_warehouse_url(tmp_path, small_dataset, ma
         "marts_user_segments",
     }
     assert all(row[4] for row in outcomes["postgres"]), "the clean generated data passes every suite"
+    assert references["postgres"] == references["duckdb"] and len(references["duckdb"]) >= 2
+    # Model metrics within tolerance (the same features in, the same seeds: in practice identical).
+    for model in ("clusterer", "churn", "lifetime_value"):
+        on_duckdb, on_postgres = getattr(trained["duckdb"], model), getattr(trained["postgresql"], model)
+        assert on_postgres.keys() == on_duckdb.keys(), model
+        for key, value in on_duckdb.items():
+            if isinstance(value, float):
+                assert on_postgres[key] == pytest.approx(value, rel=1e-6), f"{model}.{key}"
+            else:
+                assert on_postgres[key] == value, f"{model}.{key}"
+    assert trained["postgresql"].churn["roc_auc"] > 0.7
+    assert_marts_equal(warehouse, postgres_url)
