@@ -323,7 +323,12 @@ def cmd_config(args) -> int:
     if args.action == "show":
         import yaml
 
-        print(yaml.safe_dump(settings.raw, sort_keys=False), end="")
+        def redacted(node):  # passwords in URLs (often expanded from ${ENV}) are not printed
+            if isinstance(node, dict):
+                return {key: redacted(value) for key, value in node.items()}
+            return redact_url(node) if isinstance(node, str) and "://" in node else node
+
+        print(yaml.safe_dump(redacted(settings.raw), sort_keys=False), end="")
         return 0
     print(f"configuration OK: {settings.config_file or 'defaults (no segflow.yml found)'}")
     return 0

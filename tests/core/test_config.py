@@ -137,7 +137,7 @@ def test_repository_config_has_no_secrets():
     assert "password:" not in text and "token:" not in text
 
 
-def test_warehouse_url_selects_the_engine_and_the_dbt_target_follows(tmp_path):
+def test_warehouse_url_selects_the_engine_and_the_dbt_target_follows(tmp_path, capsys, monkeypatch):
     from segflow.core.config import UnsupportedWarehouse, redact_url
     from segflow.core.dbt import dbt_target, warehouse_env
 
@@ -163,6 +163,12 @@ def test_warehouse_url_selects_the_engine_and_the_dbt_target_follows(tmp_path):
         "SEGFLOW_PG_DATABASE": "marketing",
     }
     assert redact_url(pg.warehouse_url) == "postgresql+psycopg2://seg:***@db.example:6543/marketing"
+    from segflow.local.cli import main
+
+    monkeypatch.setenv("PG_SECRET", "s3cr%40t")
+    assert main(["--config", str(cfg), "config", "show"]) == 0
+    shown = capsys.readouterr().out
+    assert "url: postgresql+psycopg2://seg:***@db.example:6543/marketing" in shown and "s3cr" not in shown
     with pytest.raises(UnsupportedWarehouse, match="postgresql warehouse"):
         pg.warehouse_path  # noqa: B018 - a DuckDB-only task must not fall back to a local file
 
