@@ -88,20 +88,19 @@ def dates_to_score(handed: list[date], explicit: bool = False) -> list[date]:
     quality gate - the dates its asset events carry are among them, and so are dates whose events Airflow folded
     into a window an active run had already closed (a backfill publishes many days meanwhile). Dates already
     scored since their last build are skipped. An explicit date (manual run) is scored alone, as asked."""
-    from segflow.core.warehouse import connect
+    from segflow.core.engines import connect_engine
 
     if explicit:
         return sorted(set(handed))
-    with connect(settings().warehouse_path, read_only=True) as con:
+    with connect_engine(settings().warehouse_url) as engine:
         tables = {
-            f"{s}.{t}"
-            for s, t in con.execute("SELECT table_schema, table_name FROM information_schema.tables").fetchall()
+            f"{s}.{t}" for s, t in engine.fetchall("SELECT table_schema, table_name FROM information_schema.tables")
         }
         if not {"marts.user_segment_history", "marts.user_scores_history", "quality.validation_results"} <= tables:
             return sorted(set(handed))  # nothing scored yet: the events are all there is to go by
         behind = [
             r[0]
-            for r in con.execute("""
+            for r in engine.fetchall("""
             WITH gated AS (SELECT as_of, max(validated_at) AS gated_at FROM quality.validation_results
                            WHERE suite = 'marts_user_features' GROUP BY 1),
                  scored AS (SELECT as_of, max(scored_at) AS scored_at FROM marts.user_scores_history GROUP BY 1)
@@ -110,7 +109,7 @@ def dates_to_score(handed: list[date], explicit: bool = False) -> list[date]:
             FROM (SELECT DISTINCT as_of FROM marts.user_segment_history) AS f
             LEFT JOIN scored AS s USING (as_of)
             LEFT JOIN gated AS g USING (as_of)
-            WHERE s.as_of IS NULL OR g.gated_at > s.scored_at""").fetchall()
+            WHERE s.as_of IS NULL OR g.gated_at > s.scored_at""")
         ]
     if set(behind) - set(handed):
         log.info(
@@ -179,19 +178,19 @@ def validate_marts(as_of: str, run_id: str) -> dict:
 def discard_candidates(as_of: str) -> list[str]:
     """Drop the audit schemas of `as_of` once its marts are published (a failed run keeps them for inspection)."""
     from segflow.core.dbt import audit_schema
-    from segflow.core.warehouse import connect
+    from segflow.core.engines import connect_engine
 
     schema = audit_schema(as_of)
-    with connect(settings().warehouse_path) as con:
+    with connect_engine(settings().warehouse_url, read_only=False) as engine:
         present = [
             r[0]
-            for r in con.execute(
+            for r in engine.fetchall(
                 "SELECT DISTINCT schema_name FROM information_schema.schemata WHERE schema_name IN (?, ?)",
                 [schema, f"{schema}_intermediate"],
-            ).fetchall()
+            )
         ]
         for name in present:
-            con.execute(f"DROP SCHEMA {name} CASCADE")
+            engine.execute(f"DROP SCHEMA {name} CASCADE")
     return present
 
 
@@ -244,11 +243,11 @@ def write_back(as_of: str) -> dict:
     """Push the scores of `as_of` to the CRM and the activation export - only if it is the latest date scored:
     the CRM and activation hold the current state, which a backfilled past date must not overwrite."""
     from segflow.activation.writeback import write_back as run_write_back
-    from segflow.core.warehouse import connect, one
+    from segflow.core.engines import connect_engine, scalar
 
     cfg = settings()
-    with connect(cfg.warehouse_path, read_only=True) as con:
-        latest = one(con, "SELECT max(as_of) FROM marts.user_scores_history")
+    with connect_engine(cfg.warehouse_url) as engine:
+        latest = scalar(engine, "SELECT max(as_of) FROM marts.user_scores_history")
     if latest is not None and parse_as_of(as_of) < latest:
         log.info("no write-back for %s: the CRM and the export keep the latest scores (as of %s)", as_of, latest)
         return {"as_of": as_of, "skipped": f"not the latest scored date ({latest})"}

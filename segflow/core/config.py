@@ -427,12 +427,13 @@ def resolve_sqlite_url(url: str, root: Path) -> str:
 
 def redact_url(url: str) -> str:
     """`url` with its password (if any) replaced by ***, for messages and logs."""
-    from urllib.parse import urlsplit, urlunsplit
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # not a URL SQLAlchemy reads
+        return re.sub(r"(://[^:/@]+):[^@/]+@", r"\1:***@", url)
 
 
 def resolve_warehouse_url(warehouse: dict[str, Any], root: Path, environ: dict[str, str]) -> None:

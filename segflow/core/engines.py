@@ -95,10 +95,12 @@ class DuckDBEngine:
     def frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         return self.con.execute(sql, list(params)).df()
 
-    def transaction(self, **frames: pd.DataFrame) -> contextlib.AbstractContextManager[Any]:
+    @contextlib.contextmanager
+    def transaction(self, **frames: pd.DataFrame) -> Iterator[DuckDBEngine]:
         from segflow.core.warehouse import transaction
 
-        return transaction(self.con, **frames)
+        with transaction(self.con, **frames):
+            yield self
 
 
 @functools.lru_cache(maxsize=256)
@@ -139,6 +141,8 @@ def postgres_column_type(values: pd.Series) -> str:
         return "BIGINT"
     if pd.api.types.is_float_dtype(values):
         return "DOUBLE PRECISION"
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return "TIMESTAMPTZ"
     if pd.api.types.is_datetime64_any_dtype(values):
         return "TIMESTAMP"
     present = values.dropna()
@@ -224,6 +228,8 @@ class PostgresEngine:
                 columns[d.name] = pd.to_datetime(pd.Series(values, dtype="object"), utc=aware).astype(
                     "datetime64[us, UTC]" if aware else "datetime64[us]"  # DuckDB's resolution
                 )
+            elif d.type_code == 16:  # BOOLEAN, nullable
+                columns[d.name] = pd.array(values, dtype="boolean")
             elif d.type_code in TEXT_OIDS:  # pandas' string dtype, as DuckDB returns text
                 columns[d.name] = pd.Series(values, dtype="str")
             else:
