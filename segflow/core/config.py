@@ -58,6 +58,12 @@ def warehouse_scheme(url: str) -> str:
     return WAREHOUSE_SCHEMES[scheme]
 
 
+def duckdb_file(url: str) -> str:
+    """The file of a DuckDB URL as SQLAlchemy reads them: `duckdb:///relative.duckdb`, `duckdb:////absolute.duckdb`
+    (empty when the URL names none)."""
+    return url.split(":///", 1)[1] if ":///" in url else ""
+
+
 # --- the schema: every key, its type and default -----------------------------------------------------------
 
 
@@ -443,8 +449,7 @@ def resolve_warehouse_url(warehouse: dict[str, Any], root: Path, environ: dict[s
         return
     url = expand_env_refs(str(warehouse["url"]), environ)
     if warehouse_scheme(url) == "duckdb":
-        # As SQLAlchemy reads them: duckdb:///relative/to/root.duckdb, duckdb:////absolute/path.duckdb.
-        path = url.split(":///", 1)[1] if ":///" in url else ""
+        path = duckdb_file(url)  # relative to root unless absolute
         if not path or path == ":memory:":
             raise ConfigError("warehouse.url: a DuckDB warehouse needs a file (duckdb:///path/to/file.duckdb)")
         warehouse["path"] = str((root / path).resolve())

@@ -68,6 +68,11 @@ def fetchone(engine: Engine, sql: str, params: Sequence[Any] = ()) -> tuple | No
     return rows[0] if rows else None
 
 
+def has_rows(engine: Engine, sql: str, params: Sequence[Any] = ()) -> bool:
+    """Whether the SELECT `sql` returns any row (reads one at most)."""
+    return fetchone(engine, f"SELECT 1 FROM ({sql}) AS q LIMIT 1", params) is not None
+
+
 def scalar(engine: Engine, sql: str, params: Sequence[Any] = ()) -> Any:
     """The first column of the first row of `sql` (None when it returns no row)."""
     row = fetchone(engine, sql, params)
@@ -261,21 +266,23 @@ def connect_engine(url: str, read_only: bool = True) -> Iterator[Engine]:
     """An engine on the warehouse at `url`, closed when the block ends.
 
     Args:
-        url: `duckdb:////absolute/path.duckdb` (`duckdb:///relative.duckdb`) or `postgresql://user@host:port/database` (a SQLAlchemy driver
-            suffix such as `postgresql+psycopg2://` is accepted).
+        url: `duckdb:////absolute/path.duckdb` (`duckdb:///relative.duckdb`) or
+            `postgresql://user@host:port/database` (a SQLAlchemy driver suffix such as `+psycopg2` is accepted).
         read_only: DuckDB only: open the file without taking the writer's lock.
 
     Returns:
         The engine (a context manager's value).
     """
+    from segflow.core.config import WAREHOUSE_SCHEMES, duckdb_file
+
     scheme = urlsplit(url).scheme.split("+")[0]
-    if scheme == "duckdb":
+    engine = WAREHOUSE_SCHEMES.get(scheme)
+    if engine == "duckdb":
         from segflow.core.warehouse import connect
 
-        path = url.split(":///", 1)[1]  # duckdb:///relative or duckdb:////absolute, as SQLAlchemy reads them
-        with connect(Path(path), read_only=read_only) as con:
+        with connect(Path(duckdb_file(url)), read_only=read_only) as con:
             yield DuckDBEngine(con)
-    elif scheme in ("postgresql", "postgres"):
+    elif engine == "postgresql":
         import psycopg2
 
         con = psycopg2.connect("postgresql" + url[url.index("://") :])

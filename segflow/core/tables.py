@@ -79,6 +79,8 @@ def _migrate_scores(engine) -> None:
     """Warehouses of segflow <= 0.1 kept the score history as a Python-written marts table; dbt now owns
     marts.user_scores(_history) as views over scoring.user_scores. Move the rows once, then let dbt create its
     views (it refuses to replace a table it does not own)."""
+    from segflow.core.engines import scalar
+
     kinds = dict(
         engine.fetchall(
             "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'marts' "
@@ -87,7 +89,7 @@ def _migrate_scores(engine) -> None:
     )
     if kinds.get("user_scores_history") != "BASE TABLE":
         return
-    if not engine.fetchall(f"SELECT count(*) FROM {SCORES_TABLE}")[0][0]:
+    if not scalar(engine, f"SELECT count(*) FROM {SCORES_TABLE}"):
         old = engine.column_types("SELECT * FROM marts.user_scores_history")
         columns = ", ".join(c for c in SCORES_COLUMNS if c in old)  # the newer columns stay empty for those dates
         engine.execute(f"INSERT INTO {SCORES_TABLE} ({columns}) SELECT {columns} FROM marts.user_scores_history")

@@ -42,6 +42,7 @@ def transaction(con: duckdb.DuckDBPyConnection, **frames: Any) -> Iterator[duckd
 
 
 def one(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> Any:
-    """The first column of the first row of `sql` (None when it returns no row)."""
-    row = con.execute(sql, params or []).fetchone()
-    return None if row is None else row[0]
+    """The first column of the first row of `sql` (None when it returns no row): engines.scalar on a connection."""
+    from segflow.core.engines import DuckDBEngine, scalar
+
+    return scalar(DuckDBEngine(con), sql, params or [])

@@ -31,7 +31,7 @@ import pandas as pd
 
 from segflow.core.config import Settings
 from segflow.core.dbt import currency_rates
-from segflow.core.engines import connect_engine, fetchone, scalar
+from segflow.core.engines import connect_engine, has_rows, scalar
 from segflow.core.tables import VALIDATION_RESULTS_DDL
 from segflow.extract.mapping import quote_ident
 
@@ -354,7 +354,7 @@ def validate_raw_tables(settings: Settings, as_of: date, run_id: str) -> dict:
         batches = {}
         for suite in RAW_TABLES:
             sql = raw_batch_sql(engine, suite)
-            if fetchone(engine, f"SELECT 1 FROM ({sql}) AS batch LIMIT 1", [run_id]) is not None:
+            if has_rows(engine, sql, [run_id]):
                 batches[suite] = (sql, [run_id], params[suite])
         outcomes, evaluated = _judge_in_engine(settings, engine, batches)
     return _conclude(settings, outcomes, evaluated, as_of, run_id)
@@ -391,7 +391,7 @@ def validate_mart_tables(settings: Settings, as_of: date, run_id: str) -> dict:
                        coalesce(members, 0) / CAST(previous_members AS DOUBLE) AS size_ratio
                 FROM prev LEFT JOIN cand ON cand.segment_name = prev.segment_name"""
             ratios = {"min_ratio": float(bounds["min"]), "max_ratio": float(bounds["max"])}
-            if fetchone(engine, f"SELECT 1 FROM ({sizes}) AS sizes LIMIT 1", [as_of]) is not None:
+            if has_rows(engine, sizes, [as_of]):
                 batches["marts_segment_sizes"] = (sizes, [as_of], ratios)
         outcomes, evaluated = _judge_in_engine(settings, engine, batches)
     return _conclude(settings, outcomes, evaluated, as_of, run_id)
