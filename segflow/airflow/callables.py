@@ -153,13 +153,13 @@ def extract(as_of: str, run_id: str, full_refresh: bool = False) -> dict:
 
 def apply_erasures(run_id: str) -> dict:
     """Forget every person who asked to be forgotten, everywhere the warehouse and the CRM table hold them."""
-    from segflow.core.warehouse import connect
+    from segflow.core.engines import connect_engine
     from segflow.extract import resolve_salt, source_specs
     from segflow.privacy.erasure import apply_erasures as run_erasures
 
     cfg = settings()
-    with connect(cfg.warehouse_path) as con:
-        salt = resolve_salt(con, source_specs(cfg))
+    with connect_engine(cfg.warehouse_url, read_only=False) as engine:
+        salt = resolve_salt(engine, source_specs(cfg))
     return asdict(run_erasures(cfg, run_id, salt))
 
 

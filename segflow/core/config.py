@@ -528,7 +528,7 @@ class Settings:
         if self.warehouse_engine != "duckdb":
             raise UnsupportedWarehouse(
                 f"warehouse.url is a {self.warehouse_engine} warehouse, and this task still reads and writes the "
-                "warehouse through DuckDB only (docs/production.md lists the tasks that run on other engines)"
+                "warehouse file directly (docs/production.md lists what runs on other engines)"
             )
         return Path(self.raw["warehouse"]["path"])
 

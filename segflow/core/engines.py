@@ -53,6 +53,15 @@ class Engine(Protocol):
         """Run one statement for each row of parameters, all committed together."""
         ...
 
+    def changed(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one INSERT, UPDATE or DELETE and commit it; returns the number of rows it changed."""
+        ...
+
+    def append(self, table: str, frame: pd.DataFrame) -> None:
+        """Append `frame`'s rows to the existing `table`, columns by name, through the engine's bulk path; values
+        may be given as text in the form the column's type reads (as DuckDB casts values to VARCHAR)."""
+        ...
+
     def frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         """The query's rows as a DataFrame with DuckDB's dtypes (datetime64 dates, nullable integers, floats)."""
         ...
@@ -97,6 +106,16 @@ class DuckDBEngine:
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self.con.executemany(sql, [list(row) for row in rows])
 
+    def changed(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return int(self.con.execute(sql, list(params)).fetchall()[0][0])
+
+    def append(self, table: str, frame: pd.DataFrame) -> None:
+        self.con.register("_append_frame", frame)
+        try:
+            self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _append_frame")
+        finally:
+            self.con.unregister("_append_frame")
+
     def frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         return self.con.execute(sql, list(params)).df()
 
@@ -118,6 +137,9 @@ def transpile(sql: str, dialect: str, escape_percent: bool = False) -> str:
     from sqlglot.errors import ErrorLevel
 
     tree = sqlglot.parse_one(sql, read="duckdb")
+    if dialect == "postgres":
+        # DuckDB's sha256 hashes a string's UTF-8 bytes; PostgreSQL's takes bytes (sqlglot adds the hex encoding).
+        tree = tree.transform(_hash_utf8)
     if escape_percent:
         tree = tree.transform(
             lambda node: (
@@ -127,6 +149,16 @@ def transpile(sql: str, dialect: str, escape_percent: bool = False) -> str:
             )
         )
     return tree.sql(dialect=dialect, unsupported_level=ErrorLevel.RAISE)
+
+
+def _hash_utf8(node):
+    """DuckDB's sha256(text) hashes the text's UTF-8 bytes; PostgreSQL's sha256 takes bytes."""
+    from sqlglot import exp
+
+    if isinstance(node, exp.SHA2) and not isinstance(node.this, exp.Anonymous):
+        node = node.copy()
+        node.set("this", exp.func("convert_to", node.this, exp.Literal.string("UTF8")))
+    return node
 
 
 INTEGER_OIDS = (20, 21, 23)
@@ -206,6 +238,19 @@ class PostgresEngine:
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         with self._unit(), contextlib.closing(self.con.cursor()) as cursor:
             cursor.executemany(transpile(sql, self.dialect, escape_percent=True), [list(row) for row in rows])
+
+    def changed(self, sql: str, params: Sequence[Any] = ()) -> int:
+        with self._unit(), contextlib.closing(self._execute(sql, params)) as cursor:
+            return cursor.rowcount
+
+    def append(self, table: str, frame: pd.DataFrame) -> None:
+        import io
+
+        from segflow.extract.mapping import quote_ident
+
+        columns = ", ".join(quote_ident(c) for c in frame.columns)
+        with self._unit(), contextlib.closing(self.con.cursor()) as cursor:
+            cursor.copy_expert(f"COPY {table} ({columns}) FROM STDIN", io.StringIO(copy_text(frame)))
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with contextlib.closing(self._execute(sql, params)) as cursor:

@@ -23,11 +23,14 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from segflow.core.config import Settings
+from segflow.core.engines import DuckDBEngine, Engine, fetchone
 from segflow.core.warehouse import connect, transaction
 from segflow.extract.contracts import DATASETS
 from segflow.extract.errors import ExtractError
 from segflow.extract.loader import LoadContext, ensure_tables
 from segflow.extract.spec import SourceSpec, source_specs
+
+SALT_DDL = "CREATE TABLE IF NOT EXISTS raw.pii_salt (fingerprint VARCHAR, first_used_at TIMESTAMP)"
 
 __all__ = ["ExtractError", "SourceResult", "run_extract", "source_specs", "DATASETS"]
 
@@ -82,7 +85,7 @@ def _generated(spec: SourceSpec) -> bool:
     return False
 
 
-def resolve_salt(con, specs: list[SourceSpec]) -> str:
+def resolve_salt(engine: Engine, specs: list[SourceSpec]) -> str:
     """The PII salt for this load (segflow.privacy.salt), checked against the one the warehouse was loaded with."""
     from segflow.privacy.salt import PrivacyError, pii_salt, salt_fingerprint
 
@@ -92,11 +95,11 @@ def resolve_salt(con, specs: list[SourceSpec]) -> str:
         raise ExtractError(str(exc)) from None
     if warning:
         log.warning(warning)
-    con.execute("CREATE TABLE IF NOT EXISTS raw.pii_salt (fingerprint VARCHAR, first_used_at TIMESTAMP)")
-    known = con.execute("SELECT fingerprint FROM raw.pii_salt").fetchone()
+    engine.execute(SALT_DDL)
+    known = fetchone(engine, "SELECT fingerprint FROM raw.pii_salt")
     fingerprint = salt_fingerprint(salt)
     if known is None:
-        con.execute("INSERT INTO raw.pii_salt VALUES (?, now())", [fingerprint])
+        engine.execute("INSERT INTO raw.pii_salt VALUES (?, ?)", [fingerprint, datetime.now(UTC).replace(tzinfo=None)])
     elif known[0] != fingerprint:
         raise ExtractError(
             "SEGFLOW_PII_SALT is not the salt this warehouse's hashes were made with: new rows would no longer match "
@@ -129,55 +132,80 @@ def run_extract(
     every failure so the task fails visibly.
     """
     specs = source_specs(settings)
+    if settings.warehouse_engine == "duckdb":
+        with connect(settings.warehouse_path) as con:
+            ensure_tables(con)
+            return _extract(con, specs, as_of, run_id, sources, force)
+    # Another engine: the same extract on a DuckDB staging copy of what it reads, published in one transaction.
+    from segflow.core.engines import connect_engine
+    from segflow.extract.staging import publish, staging_database
+
+    with connect_engine(settings.warehouse_url, read_only=False) as warehouse:
+        ensure_tables(warehouse)
+        warehouse.execute(SALT_DDL)
+        with staging_database(warehouse, specs) as con:
+            try:
+                results = _extract(con, specs, as_of, run_id, sources, force)
+            except ExtractError:
+                publish(con, warehouse, specs)  # the sources that loaded, as on DuckDB
+                raise
+            publish(con, warehouse, specs)
+            return results
+
+
+def _extract(
+    con, specs: list[SourceSpec], as_of: date, run_id: str, sources: tuple[str, ...] | None, force: bool
+) -> dict[str, SourceResult]:
+    """run_extract on the DuckDB connection `con` (the warehouse, or a staging database)."""
     results: dict[str, SourceResult] = {}
     errors: list[str] = []
-    with connect(settings.warehouse_path) as con:
-        ensure_tables(con)
-        ctx = LoadContext(run_id, as_of, datetime.now(UTC).replace(tzinfo=None), pii_salt=resolve_salt(con, specs))
-        with transaction(con):
-            con.execute("DELETE FROM raw.sources")
-            con.executemany(
-                "INSERT INTO raw.sources VALUES (?, ?, ?, ?, ?)",
-                [[s.name, s.dataset.name, s.kind, _location(s), ctx.now] for s in specs],
+    ctx = LoadContext(
+        run_id, as_of, datetime.now(UTC).replace(tzinfo=None), pii_salt=resolve_salt(DuckDBEngine(con), specs)
+    )
+    with transaction(con):
+        con.execute("DELETE FROM raw.sources")
+        con.executemany(
+            "INSERT INTO raw.sources VALUES (?, ?, ?, ?, ?)",
+            [[s.name, s.dataset.name, s.kind, _location(s), ctx.now] for s in specs],
+        )
+    for spec in specs:
+        if sources is not None and spec.name not in sources:
+            continue
+        result = SourceResult(spec.name, spec.dataset.name, spec.kind)
+        try:
+            # File sources commit file by file (see segflow.extract.files); the others as one batch.
+            with contextlib.nullcontext() if spec.kind == "files" else transaction(con):
+                batches = _extract_source(con, spec, ctx, force)
+        except ExtractError as exc:  # rolled back: the refused batch loads nothing, the other sources go on
+            log.error("extract %s refused: %s", spec.name, exc)
+            errors.append(str(exc))
+            continue
+        for b in batches:
+            result.files_loaded += 1
+            result.rows_in += b.rows_in
+            result.rows_loaded += b.rows_loaded
+            result.rows_quarantined += b.rows_quarantined
+            result.new_rows += b.new_rows
+            result.details.append(
+                {
+                    "batch": b.partition,
+                    "rows_in": b.rows_in,
+                    "rows_loaded": b.rows_loaded,
+                    "rows_quarantined": b.rows_quarantined,
+                    "notes": b.notes,
+                }
             )
-        for spec in specs:
-            if sources is not None and spec.name not in sources:
-                continue
-            result = SourceResult(spec.name, spec.dataset.name, spec.kind)
-            try:
-                # File sources commit file by file (see segflow.extract.files); the others as one batch.
-                with contextlib.nullcontext() if spec.kind == "files" else transaction(con):
-                    batches = _extract_source(con, spec, ctx, force)
-            except ExtractError as exc:  # rolled back: the refused batch loads nothing, the other sources go on
-                log.error("extract %s refused: %s", spec.name, exc)
-                errors.append(str(exc))
-                continue
-            for b in batches:
-                result.files_loaded += 1
-                result.rows_in += b.rows_in
-                result.rows_loaded += b.rows_loaded
-                result.rows_quarantined += b.rows_quarantined
-                result.new_rows += b.new_rows
-                result.details.append(
-                    {
-                        "batch": b.partition,
-                        "rows_in": b.rows_in,
-                        "rows_loaded": b.rows_loaded,
-                        "rows_quarantined": b.rows_quarantined,
-                        "notes": b.notes,
-                    }
-                )
-            results[spec.name] = result
-            log.info(
-                "extract %s (%s, %s): batches=%d rows_in=%d loaded=%d quarantined=%d",
-                spec.name,
-                spec.kind,
-                spec.dataset.name,
-                result.files_loaded,
-                result.rows_in,
-                result.rows_loaded,
-                result.rows_quarantined,
-            )
+        results[spec.name] = result
+        log.info(
+            "extract %s (%s, %s): batches=%d rows_in=%d loaded=%d quarantined=%d",
+            spec.name,
+            spec.kind,
+            spec.dataset.name,
+            result.files_loaded,
+            result.rows_in,
+            result.rows_loaded,
+            result.rows_quarantined,
+        )
     if errors:
         raise ExtractError("; ".join(errors))
     return results

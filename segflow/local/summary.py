@@ -5,15 +5,13 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from segflow.core.config import Settings
-from segflow.core.warehouse import connect
+from segflow.core.config import Settings, redact_url
+from segflow.core.engines import connect_engine
 
 
 def summary_data(settings: Settings) -> dict:
-    with connect(settings.warehouse_path, read_only=True) as con:
-
-        def rows(sql):
-            return con.execute(sql).fetchall()
+    with connect_engine(settings.warehouse_url) as engine:
+        rows = engine.fetchall
 
         return {
             "as_of": rows("SELECT max(as_of) FROM marts.user_scores")[0][0],
@@ -24,7 +22,8 @@ def summary_data(settings: Settings) -> dict:
                                        avg(clv_12m) AS clv
                                 FROM marts.user_scores GROUP BY 1, 2 ORDER BY 1"""),
             "risk": rows("""SELECT churn_risk_band, count(*), avg(clv_12m), sum(clv_12m) FROM marts.user_scores GROUP BY 1
-                            ORDER BY array_position(['high', 'medium', 'low', 'prospect'], churn_risk_band)"""),
+                            ORDER BY CASE churn_risk_band WHEN 'high' THEN 1 WHEN 'medium' THEN 2 WHEN 'low' THEN 3
+                                              WHEN 'prospect' THEN 4 END"""),
             # The leading reason of each user at high risk, most frequent first.
             "reasons": rows("""SELECT split_part(churn_reasons, '=', 1) AS feature, count(*) FROM marts.user_scores
                                WHERE churn_risk_band = 'high' AND churn_reasons IS NOT NULL
@@ -33,7 +32,7 @@ def summary_data(settings: Settings) -> dict:
                                WHERE churn_risk_band = 'high' AND churn_reasons IS NOT NULL
                                ORDER BY clv_12m DESC NULLS LAST, user_id LIMIT 1"""),
             "versions": rows(
-                """SELECT any_value(clusterer_version), any_value(churn_model_version), any_value(clv_model_version)
+                """SELECT max(clusterer_version), max(churn_model_version), max(clv_model_version)
                    FROM marts.user_scores"""
             )[0],
             "monitoring": rows("""SELECT "check", model_name, subject, value, reference_value, threshold FROM ml.model_monitoring
@@ -97,9 +96,14 @@ def print_summary(settings: Settings, console: Console | None = None) -> None:
     from segflow.local.services import urls
 
     links = urls(settings)
+    warehouse = (
+        f"duckdb {settings.warehouse_path}"
+        if settings.warehouse_engine == "duckdb"
+        else redact_url(settings.warehouse_url)
+    )
     console.print(
         "Where to look next:\n"
-        f"  warehouse     duckdb {settings.warehouse_path}  (marts.user_features, user_segments, user_scores)\n"
+        f"  warehouse     {warehouse}  (marts.user_features, user_segments, user_scores)\n"
         + (
             f"  CRM table     {wb.get('crm_table', 'crm_segments')} in {wb['crm_url']}\n"
             if wb.get("crm_url")

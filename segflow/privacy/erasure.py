@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from segflow.core.config import Settings
-from segflow.core.warehouse import connect, one, transaction
+from segflow.core.engines import Engine, connect_engine, scalar
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class ErasureSummary:
 
 def _hash(expr: str) -> str:
     """The salted hash of a normalised identifier, as the extract computes email hashes (salt bound as ?)."""
-    return f"sha256(?::VARCHAR || lower(trim({expr})))"
+    return f"sha256(CAST(? AS VARCHAR) || lower(trim({expr})))"
 
 
 def request_erasure(settings: Settings, contact_id: str | None = None, email: str | None = None) -> str:
@@ -68,9 +68,9 @@ def request_erasure(settings: Settings, contact_id: str | None = None, email: st
         raise ValueError("an erasure request names a contact id or an email")
     now = datetime.now(UTC).replace(tzinfo=None)
     request_id = f"cli-{now:%Y%m%dT%H%M%S%f}"
-    with connect(settings.warehouse_path) as con:
-        con.execute(LOG_DDL)
-        con.execute(
+    with connect_engine(settings.warehouse_url, read_only=False) as engine:
+        engine.execute(LOG_DDL)
+        engine.execute(
             "INSERT INTO raw.erasure_requests (request_id, contact_id, email, requested_at, _source, _run_id, "
             "_loaded_at) VALUES (?, ?, ?, ?, 'cli', 'cli', ?)",
             [request_id, contact_id, email, now, now],
@@ -78,16 +78,23 @@ def request_erasure(settings: Settings, contact_id: str | None = None, email: st
     return request_id
 
 
-def _existing(con, qualified: str) -> bool:
+def _existing(engine: Engine, qualified: str) -> bool:
     """Whether the table exists (views on top of it, such as the marts, need no deleting)."""
     schema, table = qualified.split(".")
     return bool(
-        con.execute(
+        scalar(
+            engine,
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ? "
             "AND table_type = 'BASE TABLE'",
             [schema, table],
-        ).fetchone()[0]
+        )
     )
+
+
+def _temp_table(engine: Engine, name: str, query: str, params: list | None = None) -> None:
+    """(Re)create the temporary table `name` as `query` (portable: no CREATE OR REPLACE on PostgreSQL)."""
+    engine.execute(f"DROP TABLE IF EXISTS {name}")
+    engine.execute(f"CREATE TEMP TABLE {name} AS {query}", params or [])
 
 
 def apply_erasures(settings: Settings, run_id: str, salt: str) -> ErasureSummary:
@@ -96,33 +103,36 @@ def apply_erasures(settings: Settings, run_id: str, salt: str) -> ErasureSummary
     now = datetime.now(UTC).replace(tzinfo=None)
     erased: dict[str, int] = {}
     ids: list[str] = []
-    with connect(settings.warehouse_path) as con:
-        con.execute(LOG_DDL)
-        with transaction(con):
+    with connect_engine(settings.warehouse_url, read_only=False) as engine:
+        engine.execute(LOG_DDL)
+        with engine.transaction() as con:
 
             def delete(table: str, where: str, params: list | None = None) -> None:
                 if _existing(con, table):
-                    count = one(con, f"DELETE FROM {table} WHERE {where}", params)
+                    count = con.changed(f"DELETE FROM {table} WHERE {where}", params or [])
                     if count:
                         erased[table] = erased.get(table, 0) + count
 
-            pending = con.execute(
+            pending = con.fetchall(
                 f"SELECT request_id, {_hash('contact_id')}, {_hash('email')}, requested_at FROM raw.erasure_requests",
                 [salt, salt],
-            ).fetchall()
+            )
             summary.requests = len(pending)
             if pending:
                 # 1. The people asked for: contacts named by id or email, every contact sharing their email, the ids
                 #    the analytics tool knew them by, and the devices (anonymous ids) stitched to them.
-                con.execute(
-                    "CREATE OR REPLACE TEMP TABLE erase_requested AS SELECT * FROM (VALUES "
+                _temp_table(
+                    con,
+                    "erase_requested",
+                    "SELECT * FROM (VALUES "
                     + ", ".join("(?, ?)" for _ in pending)
                     + ") AS t(contact_hash, email_hash)",
                     [v for _, contact_hash, email_hash, _ in pending for v in (contact_hash, email_hash)],
                 )
-                con.execute(
-                    f"""CREATE OR REPLACE TEMP TABLE erase_contacts AS
-                    SELECT DISTINCT contact_id, email_hash, lower(trim(email)) AS email FROM raw.crm_contacts
+                _temp_table(
+                    con,
+                    "erase_contacts",
+                    f"""SELECT DISTINCT contact_id, email_hash, lower(trim(email)) AS email FROM raw.crm_contacts
                     WHERE {_hash("contact_id")} IN (SELECT contact_hash FROM erase_requested)
                        OR email_hash IN (SELECT email_hash FROM erase_requested)""",
                     [salt],
@@ -132,23 +142,26 @@ def apply_erasures(settings: Settings, run_id: str, salt: str) -> ErasureSummary
                        FROM raw.crm_contacts c WHERE c.email_hash IN (SELECT email_hash FROM erase_contacts)
                        AND c.contact_id NOT IN (SELECT contact_id FROM erase_contacts)"""
                 )
-                con.execute(
-                    f"""CREATE OR REPLACE TEMP TABLE erase_ids AS
-                    SELECT contact_id AS id FROM erase_contacts
+                _temp_table(
+                    con,
+                    "erase_ids",
+                    f"""SELECT contact_id AS id FROM erase_contacts
                     UNION SELECT user_id FROM raw.events
                           WHERE {_hash("user_id")} IN (SELECT contact_hash FROM erase_requested)""",
                     [salt],
                 )
-                con.execute(
-                    """CREATE OR REPLACE TEMP TABLE erase_email_hashes AS
-                    SELECT email_hash FROM erase_contacts WHERE email_hash IS NOT NULL
-                    UNION SELECT email_hash FROM erase_requested WHERE email_hash IS NOT NULL"""
+                _temp_table(
+                    con,
+                    "erase_email_hashes",
+                    """SELECT email_hash FROM erase_contacts WHERE email_hash IS NOT NULL
+                    UNION SELECT email_hash FROM erase_requested WHERE email_hash IS NOT NULL""",
                 )
-                con.execute(
-                    """CREATE OR REPLACE TEMP TABLE erase_anonymous AS
-                    SELECT DISTINCT anonymous_id FROM raw.events WHERE user_id IN (SELECT id FROM erase_ids)"""
+                _temp_table(
+                    con,
+                    "erase_anonymous",
+                    """SELECT DISTINCT anonymous_id FROM raw.events WHERE user_id IN (SELECT id FROM erase_ids)""",
                 )
-                summary.people = one(con, "SELECT count(*) FROM erase_ids")
+                summary.people = scalar(con, "SELECT count(*) FROM erase_ids")
                 # 2. Their identifiers, as salted hashes only, so that later loads of the same person are dropped.
                 con.execute(
                     f"""INSERT INTO raw.erasure_suppressions
@@ -156,7 +169,8 @@ def apply_erasures(settings: Settings, run_id: str, salt: str) -> ErasureSummary
                         SELECT 'contact' AS kind, {_hash("id")} AS h FROM erase_ids
                         UNION SELECT 'email', email_hash FROM erase_email_hashes
                         UNION SELECT 'anonymous', {_hash("anonymous_id")} FROM erase_anonymous
-                    ) AS new WHERE (kind, h) NOT IN (SELECT (kind, identifier_hash) FROM raw.erasure_suppressions)""",
+                    ) AS new WHERE NOT EXISTS (SELECT 1 FROM raw.erasure_suppressions AS s
+                                               WHERE s.kind = new.kind AND s.identifier_hash = new.h)""",
                     [salt, salt],
                 )
                 # 3. Everywhere they are.
@@ -185,35 +199,35 @@ def apply_erasures(settings: Settings, run_id: str, salt: str) -> ErasureSummary
                     "raw.quarantine",
                     "EXISTS (SELECT 1 FROM (SELECT id AS v FROM erase_ids UNION SELECT email FROM erase_contacts UNION "
                     "SELECT anonymous_id FROM erase_anonymous) AS ident WHERE length(ident.v) >= 3 "
-                    "AND contains(lower(raw_record), lower(ident.v)))",
+                    "AND strpos(lower(raw_record), lower(ident.v)) > 0)",
                 )
                 for table in USER_TABLES:
                     delete(table, "user_id IN (SELECT id FROM erase_ids)")
                 if _existing(con, "quality.validation_results"):  # failing rows' keys sampled by the quality gates
                     con.execute(
                         "UPDATE quality.validation_results SET unexpected_sample = NULL WHERE EXISTS (SELECT 1 "
-                        "FROM erase_ids WHERE contains(unexpected_sample, '\"' || id || '\"'))"
+                        "FROM erase_ids WHERE strpos(unexpected_sample, '\"' || id || '\"') > 0)"
                     )
                 delete(
                     "marts_store.store_user_identity_links",
                     "identifier IN (SELECT anonymous_id FROM erase_anonymous) "
                     "OR identifier IN (SELECT email_hash FROM erase_email_hashes)",
                 )
-                for schema, table in con.execute(
+                for schema, table in con.fetchall(
                     "SELECT c.table_schema, c.table_name FROM information_schema.columns c JOIN information_schema.tables "
                     "t USING (table_schema, table_name) WHERE c.column_name = 'user_id' AND c.table_schema LIKE 'audit%' "
                     "AND t.table_type = 'BASE TABLE'"
-                ).fetchall():
+                ):
                     delete(f"{schema}.{table}", "user_id IN (SELECT id FROM erase_ids)")
-                ids = [r[0] for r in con.execute("SELECT id FROM erase_ids").fetchall()]
+                ids = [r[0] for r in con.fetchall("SELECT id FROM erase_ids")]
                 for request_id, contact_hash, email_hash, requested_at in pending:
                     con.execute(
-                        f"INSERT INTO raw.erasure_log SELECT {_hash('?')}, ?, ?, ?, ?, ?",
+                        f"INSERT INTO raw.erasure_log SELECT {_hash('?')}, ?, ?, ?, ?, CAST(? AS JSON)",
                         [salt, str(request_id), contact_hash, email_hash, requested_at, now, json.dumps(erased)],
                     )
                 con.execute("DELETE FROM raw.erasure_requests")  # the requests' clear text goes with them
             # 4. Every run: rows this run loaded again for someone already forgotten (a source still holding them).
-            if one(con, "SELECT count(*) FROM raw.erasure_suppressions"):
+            if scalar(con, "SELECT count(*) FROM raw.erasure_suppressions"):
                 suppressed = "SELECT identifier_hash FROM raw.erasure_suppressions WHERE kind = '{}'"
                 delete(
                     "raw.crm_contacts",

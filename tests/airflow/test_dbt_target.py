@@ -17,7 +17,7 @@ from segflow.core.config import REPO_ROOT
 from segflow.core.dbt import dbt_target
 from segflow.extract import run_extract
 from tests.conftest import AS_OF
-from tests.dbt_project.test_dbt_postgres import copy_raw_to_postgres
+from tests.support.warehouses import copy_raw_to_postgres
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 

@@ -37,6 +37,9 @@ def _round_trip(url: str) -> pd.DataFrame:
             engine.execute("INSERT INTO t.kept SELECT text, number, CAST(count AS BIGINT), day, seen_at FROM incoming")
         assert scalar(engine, "SELECT count(*) FROM t.kept WHERE text LIKE 'p%'") == 1  # `%` without parameters
         assert scalar(engine, "SELECT count(*) FROM t.kept WHERE text LIKE ?", ["%and%"]) == 1
+        # Bulk append into the typed table (COPY on PostgreSQL), and the count of rows a DELETE removed.
+        engine.append("t.kept", AWKWARD.assign(text="appended"))
+        assert engine.changed("DELETE FROM t.kept WHERE text = ?", ["appended"]) == len(AWKWARD)
         return engine.frame("SELECT * FROM t.kept ORDER BY day NULLS FIRST, text")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -135,71 +136,86 @@ def test_one_score_per_user_and_every_stage_published(pipeline):
     assert versions == [("1", "1", "1")]
 
 
+def mlflow_metrics(tracking_db: Path) -> dict[str, dict[str, float]]:
+    """The metrics of each model's training run in the MLflow store `tracking_db`."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tracking_db}")
+    runs = mlflow.search_runs(experiment_names=["segflow"])
+    return {
+        run["tags.model"]: {k[len("metrics.") :]: v for k, v in run.items() if k.startswith("metrics.") and v == v}
+        for _, run in runs.iterrows()
+    }
+
+
 @pytest.mark.postgres
-def test_scoring_and_publishing_run_on_a_postgresql_warehouse(pipeline, postgres_url):
-    """With `warehouse.url` on PostgreSQL (the run's marts copied there), scoring reads the features there and
-    gives the scores DuckDB gives; publishing replaces the date's scores in one transaction (COPY into a temporary
-    table, then one INSERT), a rerun does not duplicate, and a failed publish leaves the last good scores.
-    Monitoring computes and stores there the checks DuckDB's run stored; write-back reads there what DuckDB's run
-    wrote to the CRM table and the export."""
-    from segflow.activation.writeback import write_back
+def test_segflow_run_on_a_postgresql_warehouse(pipeline, postgres_url, tmp_path):
+    """`segflow run` with `warehouse.url` on PostgreSQL: every task - extract, erasure, raw gate, dbt, marts gate,
+    training, scoring, publish, write-back, monitoring - runs there (no DuckDB file appears) and gives what the same
+    run gave on DuckDB: gate outcomes, marts, model references and metrics, scores, monitoring checks, the CRM table
+    (already in sync: nothing to change) and the export. Publishing again does not duplicate; a failed publish
+    (COPY into a temporary table, then one INSERT, in one transaction) leaves the last good scores."""
     from segflow.core.config import load_settings
-    from segflow.core.dbt import dbt_vars, run_dbt
     from segflow.core.engines import connect_engine
-    from segflow.ml.monitoring import monitor
-    from segflow.ml.scoring import compute_scores, features_as_of, publish_scores, read_scores
-    from tests.dbt_project.test_dbt_postgres import copy_raw_to_postgres
+    from segflow.ml.scoring import compute_scores, publish_scores
+    from tests.support.warehouses import assert_marts_equal
 
-    environ = {k: v for k, v in pipeline["env"].items() if not k.startswith("SEGFLOW__")}
+    root = tmp_path / "pg"
+    # The sources as the DuckDB run read them; its CRM database holds the write-back table that run synced.
+    shutil.copytree(pipeline["data"], root / "data")
+    (root / "segflow.yml").write_text(
+        TEAM_CONFIG.replace("warehouse: {path: warehouse.duckdb}", f'warehouse: {{url: "{postgres_url}"}}')
+    )
+    env = {**pipeline["env"], "SEGFLOW_CONFIG": str(root / "segflow.yml"), "DBT_TARGET_PATH": str(root / "dbt")}
+    run = run_cli(["run", "--as-of", AS_OF.isoformat()], env, cwd=root)
+    assert run.returncode == 0, f"segflow run failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+    assert re.search(r"✓ extract .* rows loaded", run.stdout) and "CRM +0 ~0 -0" in run.stdout, run.stdout
+    assert not list(root.rglob("*.duckdb")), "nothing was written to a DuckDB file"
+
+    environ = {k: v for k, v in pipeline["env"].items() if not k.startswith("SEGFLOW_")}
     duck = load_settings(pipeline["root"] / "segflow.yml", environ=environ)
-    pg = load_settings(pipeline["root"] / "segflow.yml", environ={**environ, "SEGFLOW__WAREHOUSE__URL": postgres_url})
-    copy_raw_to_postgres(duck.warehouse_path, postgres_url, schemas=("marts", "ml"), views=True)
-    with connect_engine(pg.warehouse_url, read_only=False) as engine:
-        engine.execute("DROP TABLE ml.model_monitoring")  # monitoring (below) writes its own rows
-        # dbt's views over the published scores are built there by dbt (below), not copied.
-        engine.execute("DROP TABLE marts.user_scores; DROP TABLE marts.user_scores_history")
-    expected, _, _ = compute_scores(duck, AS_OF)
-    actual, _, _ = compute_scores(pg, AS_OF)
-    pd.testing.assert_frame_equal(actual, expected, check_dtype=False, atol=1e-9)
-
-    assert publish_scores(pg, actual, AS_OF) == publish_scores(pg, actual, AS_OF) == len(expected)
-    published = "SELECT * FROM scoring.user_scores ORDER BY user_id"
-    with connect_engine(pg.warehouse_url) as engine:
-        on_postgres = engine.frame(published).drop(columns="scored_at")
-    with connect_engine(duck.warehouse_url) as engine:
-        on_duckdb = engine.frame(published).drop(columns="scored_at")
-    pd.testing.assert_frame_equal(on_postgres, on_duckdb, check_dtype=False, atol=1e-9)
-    assert on_postgres["churn_reasons"].isna().sum() == on_duckdb["churn_reasons"].isna().sum() > 0  # NULL, not ''
-
-    # dbt's views over scoring.user_scores, then monitoring against the training references: DuckDB's checks.
-    run_dbt(pg, ["run", "--select", "+user_scores", "--quiet"], vars=dbt_vars(str(AS_OF), pg))
-    checks = (
-        'SELECT "check", model_name, model_version, subject, value, reference_value, threshold, status '
-        "FROM ml.model_monitoring WHERE as_of = ? ORDER BY 1, 2, 3, 4"
-    )
-    report = monitor(pg, AS_OF, read_scores(pg, AS_OF), features_as_of(pg, AS_OF))
-    assert len(report.rows) > 10
-    with connect_engine(pg.warehouse_url) as engine:
-        monitored = engine.frame(checks, [AS_OF])
-    with connect_engine(duck.warehouse_url) as engine:
-        pd.testing.assert_frame_equal(monitored, engine.frame(checks, [AS_OF]), check_dtype=False, atol=1e-9)
-
-    # Write-back from PostgreSQL: the CRM table the DuckDB run synced needs no change, the export is the same file.
-    exports = pipeline["root"] / "exports-from-postgresql"
-    pg_writeback = load_settings(
-        pipeline["root"] / "segflow.yml",
-        environ={**environ, "SEGFLOW__WAREHOUSE__URL": postgres_url, "SEGFLOW__WRITEBACK__EXPORT_DIR": str(exports)},
-    )
-    summary = write_back(pg_writeback, AS_OF)
-    assert (summary.crm_inserted, summary.crm_updated, summary.crm_deleted) == (0, 0, 0) and summary.crm_unchanged
+    pg = load_settings(root / "segflow.yml", environ=environ)
+    checks = {
+        "gates": "SELECT suite, expectation, coalesce(column_name, '') AS column_name, severity, success, "
+        "unexpected_count, element_count FROM quality.validation_results",
+        "references": "SELECT model_name, model_version, rows FROM ml.model_references",
+        "scores": "SELECT * FROM scoring.user_scores",
+        "monitoring": 'SELECT "check", model_name, model_version, subject, value, reference_value, threshold, '
+        "status FROM ml.model_monitoring",
+    }
+    found = {}
+    for settings in (duck, pg):
+        with connect_engine(settings.warehouse_url) as engine:
+            for name, sql in checks.items():
+                frame = engine.frame(sql).drop(columns=["scored_at"], errors="ignore")
+                found[name, engine.dialect] = frame.sort_values(list(frame.columns[:4])).reset_index(drop=True)
+    for name in checks:
+        pd.testing.assert_frame_equal(
+            found[name, "postgres"], found[name, "duckdb"], check_dtype=False, atol=1e-9, obj=name
+        )
+    assert found["gates", "postgres"]["suite"].isin(["raw_transactions", "marts_user_features"]).any()
+    assert len(found["references", "postgres"]) >= 2 and len(found["monitoring", "postgres"]) > 10
+    scores = found["scores", "postgres"]
+    assert scores["churn_reasons"].isna().sum() == found["scores", "duckdb"]["churn_reasons"].isna().sum() > 0
+    assert_marts_equal(duck.warehouse_path, postgres_url)
+    on_duckdb, on_postgres = mlflow_metrics(pipeline["root"] / "mlflow.db"), mlflow_metrics(root / "mlflow.db")
+    assert on_postgres.keys() == on_duckdb.keys() and {"user_churn", "user_lifetime_value"} <= on_duckdb.keys()
+    for model, metrics in on_duckdb.items():
+        assert on_postgres[model] == pytest.approx(metrics, rel=1e-6), model
     export = f"as_of={AS_OF.isoformat()}/segments.csv"
-    assert (exports / export).read_text() == (Path(duck.raw["writeback"]["export_dir"]) / export).read_text()
+    # The same file, up to the last bit of a float (PostgreSQL sums the features in another order).
+    pd.testing.assert_frame_equal(
+        pd.read_csv(root / "exports" / export), pd.read_csv(pipeline["root"] / "exports" / export), atol=1e-9
+    )
 
-    broken = actual.assign(cluster_id="not a number")
+    computed, _, _ = compute_scores(pg, AS_OF)
+    assert publish_scores(pg, computed, AS_OF) == publish_scores(pg, computed, AS_OF) == len(scores)
     with pytest.raises(Exception, match="integer"):
-        publish_scores(pg, broken, AS_OF)
+        publish_scores(pg, computed.assign(cluster_id="not a number"), AS_OF)
     with connect_engine(pg.warehouse_url) as engine:
-        assert len(engine.frame(published)) == len(expected), "the failed publish left the last good scores"
+        assert engine.fetchall("SELECT count(*) FROM scoring.user_scores") == [(len(scores),)], (
+            "a rerun does not duplicate; the failed publish left the last good scores"
+        )
 
 
 def test_registry_holds_both_models_with_champion(pipeline):
