@@ -236,6 +236,9 @@ class UiConfig(_Section):
     docs_port: int = Field(8081, gt=0, lt=65536, description="dbt docs at /, GX Data Docs at /gx/.")
     log_server_port: int = Field(8793, gt=0, lt=65536, description="The scheduler's task-log server.")
     trigger_log_server_port: int = Field(8794, gt=0, lt=65536, description="The triggerer's task-log server.")
+    celery_workers: int = Field(
+        2, ge=0, description="Celery workers started beside the scheduler when Airflow's executor is CeleryExecutor."
+    )
     state_dir: str = Field(".ui", description="Process ids, logs and the generated Airflow login.")
     docs_dir: str = Field("docs/site", description="The static docs sites.")
 

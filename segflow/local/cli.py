@@ -297,7 +297,15 @@ def cmd_ui(args) -> int:
         from segflow.local.docs import link_data_docs
 
         link_data_docs(settings)
-    print("starting Airflow (api-server, scheduler, dag-processor, triggerer), MLflow and the docs server …")
+    names = [s.name for s in services.services(settings, services.service_environ(settings))]
+    workers = sum(name.startswith("airflow-celery-worker") for name in names)
+    print(
+        "starting Airflow (api-server, scheduler, dag-processor, triggerer"
+        + (f", {workers} Celery workers" if workers else "")
+        + ")"
+        + (", MLflow" if "mlflow" in names else "")
+        + " and the docs server …"
+    )
     try:
         services.start(settings)
     except (RuntimeError, TimeoutError) as exc:

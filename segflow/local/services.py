@@ -1,7 +1,9 @@
 """`segflow ui` (make ui / make ui-stop): the local web UIs and the Airflow services behind them.
 
-Started: Airflow's api-server (UI + execution API), scheduler, dag-processor and triggerer; the MLflow UI over
-the project's tracking store; a static server for the dbt docs (/) and GX Data Docs (/gx/). Each runs in its
+Started: Airflow's api-server (UI + execution API), scheduler, dag-processor and triggerer, and `ui.celery_workers`
+Celery workers when Airflow's executor is the CeleryExecutor (AIRFLOW__CORE__EXECUTOR, with its broker and result
+backend configured the same way); the MLflow UI over the project's tracking store, unless `mlflow.tracking_uri`
+is already an MLflow server (http/https); a static server for the dbt docs (/) and GX Data Docs (/gx/). Each runs in its
 own process group; their ids go to `<ui.state_dir>/processes.json`, so `stop` ends exactly what `start`
 started (a recorded id now held by a process with another start time is someone else's and is left alone),
 and logs to `<ui.state_dir>/logs`.
@@ -43,7 +45,9 @@ def urls(settings: Settings) -> dict[str, str]:
     host = ui["host"]
     return {
         "airflow": f"http://{host}:{ui['airflow_port']}/",
-        "mlflow": f"http://{host}:{ui['mlflow_port']}/",
+        "mlflow": settings.mlflow_tracking_uri.rstrip("/") + "/"
+        if mlflow_server(settings)
+        else f"http://{host}:{ui['mlflow_port']}/",
         "dbt_docs": f"http://{host}:{ui['docs_port']}/",
         "gx_data_docs": f"http://{host}:{ui['docs_port']}/gx/",
     }
@@ -93,12 +97,55 @@ def ui_hostname() -> str:
     return os.environ.get("SEGFLOW_UI_HOST", "127.0.0.1")
 
 
-def services(settings: Settings) -> list[Service]:
+def mlflow_server(settings: Settings) -> bool:
+    """Whether the tracking URI is an MLflow server already running (the production stack's), not a store."""
+    return settings.mlflow_tracking_uri.startswith(("http://", "https://"))
+
+
+def celery(environ: dict[str, str]) -> bool:
+    return environ.get("AIRFLOW__CORE__EXECUTOR", "").rsplit(".", 1)[-1] == "CeleryExecutor"
+
+
+def services(settings: Settings, environ: dict[str, str] | None = None) -> list[Service]:
+    """The processes `start` runs for these settings and this (service) environment."""
     ui = ui_settings(settings)
     host = ui["host"]
     bin_dir = Path(sys.executable).parent
     airflow = str(bin_dir / "airflow")
     artifact_root = str(settings.get("mlflow", "artifact_root"))
+    workers = [
+        # Task logs stay in the shared log folder, where the api-server reads them: no log server per worker.
+        Service(
+            f"airflow-celery-worker-{i}",
+            [airflow, "celery", "worker", "--celery-hostname", f"worker{i}@%h", "--skip-serve-logs"],
+        )
+        for i in range(1, int(ui["celery_workers"]) + 1)
+        if celery(os.environ if environ is None else environ)
+    ]
+    tracking = (
+        []
+        if mlflow_server(settings)
+        else [
+            Service(
+                "mlflow",
+                [
+                    str(bin_dir / "mlflow"),
+                    "server",
+                    "--backend-store-uri",
+                    settings.mlflow_tracking_uri,
+                    "--default-artifact-root",
+                    artifact_root,
+                    "--host",
+                    host,
+                    "--port",
+                    str(ui["mlflow_port"]),
+                    "--workers",
+                    "1",
+                ],
+                f"http://{host}:{ui['mlflow_port']}/health",
+            )
+        ]
+    )
     return [
         Service(
             "airflow-api-server",
@@ -108,24 +155,8 @@ def services(settings: Settings) -> list[Service]:
         Service("airflow-scheduler", [airflow, "scheduler"]),
         Service("airflow-dag-processor", [airflow, "dag-processor"]),
         Service("airflow-triggerer", [airflow, "triggerer"]),
-        Service(
-            "mlflow",
-            [
-                str(bin_dir / "mlflow"),
-                "server",
-                "--backend-store-uri",
-                settings.mlflow_tracking_uri,
-                "--default-artifact-root",
-                artifact_root,
-                "--host",
-                host,
-                "--port",
-                str(ui["mlflow_port"]),
-                "--workers",
-                "1",
-            ],
-            f"http://{host}:{ui['mlflow_port']}/health",
-        ),
+        *workers,
+        *tracking,
         Service(
             "docs",
             [
@@ -205,19 +236,19 @@ def start(settings: Settings, timeout: float = 180.0, environ: dict[str, str] | 
     from segflow.airflow.environment import ensure_metadata_db
 
     already = {r["name"]: r for r in running(settings)}
-    wanted = [s for s in services(settings) if s.name not in already]
+    env = service_environ(settings, environ)
+    wanted = [s for s in services(settings, env) if s.name not in already]
     ui = ui_settings(settings)
     for name, port in (
         ("airflow-api-server", ui["airflow_port"]),
         ("mlflow", ui["mlflow_port"]),
         ("docs", ui["docs_port"]),
     ):
-        if name not in already and not _port_free(ui["host"], int(port)):
+        if name in {s.name for s in wanted} and not _port_free(ui["host"], int(port)):
             raise RuntimeError(
                 f"port {ui['host']}:{port} for {name} is taken by another program: "
                 f"free it or set ui.{'airflow_port' if name.startswith('airflow') else name + '_port'}"
             )
-    env = service_environ(settings, environ)
     os.environ.update({k: v for k, v in env.items() if k.startswith(("AIRFLOW", "SEGFLOW", "MLFLOW"))})
     ensure_metadata_db(settings)
     Path(ui["docs_dir"]).mkdir(parents=True, exist_ok=True)

@@ -146,7 +146,8 @@ def train_models(settings: Settings, as_of: date) -> TrainingSummary:
     snapshots = snapshot_dates(settings, as_of)
     training = build_training_data(settings, as_of, snapshots)
     features = read_features(settings.warehouse_url, as_of)
-    lineage = {"as_of": as_of.isoformat(), "git_commit": git_commit(), "horizon_days": settings.horizon_days}
+    # Tags are text: a tracking server's REST API refuses other values (a local store would convert them).
+    lineage = {"as_of": as_of.isoformat(), "git_commit": git_commit(), "horizon_days": str(settings.horizon_days)}
     cluster_summary = train_clusterer(settings, mlflow, client, features, as_of, lineage, seed)
     churn_summary = train_churn_model(settings, mlflow, client, training, snapshots, as_of, lineage, seed)
     calibration = read_features(settings.warehouse_url, snapshots[-1])  # as of D - H: the holdout's start

@@ -41,6 +41,14 @@ def test_compose_file_is_valid_and_resolves(tmp_path):
         == "postgresql+psycopg2://airflow:p@postgres/airflow"
     )
     assert resolved["airflow-worker"]["command"] in (["airflow", "celery", "worker"], "airflow celery worker")
+    assert resolved["airflow-worker"]["deploy"]["replicas"] == 2
+    # The warehouse is PostgreSQL (what tests/e2e/test_celery_stack.py runs): no DuckDB file on a shared volume.
+    worker = resolved["airflow-worker"]["environment"]
+    assert worker["SEGFLOW__WAREHOUSE__URL"] == "postgresql://airflow:p@postgres:5432/warehouse"
+    assert worker["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://")
+    assert "SEGFLOW__WAREHOUSE__PATH" not in worker and "warehouse" not in (
+        yaml.safe_load(result.stdout)["volumes"] or {}
+    )
     assert "airflow-init" in resolved["airflow-apiserver"]["depends_on"]
 
 
