@@ -27,10 +27,8 @@ from segflow.core.engines import DuckDBEngine, Engine, fetchone
 from segflow.core.warehouse import connect, transaction
 from segflow.extract.contracts import DATASETS
 from segflow.extract.errors import ExtractError
-from segflow.extract.loader import LoadContext, ensure_tables
+from segflow.extract.loader import SALT_DDL, LoadContext, ensure_tables
 from segflow.extract.spec import SourceSpec, source_specs
-
-SALT_DDL = "CREATE TABLE IF NOT EXISTS raw.pii_salt (fingerprint VARCHAR, first_used_at TIMESTAMP)"
 
 __all__ = ["ExtractError", "SourceResult", "run_extract", "source_specs", "DATASETS"]
 
@@ -142,7 +140,6 @@ def run_extract(
 
     with connect_engine(settings.warehouse_url, read_only=False) as warehouse:
         ensure_tables(warehouse)
-        warehouse.execute(SALT_DDL)
         with staging_database(warehouse, specs) as con:
             try:
                 results = _extract(con, specs, as_of, run_id, sources, force)

@@ -23,8 +23,12 @@ METADATA_COLUMNS = (
     "_source VARCHAR, _source_file VARCHAR, _file_date DATE, _row_ref VARCHAR, _run_id VARCHAR, _loaded_at TIMESTAMP"
 )
 
-SYSTEM_DDL = """
+# The fingerprint of the salt the warehouse's PII hashes were made with (segflow.extract.resolve_salt).
+SALT_DDL = "CREATE TABLE IF NOT EXISTS raw.pii_salt (fingerprint VARCHAR, first_used_at TIMESTAMP)"
+
+SYSTEM_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS raw;
+{SALT_DDL};
 CREATE TABLE IF NOT EXISTS raw.load_audit (
     run_id VARCHAR, as_of DATE, source VARCHAR, source_file VARCHAR, rows_in BIGINT, rows_loaded BIGINT,
     rows_quarantined BIGINT, loaded_at TIMESTAMP);

@@ -51,7 +51,6 @@ def staging_database(warehouse: Engine, specs: list[SourceSpec]) -> Iterator:
         connect(Path(folder) / "staging.duckdb") as con,
     ):
         ensure_tables(con)
-        con.execute("CREATE TABLE IF NOT EXISTS raw.pii_salt (fingerprint VARCHAR, first_used_at TIMESTAMP)")
         _seed(con, warehouse, specs)
         # The ledger as it was: partitions whose entry changed or vanished are the ones to publish.
         con.execute("CREATE TABLE staging_ledger_before AS SELECT * FROM raw.loaded_files")
