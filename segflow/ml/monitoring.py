@@ -46,10 +46,17 @@ def reference_profile(frame: pd.DataFrame, bins: int = 10) -> dict:
     return profile
 
 
+EDGE_TOLERANCE = 1e-9  # relative: a value this close above a bin edge is on the edge
+
+
 def _numeric_shares(values: pd.Series, edges: list[float]) -> list[float]:
-    """Shares of the bins (-inf, e1], (e1, e2], ..., (ek, inf), then missing."""
+    """Shares of the bins (-inf, e1], (e1, e2], ..., (ek, inf), then missing. A value a rounding error above an
+    edge counts as on it: the same feature summed in another order (another engine, parallel threads) differs in
+    its last bits, and a user must not change bins - nor the PSI change - for that."""
     present = values.dropna().to_numpy()
-    counts = np.bincount(np.searchsorted(edges, present, side="left"), minlength=len(edges) + 1).astype(float)
+    bounds = np.asarray(edges, dtype=float)
+    bounds = bounds + np.abs(bounds) * EDGE_TOLERANCE
+    counts = np.bincount(np.searchsorted(bounds, present, side="left"), minlength=len(edges) + 1).astype(float)
     counts = np.append(counts, values.isna().sum())
     return (counts / max(1, len(values))).tolist()
 

@@ -137,14 +137,15 @@ def test_one_score_per_user_and_every_stage_published(pipeline):
 
 
 def mlflow_metrics(tracking_db: Path) -> dict[str, dict[str, float]]:
-    """The metrics of each model's training run in the MLflow store `tracking_db`."""
-    import mlflow
+    """The metrics of each model's training run in the MLflow store `tracking_db` (a client of its own: the
+    process's tracking URI, which other tests set, is left alone)."""
+    from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(f"sqlite:///{tracking_db}")
-    runs = mlflow.search_runs(experiment_names=["segflow"])
+    client = MlflowClient(tracking_uri=f"sqlite:///{tracking_db}")
+    experiment = client.get_experiment_by_name("segflow")
     return {
-        run["tags.model"]: {k[len("metrics.") :]: v for k, v in run.items() if k.startswith("metrics.") and v == v}
-        for _, run in runs.iterrows()
+        run.data.tags["model"]: {k: v for k, v in run.data.metrics.items() if v == v}  # NaN: not computed
+        for run in client.search_runs([experiment.experiment_id])
     }
 
 
@@ -157,7 +158,7 @@ def test_segflow_run_on_a_postgresql_warehouse(pipeline, postgres_url, tmp_path)
     (COPY into a temporary table, then one INSERT, in one transaction) leaves the last good scores."""
     from segflow.core.config import load_settings
     from segflow.core.engines import connect_engine
-    from segflow.ml.scoring import compute_scores, publish_scores
+    from segflow.ml.scoring import publish_scores
     from tests.support.warehouses import assert_marts_equal
 
     root = tmp_path / "pg"
@@ -211,10 +212,10 @@ def test_segflow_run_on_a_postgresql_warehouse(pipeline, postgres_url, tmp_path)
     ]
     pd.testing.assert_frame_equal(*exported, atol=1e-9)
 
-    computed, _, _ = compute_scores(pg, AS_OF)
-    assert publish_scores(pg, computed, AS_OF) == publish_scores(pg, computed, AS_OF) == len(scores)
+    # Publishing the day's scores again (as read back) replaces them: the same rows, no duplicates.
+    assert publish_scores(pg, scores, AS_OF) == publish_scores(pg, scores, AS_OF) == len(scores)
     with pytest.raises(Exception, match="integer"):
-        publish_scores(pg, computed.assign(cluster_id="not a number"), AS_OF)
+        publish_scores(pg, scores.assign(cluster_id="not a number"), AS_OF)
     with connect_engine(pg.warehouse_url) as engine:
         assert engine.fetchall("SELECT count(*) FROM scoring.user_scores") == [(len(scores),)], (
             "a rerun does not duplicate; the failed publish left the last good scores"

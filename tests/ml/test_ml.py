@@ -256,6 +256,21 @@ def test_input_example_belongs_to_nobody():
     assert example.merge(X, how="inner").empty, "no example row is a user's row"
 
 
+def test_a_value_a_rounding_error_above_a_bin_edge_stays_in_the_edge_bin():
+    """PostgreSQL and DuckDB (or two runs of one with parallel sums) give a feature in different last bits: a user
+    whose value sits on a decile edge must not change bins, and the PSI must not change, for that."""
+    from segflow.ml.monitoring import feature_psi, reference_profile
+
+    train = pd.DataFrame({"spend": [0.1 + 0.2 * i for i in range(101)]})  # deciles fall on values
+    ref = reference_profile(train)
+    edge = ref["spend"]["edges"][3]
+    noisy = train.assign(spend=train["spend"].where(train["spend"] != edge, np.nextafter(edge, np.inf)))
+    assert (noisy["spend"] != train["spend"]).sum() == 1
+    assert feature_psi(ref, noisy)["spend"] == feature_psi(ref, train)["spend"]
+    moved = train.assign(spend=train["spend"].where(train["spend"] != edge, edge * 1.001))
+    assert feature_psi(ref, moved)["spend"] > feature_psi(ref, train)["spend"]  # a real move still counts
+
+
 def test_psi_is_zero_for_the_same_distribution_and_flags_a_shift():
     from segflow.ml.monitoring import feature_psi, psi, reference_profile
 
