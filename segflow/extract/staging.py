@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from segflow.core.engines import Engine
+from segflow.core.engines import DuckDBEngine, Engine
 from segflow.core.warehouse import connect
 from segflow.extract.loader import ensure_tables
 from segflow.extract.spec import SourceSpec
@@ -62,11 +62,7 @@ def _copy_down(con, warehouse: Engine, table: str, where: str = "", params: tupl
     select = ", ".join(f'"{c}"' for c in columns)
     frame = warehouse.frame(f"SELECT {select} FROM {table} {where}", params)
     if len(frame):
-        con.register("_seed_frame", frame)
-        try:
-            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _seed_frame")
-        finally:
-            con.unregister("_seed_frame")
+        DuckDBEngine(con).append(table, frame)
 
 
 def _seed(con, warehouse: Engine, specs: list[SourceSpec]) -> None:
