@@ -83,3 +83,10 @@
 {%- endmacro %}
 {% macro default__as_double(expr) -%}cast({{ expr }} as double){%- endmacro %}
 {% macro postgres__as_double(expr) -%}cast({{ expr }} as double precision){%- endmacro %}
+
+{# Refresh the planner's statistics of a table just built (a post-hook; nothing to do where the engine keeps them). #}
+{% macro analyze_table(relation) -%}
+    {{ return(adapter.dispatch('analyze_table', 'segflow')(relation)) }}
+{%- endmacro %}
+{% macro default__analyze_table(relation) -%}{%- endmacro %}
+{% macro postgres__analyze_table(relation) -%}analyze {{ relation }}{%- endmacro %}

@@ -100,10 +100,14 @@ def build_training_data(settings: Settings, as_of: date, dates: list[date]) -> p
     """ml.churn_training_set over the snapshot `dates`, building any missing feature partition first."""
     for day in [as_of, *dates]:
         ensure_feature_partition(settings, day)
+    # The labels come from int_orders_attributed as of the as-of date: inlined on DuckDB, a table on PostgreSQL,
+    # built here (with what it reads) in the training audit schema.
     run_dbt(
         settings,
-        ["run", "--select", "churn_training_set"],
-        vars=dbt_vars(as_of.isoformat(), settings, feature_dates=[d.isoformat() for d in dates]),
+        ["run", "--select", "+int_orders_attributed,tag:features", "churn_training_set"],
+        vars=dbt_vars(
+            as_of.isoformat(), settings, audit_schema="audit_training", feature_dates=[d.isoformat() for d in dates]
+        ),
     )
     return read_training_set(settings.warehouse_url)
 

@@ -1,3 +1,4 @@
+{{ config(schema=audit_schema() ~ '_intermediate') }}
 -- Each contact as it was on the as-of date: its latest version written by then.
 -- Contacts sharing a normalised email are one person: the oldest contact is canonical (user_id).
 -- Consent belongs to the person: the latest decision of any of their contacts wins, and decisions made at the
@@ -31,37 +32,26 @@ latest as (
 
 decisions as (
     select
-        user_id,
-        updated_at,
-        has_email_consent,
-        has_tracking_consent,
+        *,
         max(updated_at) over (partition by user_id) as latest_decision_at
     from latest
-),
-
-person_consent as (
-    select
-        user_id,
-        bool_and(has_email_consent) as has_email_consent,
-        bool_and(has_tracking_consent) as has_tracking_consent
-    from decisions
-    where updated_at = latest_decision_at
-    group by user_id
 )
 
+-- Windows rather than a join to a per-person aggregate: PostgreSQL estimates one row for each side and nests loops.
 select
-    l.contact_id,
-    l.user_id,
-    l.created_at,
-    l.email_hash,
-    l.email_sha256,
-    l.birth_date,
-    l.gender,
-    l.country_code,
-    l.income_band,
-    l.interest_tags,
-    pc.has_email_consent,
-    pc.has_tracking_consent,
-    l.crm_preferred_channel
-from latest as l
-inner join person_consent as pc on l.user_id = pc.user_id
+    contact_id,
+    user_id,
+    created_at,
+    email_hash,
+    email_sha256,
+    birth_date,
+    gender,
+    country_code,
+    income_band,
+    interest_tags,
+    bool_and(case when updated_at = latest_decision_at then has_email_consent end)
+        over (partition by user_id) as has_email_consent,
+    bool_and(case when updated_at = latest_decision_at then has_tracking_consent end)
+        over (partition by user_id) as has_tracking_consent,
+    crm_preferred_channel
+from decisions

@@ -1,3 +1,4 @@
+{{ config(schema=audit_schema() ~ '_intermediate') }}
 -- Events known on the as-of date, attributed to their canonical user; pre-login events count for the
 -- user their anonymous id is stitched to.
 select

@@ -1,3 +1,4 @@
+{{ config(schema=audit_schema() ~ '_intermediate') }}
 -- Every identifier seen up to the as-of date, linked to one canonical user_id, with the evidence.
 -- Rules (deterministic, in order): CRM contact id -> canonical contact (same email => oldest contact);
 -- transaction reference = contact id, or = a contact's email (hash match); analytics user id = contact id;

@@ -1,3 +1,4 @@
+{{ config(schema=audit_schema() ~ '_intermediate') }}
 -- The product lines of the valid orders known on the as-of date (int_orders_attributed), with their product:
 -- what the product features compare across customers. Sources without a product column have none.
 select

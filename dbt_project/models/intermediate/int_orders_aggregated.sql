@@ -1,3 +1,4 @@
+{{ config(schema=audit_schema() ~ '_intermediate') }}
 -- One row per order from its lines. Amount = product and discount lines (what was paid for goods; fees
 -- such as postage and manual adjustments are not spend); category = that of the largest product line.
 -- An order is invalid when any line is, or when it has no product line (a pure fee or adjustment).

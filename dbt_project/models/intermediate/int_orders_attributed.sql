@@ -1,3 +1,4 @@
+{{ config(schema=audit_schema() ~ '_intermediate') }}
 -- Valid orders known on the as-of date, attributed to their canonical user.
 select
     l.user_id,
