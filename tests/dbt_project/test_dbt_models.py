@@ -155,6 +155,7 @@ def test_unit_tests_cover_every_feature_formula_and_segment_rule(tmp_path, small
         "interests_become_normalised_tags",
         "returns_latest_order_and_purchase_day_rate",
         "products_reach_recent_sales_and_rebuying",
+        "money_is_summed_exactly",
     } <= names
     import csv
 

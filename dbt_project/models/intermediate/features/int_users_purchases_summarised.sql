@@ -9,15 +9,21 @@
   customer's usual, and purchase days per day of the last 365 that the data covers (a customer first seen in
   data that starts 100 days back has had 100 days to buy, not 365).
 #}
+-- Money is summed as exact decimals: a sum of doubles depends on the order rows arrive in (DuckDB aggregates in
+-- parallel), and the same data gave spends a few 1e-14 apart between runs - enough for a tree model to split
+-- differently and a rerun to publish other scores.
 with orders as (
-    select * from {{ ref('int_orders_attributed') }}
+    select
+        *,
+        cast(amount_reporting as decimal(18, 2)) as amount_exact
+    from {{ ref('int_orders_attributed') }}
     where status = 'completed'
 ),
 
 returns as (
     select
         user_id,
-        sum(abs(amount_reporting)) as returned_value_365d
+        {{ as_double('sum(abs(cast(amount_reporting as decimal(18, 2))))') }} as returned_value_365d
     from {{ ref('int_orders_attributed') }}
     where status in ('cancelled', 'refunded')
         and order_date > {{ as_of_date() }} - 365
@@ -56,7 +62,7 @@ purchase_days as (
     select
         user_id,
         order_date,
-        sum(amount_reporting) as day_spend,
+        sum(amount_exact) as day_spend,
         row_number() over (partition by user_id order by order_date) as day_number,
         count(*) over (partition by user_id) as days_total,
         lag(order_date) over (partition by user_id order by order_date) as previous_date
@@ -72,7 +78,7 @@ rhythm as (
         max({{ days_between('previous_date', 'order_date') }}) filter (
             where day_number = days_total and day_number > 1
         ) as last_interpurchase_days,
-        avg(day_spend) filter (where day_number > 1) as repeat_purchase_value
+        {{ as_double('avg(day_spend) filter (where day_number > 1)') }} as repeat_purchase_value
     from purchase_days
     group by user_id
 ),
@@ -91,12 +97,14 @@ totals as (
         min(order_date) as first_purchase_date,
         max(order_date) as last_purchase_date,
         count(*) as lifetime_orders,
-        sum(amount_reporting) as lifetime_spend,
+        {{ as_double('sum(amount_exact)') }} as lifetime_spend,
         count(*) filter (where order_date > {{ as_of_date() }} - 365) as frequency_365d,
-        coalesce(sum(amount_reporting) filter (where order_date > {{ as_of_date() }} - 365), 0) as monetary_365d,
+        coalesce({{ as_double('sum(amount_exact) filter (where order_date > ' ~ as_of_date() ~ ' - 365)') }}, 0)
+            as monetary_365d,
         count(*) filter (where order_date > {{ as_of_date() }} - 180) as orders_180d,
         count(*) filter (where order_date > {{ as_of_date() }} - 90) as orders_90d,
-        coalesce(sum(amount_reporting) filter (where order_date > {{ as_of_date() }} - 90), 0) as spend_90d,
+        coalesce({{ as_double('sum(amount_exact) filter (where order_date > ' ~ as_of_date() ~ ' - 90)') }}, 0)
+            as spend_90d,
         count(*) filter (where order_date > {{ as_of_date() }} - 30) as orders_30d,
         avg(item_count) as avg_items_per_order,
         avg(line_count) as avg_lines_per_order
