@@ -156,6 +156,7 @@ def test_unit_tests_cover_every_feature_formula_and_segment_rule(tmp_path, small
         "returns_latest_order_and_purchase_day_rate",
         "products_reach_recent_sales_and_rebuying",
         "money_is_summed_exactly",
+        "implausible_amounts_are_invalid",
     } <= names
     import csv
 

@@ -15,7 +15,7 @@
 with orders as (
     select
         *,
-        cast(amount_reporting as decimal(18, 2)) as amount_exact
+        cast(amount_reporting as decimal(38, 2)) as amount_exact
     from {{ ref('int_orders_attributed') }}
     where status = 'completed'
 ),
@@ -23,7 +23,7 @@ with orders as (
 returns as (
     select
         user_id,
-        {{ as_double('sum(abs(cast(amount_reporting as decimal(18, 2))))') }} as returned_value_365d
+        {{ as_double('sum(abs(cast(amount_reporting as decimal(38, 2))))') }} as returned_value_365d
     from {{ ref('int_orders_attributed') }}
     where status in ('cancelled', 'refunded')
         and order_date > {{ as_of_date() }} - 365

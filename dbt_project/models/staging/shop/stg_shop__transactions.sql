@@ -45,5 +45,7 @@ select
         when not is_known_currency then 'unknown_currency'
         when amount_local < 0 and status = 'completed' and line_type = 'product' then 'negative_amount'
         when is_future_timestamp then 'future_timestamp'
+        -- A finite but absurd amount (1e300 parses): no sale is worth a trillion, and features sum money exactly.
+        when abs(amount_reporting) >= 1e12 then 'implausible_amount'
     end as invalid_reason
 from converted
