@@ -12,19 +12,23 @@
 -- Money is summed as exact decimals: a sum of doubles depends on the order rows arrive in (DuckDB aggregates in
 -- parallel), and the same data gave spends a few 1e-14 apart between runs - enough for a tree model to split
 -- differently and a rerun to publish other scores.
-with orders as (
+with attributed as (
     select
         *,
         cast(amount_reporting as decimal(38, 2)) as amount_exact
     from {{ ref('int_orders_attributed') }}
+),
+
+orders as (
+    select * from attributed
     where status = 'completed'
 ),
 
 returns as (
     select
         user_id,
-        {{ as_double('sum(abs(cast(amount_reporting as decimal(38, 2))))') }} as returned_value_365d
-    from {{ ref('int_orders_attributed') }}
+        {{ as_double('sum(abs(amount_exact))') }} as returned_value_365d
+    from attributed
     where status in ('cancelled', 'refunded')
         and order_date > {{ as_of_date() }} - 365
     group by user_id
@@ -33,7 +37,7 @@ returns as (
 -- The first order date of the data known on the as-of date (any customer, any status).
 history as (
     select min(order_date) as first_order_date
-    from {{ ref('int_orders_attributed') }}
+    from attributed
 ),
 
 latest_orders as (
