@@ -25,9 +25,9 @@ from pathlib import Path
 
 from segflow.core.warehouse import transaction
 from segflow.extract.errors import ExtractError
-from segflow.extract.loader import BatchResult, LoadContext, load_batch
+from segflow.extract.loader import BatchResult, LoadContext, Part, load_parts
 from segflow.extract.mapping import Mapping
-from segflow.extract.readers import read_file, read_records
+from segflow.extract.readers import Batch, read_file, read_records
 from segflow.extract.spec import SourceSpec
 
 FILE_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})")
@@ -125,33 +125,43 @@ def extract_files(
             continue
         todo.append((path, partition, day, stat, digest))
     workers = max(1, min(workers or LOAD_WORKERS, len(todo)))
+    groups = file_groups(todo, workers)
     if workers == 1:
-        loaded_one = [_load_file(con, spec, ctx, *item) for item in todo]
+        loaded_one: list[BatchResult] = []
+        for group in groups:
+            group_results, error = _load_group(con, spec, ctx, group)
+            loaded_one += group_results
+            if error is not None:
+                raise error
         if refused:
             raise refused[0]
         return results + loaded_one
-    # Many files (a first load, a full refresh): one connection per worker, files handed out in order. A file's
-    # statements run on one core (a day's file is less than a DuckDB row group), so two files at once use both.
-    # The first refused file (in file order) is raised once every started file has finished.
+    # Many files (a first load, a full refresh): one connection per worker, groups handed out in order. A group's
+    # statements mostly run on one core, so two groups at once use both.
+    # The first refused file (in file order) is raised once every started group has finished.
     cursors = [con.cursor() for _ in range(workers)]
     for cursor in cursors:
         cursor.execute("SET TimeZone = 'UTC'")
     pending: queue.SimpleQueue = queue.SimpleQueue()
-    for index, item in enumerate(todo):
-        pending.put((index, item))
-    loaded: dict[int, BatchResult] = {}
-    errors: dict[int, ExtractError] = {}
+    for index, group in enumerate(groups):
+        pending.put((index, group))
+    loaded: dict[int, list[BatchResult]] = {}
+    errors: dict[tuple[int, int], ExtractError] = {}  # by (group, file within it): the first in file order wins
+    failures: list[BaseException] = []
 
     def work(cursor) -> None:
-        while not errors:
+        while not errors and not failures:
             try:
-                index, item = pending.get_nowait()
+                index, group = pending.get_nowait()
             except queue.Empty:
                 return
             try:
-                loaded[index] = _load_file(cursor, spec, ctx, *item)
-            except ExtractError as exc:
-                errors[index] = exc
+                loaded[index], error = _load_group(cursor, spec, ctx, group)
+            except BaseException as exc:  # raised in the caller's thread, not lost with this one
+                failures.append(exc)
+                return
+            if error is not None:
+                errors[(index, len(loaded[index]))] = error
 
     try:
         threads = [
@@ -165,34 +175,122 @@ def extract_files(
     finally:
         for cursor in cursors:
             cursor.close()
+    if failures:
+        raise failures[0]
     if errors:
         raise errors[min(errors)]
     if refused:
         raise refused[0]
-    return results + [loaded[i] for i in sorted(loaded)]
+    return results + [r for i in sorted(loaded) for r in loaded[i]]
 
 
-LOAD_WORKERS = 2  # files loaded at once (the machines here have 2 cores)
+LOAD_WORKERS = 2  # groups loaded at once (the machines here have 2 cores)
+GROUP_BYTES = 32 << 20  # text loaded in one transaction: bounds its memory (about 6x the text at most)
+GROUP_FILES = 64
+GROUPS_PER_WORKER = 4  # so that no worker is left with a long last group while the other core idles
 
 
-def _load_file(
-    con, spec: SourceSpec, ctx: LoadContext, path: Path, partition: str, day: date | None, stat, digest: str
-) -> BatchResult:
-    """Load one file in its own transaction, with its loaded_files record."""
-    with transaction(con):
-        if stat.st_size == 0 and spec.get("allow_empty", False):
-            # An allowed empty file still replaces its partition (by nothing) and is audited with zero rows.
-            batch = read_records(con, [], str(path), empty_columns=spec.dataset.names)
-            batch.notes.append("empty file (allowed)")
-            plan = Mapping().plan(spec.dataset, batch.columns, str(path))
+def file_groups(todo: list[tuple], workers: int = 1) -> list[list[tuple]]:
+    """`todo` ((path, partition, day, stat, digest) in file order) cut into consecutive groups.
+
+    A group holds at most GROUP_FILES files and, past its first file, at most GROUP_BYTES of text (gzipped files
+    counted at 8x their size), less when that leaves fewer than GROUPS_PER_WORKER groups per worker.
+
+    Returns:
+        The groups, in file order.
+    """
+    weights = [item[3].st_size * (8 if item[0].name.lower().endswith((".gz", ".gzip")) else 1) for item in todo]
+    budget = max(1, min(GROUP_BYTES, sum(weights) // (workers * GROUPS_PER_WORKER)))
+    groups: list[list[tuple]] = []
+    size = 0
+    for item, weight in zip(todo, weights, strict=True):
+        if not groups or len(groups[-1]) >= GROUP_FILES or size + weight > budget:
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += weight
+    return groups
+
+
+def _read(con, spec: SourceSpec, path: Path, stat) -> tuple[Batch, bool]:
+    """Read one file into temp table batch_source; (its batch, whether it is an allowed empty file)."""
+    if stat.st_size == 0 and spec.get("allow_empty", False):
+        # An allowed empty file still replaces its partition (by nothing) and is audited with zero rows.
+        batch = read_records(con, [], str(path), empty_columns=spec.dataset.names)
+        batch.notes.append("empty file (allowed)")
+        return batch, True
+    return read_file(con, path, spec.get("format"), spec.get("encoding", "utf-8"), spec.get("delimiter")), False
+
+
+def _load_group(
+    con, spec: SourceSpec, ctx: LoadContext, group: list[tuple]
+) -> tuple[list[BatchResult], ExtractError | None]:
+    """Read the files of `group` in order and load them, those sharing their columns in one transaction each.
+
+    Returns:
+        The loaded files' results and the refusal that stopped the group, if any: a file its reader or mapping
+        refuses loads nothing, the files before it are loaded and the files after it are not read.
+    """
+    results: list[BatchResult] = []
+    staged: list[tuple] = []  # (item, Part) of the files in temp table batch_group
+    shape = None
+    plan = None
+    columns: list[str] = []
+    for item in group:
+        path, partition, day, stat, _ = item
+        try:
+            batch, empty = _read(con, spec, path, stat)
+            mapping = Mapping() if empty else spec.mapping
+            file_plan = mapping.plan(spec.dataset, batch.columns, str(path))
+        except ExtractError as exc:
+            con.execute("DROP TABLE IF EXISTS batch_source")
+            results += _commit(con, spec, ctx, plan, columns, staged)
+            return results, exc
+        if staged and (tuple(batch.columns), empty) != shape:
+            # Other columns (or the identity mapping of an empty file): the files before load first.
+            con.execute("ALTER TABLE batch_source RENAME TO batch_next")
+            results += _commit(con, spec, ctx, plan, columns, staged)
+            con.execute("ALTER TABLE batch_next RENAME TO batch_source")
+            staged = []
+        if not staged:
+            shape, plan, columns = (tuple(batch.columns), empty), file_plan, batch.columns
+            con.execute("CREATE OR REPLACE TEMP TABLE batch_group AS SELECT 0 AS _part, * FROM batch_source")
         else:
-            batch = read_file(con, path, spec.get("format"), spec.get("encoding", "utf-8"), spec.get("delimiter"))
-            plan = spec.mapping.plan(spec.dataset, batch.columns, str(path))
-        result = load_batch(con, ctx, spec.name, spec.dataset, plan, batch, partition, day)
-        con.execute("DELETE FROM raw.loaded_files WHERE source = ? AND source_file = ?", [spec.name, partition])
+            con.execute(f"INSERT INTO batch_group BY NAME SELECT {len(staged)} AS _part, * FROM batch_source")
+        con.execute("DROP TABLE batch_source")
+        staged.append((item, Part(partition, day, batch.rejects, batch.notes)))
+    results += _commit(con, spec, ctx, plan, columns, staged)
+    return results, None
+
+
+def _commit(
+    con, spec: SourceSpec, ctx: LoadContext, plan, columns: list[str], staged: list[tuple]
+) -> list[BatchResult]:
+    """Load the files staged in batch_group in one transaction, with their loaded_files records."""
+    if not staged:
+        return []
+    with transaction(con):
+        results = load_parts(
+            con,
+            ctx,
+            spec.name,
+            spec.dataset,
+            plan,
+            columns,
+            [part for _, part in staged],
+            view="batch_group",
+            part_column="_part",
+        )
         con.execute(
+            "DELETE FROM raw.loaded_files WHERE source = ? AND source_file IN (SELECT unnest(?::VARCHAR[]))",
+            [spec.name, [part.partition for _, part in staged]],
+        )
+        con.executemany(
             "INSERT INTO raw.loaded_files (source, source_file, file_date, size_bytes, mtime_ns, loaded_at, "
             "content_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [spec.name, partition, day, stat.st_size, stat.st_mtime_ns, ctx.now, digest],
+            [
+                [spec.name, partition, day, stat.st_size, stat.st_mtime_ns, ctx.now, digest]
+                for (_, partition, day, stat, digest), _ in staged
+            ],
         )
-    return result
+    return results

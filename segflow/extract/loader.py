@@ -15,7 +15,7 @@ from segflow.core.tables import ensure_output_tables
 from segflow.extract.contracts import DATASETS, Dataset
 from segflow.extract.errors import ExtractError
 from segflow.extract.mapping import MappingPlan, quote_ident, quote_literal
-from segflow.extract.readers import Batch
+from segflow.extract.readers import Batch, Reject
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +188,16 @@ def _version_conflicts(con, table, source, dataset, plan, version_column, checks
     ]
 
 
+@dataclass
+class Part:
+    """One partition of a batch: a file (or API day, CRM window) whose rows are those with `_part` = its index."""
+
+    partition: str
+    file_date: date | None
+    rejects: list[Reject] = field(default_factory=list)  # rows its reader refused for their structure
+    notes: list[str] = field(default_factory=list)
+
+
 def load_batch(
     con,
     ctx: LoadContext,
@@ -206,11 +216,40 @@ def load_batch(
     mode "versions": rows whose (key, version_column) is already loaded are skipped (CRM snapshots/windows);
     quarantine entries of the same rows are replaced, so a row refused again is not listed twice.
     """
+    part = Part(partition, file_date, list(batch.rejects), list(batch.notes))
+    return load_parts(con, ctx, source, dataset, plan, batch.columns, [part], mode, version_column)[0]
+
+
+def load_parts(
+    con,
+    ctx: LoadContext,
+    source: str,
+    dataset: Dataset,
+    plan: MappingPlan,
+    columns: list[str],
+    parts: list[Part],
+    mode: str = "replace",
+    version_column: str | None = None,
+    view: str = "batch_source",
+    part_column: str | None = None,
+) -> list[BatchResult]:
+    """Validate the rows of `view` (source columns `columns`, all text, plus `_row_ref`) and load them.
+
+    With one part the view is one batch; with several (files of one source sharing their columns, loaded at once:
+    a statement and a commit per file cost more than its rows at demo size) the view's column `part_column` gives
+    each row's index in `parts`. Everything is kept per part as if each had been loaded alone: its partition replaced, its
+    quarantine entries and one raw.load_audit row each. Callers hold the transaction.
+
+    Returns:
+        One BatchResult per part, in order.
+    """
+    if len(parts) > 1 and (mode != "replace" or part_column is None):
+        raise ValueError("several parts need mode 'replace' and a part column")
     table = f"raw.{dataset.raw_table}"
-    source_cols = [c for c in batch.columns]
+    source_cols = [c for c in columns]
     raw_obj = ", ".join(f"{quote_literal(c)}, {quote_ident(c)}" for c in source_cols)
     raw_expr = f"CAST(json_object({raw_obj}) AS VARCHAR)" if source_cols else "'{}'"
-    canonical = plan.select_sql("batch_source", raw_expr)
+    canonical = plan.select_sql(view, raw_expr, part=quote_ident(part_column) if part_column else "0")
     row_ref = ""
     if mode == "versions":
         key = " || '/' || ".join(
@@ -225,10 +264,18 @@ def load_batch(
         f"CREATE OR REPLACE TEMP TABLE batch_checked AS SELECT *{row_ref}{', ' + typed if typed else ''} "
         f"FROM ({canonical}) AS canonical"
     )
+    # Partition names and dates by part, for the statements that write them.
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE batch_parts AS SELECT CAST(i AS INTEGER) AS _part, CAST(p AS VARCHAR) AS "
+        "_partition, CAST(d AS DATE) AS _part_date FROM (VALUES "
+        + ", ".join("(?, ?, ?)" for _ in parts)
+        + ") AS v(i, p, d)",
+        [v for i, part in enumerate(parts) for v in (i, part.partition, part.file_date)],
+    )
     checks = _checks(plan, dataset)
-    notes = list(batch.notes)
+    notes = [list(part.notes) for part in parts]
     if mode == "versions" and version_column:
-        checks += _version_conflicts(con, table, source, dataset, plan, version_column, checks, notes)
+        checks += _version_conflicts(con, table, source, dataset, plan, version_column, checks, notes[0])
     failing = " OR ".join(f"({cond})" for cond, _, _ in checks) or "false"
     listed_cond = " OR ".join(f"coalesce({c}, false)" for c, _, _ in checks) or "false"
     unreadable = [c for c in dataset.columns if is_consent(c.name)]
@@ -239,25 +286,33 @@ def load_batch(
         )
         or "false"
     )
-    # Every count of the batch in one scan (a scan per count was a third of a file's load).
-    structurally_ok, refused, listed, passing, unreadable_rows = con.execute(
-        # count_if of no rows is NULL, not 0 (an empty CRM window, a file whose every line was refused).
-        "SELECT count(*), "
-        + ", ".join(f"coalesce(count_if({c}), 0)" for c in ("f IS NOT FALSE", "l", "NOT f", "NOT f AND u"))
-        + f" FROM (SELECT ({failing}) AS f, {listed_cond} AS l, {unreadable_cond} AS u FROM batch_checked)"
-    ).fetchone()
+    # Every count of the batch in one scan (a scan per count was a third of a file's load), per part.
+    counts = {
+        row[0]: row[1:]
+        for row in con.execute(
+            # count_if of no rows is NULL, not 0 (an empty CRM window, a file whose every line was refused).
+            "SELECT _part, count(*), "
+            + ", ".join(f"coalesce(count_if({c}), 0)" for c in ("f IS NOT FALSE", "l", "NOT f", "NOT f AND u"))
+            + f" FROM (SELECT _part, ({failing}) AS f, {listed_cond} AS l, {unreadable_cond} AS u FROM batch_checked)"
+            " GROUP BY _part"
+        ).fetchall()
+    }
+    structurally_ok, refused, listed, passing, unreadable_rows = (
+        [counts.get(i, (0, 0, 0, 0, 0))[k] for i in range(len(parts))] for k in range(5)
+    )
     # Every row refused must be listed in the quarantine: a check whose SQL condition turned NULL would otherwise
     # drop rows silently (neither loaded nor quarantined).
-    if refused != listed:
+    if sum(refused) != sum(listed):
+        unlisted = [p.partition for p, r, li in zip(parts, refused, listed, strict=True) if r != li]
         raise ExtractError(
-            f"{partition}: {refused - listed} row(s) neither loaded nor quarantined - a segflow bug; "
-            "nothing of this batch was loaded"
+            f"{', '.join(unlisted)}: {sum(refused) - sum(listed)} row(s) neither loaded nor quarantined - a segflow "
+            "bug; nothing of this batch was loaded"
         )
 
-    params = [ctx.run_id, source, partition]
     if mode == "replace":
-        con.execute(f"DELETE FROM {table} WHERE _source = ? AND _source_file = ?", [source, partition])
-        con.execute("DELETE FROM raw.quarantine WHERE source = ? AND source_file = ?", [source, partition])
+        in_parts = "IN (SELECT _partition FROM batch_parts)"
+        con.execute(f"DELETE FROM {table} WHERE _source = ? AND _source_file {in_parts}", [source])
+        con.execute(f"DELETE FROM raw.quarantine WHERE source = ? AND source_file {in_parts}", [source])
     else:
         con.execute(
             "DELETE FROM raw.quarantine WHERE source = ? AND row_ref IN (SELECT _row_ref FROM batch_checked)", [source]
@@ -291,48 +346,60 @@ def load_batch(
         good += f" AND NOT EXISTS (SELECT 1 FROM {table} AS r WHERE r._source = {quote_literal(source)} AND {same})"
     new_rows = con.execute(
         f"INSERT INTO {table} ({names}, _source, _source_file, _file_date, _row_ref, _run_id, _loaded_at) "
-        f"SELECT {values}, ?, ?, ?, _row_ref, ?, ? FROM ({good})",
-        [*salt_params, source, partition, file_date, ctx.run_id, ctx.now],
+        f"SELECT {values}, ?, _partition, _part_date, _row_ref, ?, ? FROM ({good}) JOIN batch_parts USING (_part)",
+        [*salt_params, source, ctx.run_id, ctx.now],
     ).fetchall()[0][0]
-    if listed:
+    if mode == "replace" and new_rows != sum(passing):
+        raise ExtractError(f"{parts[0].partition}: {new_rows} rows inserted of {sum(passing)} passing - a segflow bug")
+    if sum(listed):
         # Each check reads only the refused rows.
         union = " UNION ALL ".join(
-            f"SELECT _row_ref, {label} AS column_name, {reason} AS reason, _raw FROM refused WHERE {cond}"
+            f"SELECT _part, _row_ref, {label} AS column_name, {reason} AS reason, _raw FROM refused WHERE {cond}"
             for cond, label, reason in checks
         )
         con.execute(
             f"INSERT INTO raw.quarantine WITH refused AS MATERIALIZED (SELECT * FROM batch_checked WHERE {listed_cond}) "
-            f"SELECT ?, ?, ?, _row_ref, column_name, reason, _raw, ? FROM ({union})",
-            [*params, ctx.now],
+            f"SELECT ?, ?, _partition, _row_ref, column_name, reason, _raw, ? FROM ({union}) JOIN batch_parts USING (_part)",
+            [ctx.run_id, source, ctx.now],
         )
-    if batch.rejects:
-        con.executemany(
-            "INSERT INTO raw.quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [[*params, r.row_ref, r.column, r.reason, r.raw, ctx.now] for r in batch.rejects],
-        )
-    # Replacing a partition inserts every good row; versions skip those already loaded, so count them.
-    loaded = new_rows if mode == "replace" else passing
-    rows_in = structurally_ok + len(batch.rejects)
-    if unreadable_rows:
-        notes.append(f"{unreadable_rows} row(s) with an unreadable consent value, read as no consent")
-    if plan.ignored:
-        notes.append("ignored columns: " + ", ".join(plan.ignored))
-    con.execute(
+    structural = [
+        [ctx.run_id, source, part.partition, r.row_ref, r.column, r.reason, r.raw, ctx.now]
+        for part in parts
+        for r in part.rejects
+    ]
+    if structural:
+        con.executemany("INSERT INTO raw.quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?)", structural)
+    results = []
+    for i, part in enumerate(parts):
+        # Every row passing the checks is loaded; replacing a partition inserts them all, versions skip those
+        # already loaded (new rows).
+        loaded = passing[i]
+        new = passing[i] if mode == "replace" else new_rows
+        rows_in = structurally_ok[i] + len(part.rejects)
+        if unreadable_rows[i]:
+            notes[i].append(f"{unreadable_rows[i]} row(s) with an unreadable consent value, read as no consent")
+        if plan.ignored:
+            notes[i].append("ignored columns: " + ", ".join(plan.ignored))
+        results.append(BatchResult(part.partition, rows_in, loaded, rows_in - loaded, new, notes[i]))
+    con.executemany(
         "INSERT INTO raw.load_audit (run_id, as_of, source, source_file, rows_in, rows_loaded, rows_quarantined, "
         "loaded_at, dataset, notes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            ctx.run_id,
-            ctx.as_of,
-            source,
-            partition,
-            rows_in,
-            loaded,
-            rows_in - loaded,
-            ctx.now,
-            dataset.name,
-            "; ".join(notes) or None,
+            [
+                ctx.run_id,
+                ctx.as_of,
+                source,
+                r.partition,
+                r.rows_in,
+                r.rows_loaded,
+                r.rows_quarantined,
+                ctx.now,
+                dataset.name,
+                "; ".join(r.notes) or None,
+            ]
+            for r in results
         ],
     )
-    for table_name in ("batch_checked", "batch_source"):
+    for table_name in ("batch_checked", "batch_parts", view):
         con.execute(f"DROP TABLE IF EXISTS {table_name}")
-    return BatchResult(partition, rows_in, loaded, rows_in - loaded, new_rows, notes)
+    return results

@@ -219,12 +219,14 @@ class MappingPlan:
                 names.append(arg)
         return names
 
-    def select_sql(self, view: str, raw_expr: str) -> str:
-        """Canonical VARCHAR columns (plus _row_ref and the raw record) from the batch's source columns."""
+    def select_sql(self, view: str, raw_expr: str, part: str = "0") -> str:
+        """Canonical VARCHAR columns (plus _part, _row_ref and the raw record) from the batch's source columns.
+
+        `part` is the SQL of the row's partition number in a batch of several files (a column of `view`)."""
         cols = ", ".join(
             f"CAST({self.exprs[c.name]} AS VARCHAR) AS {quote_ident(c.name)}" for c in self.dataset.columns
         )
-        return f"SELECT _row_ref, {raw_expr} AS _raw, {cols} FROM {view}"
+        return f"SELECT {part} AS _part, _row_ref, {raw_expr} AS _raw, {cols} FROM {view}"
 
     def typed_expr(self, col: Column, ref: str | None = None) -> str:
         """SQL parsing the canonical VARCHAR column into its type; NULL when it cannot be parsed."""
