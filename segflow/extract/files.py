@@ -157,7 +157,7 @@ def extract_files(
                 return
             try:
                 loaded[index], error = _load_group(cursor, spec, ctx, group)
-            except BaseException as exc:  # raised in the caller's thread, not lost with this one
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread, not lost with this one
                 failures.append(exc)
                 return
             if error is not None:
