@@ -39,6 +39,9 @@ class UnsupportedWarehouse(ConfigError):
 
 
 WAREHOUSE_SCHEMES = {"duckdb": "duckdb", "postgresql": "postgresql", "postgres": "postgresql"}
+# Query options of a postgresql:// warehouse.url: libpq's, which both the Python tasks (psycopg2 reads the URL) and
+# dbt (profiles.yml, from segflow.core.dbt.warehouse_env) receive. Any other option would reach one and not the other.
+POSTGRES_URL_OPTIONS = ("sslmode", "sslcert", "sslkey", "sslrootcert", "connect_timeout", "application_name")
 
 
 def warehouse_scheme(url: str) -> str:
@@ -55,6 +58,15 @@ def warehouse_scheme(url: str) -> str:
         raise ConfigError(
             f"warehouse.url: unsupported scheme {scheme or url!r:.40} (duckdb:///path or postgresql://...)"
         )
+    if WAREHOUSE_SCHEMES[scheme] == "postgresql":
+        from urllib.parse import parse_qsl, urlsplit
+
+        unknown = sorted({k for k, _ in parse_qsl(urlsplit(url).query)} - set(POSTGRES_URL_OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"warehouse.url: query option(s) {', '.join(o[:40] for o in unknown)} not supported "
+                f"(supported: {', '.join(POSTGRES_URL_OPTIONS)})"
+            )
     return WAREHOUSE_SCHEMES[scheme]
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from segflow.core.config import Settings
+from segflow.core.config import POSTGRES_URL_OPTIONS, Settings
 from segflow.core.resources import BUNDLE_DIR, DBT_PROJECT_DIR
 
 BUNDLED = DBT_PROJECT_DIR.is_relative_to(BUNDLE_DIR)  # installed from a wheel, not a source checkout
@@ -47,23 +47,28 @@ POSTGRES_ENV = {
     "username": "SEGFLOW_PG_USER",
     "password": "SEGFLOW_PG_PASSWORD",
     "database": "SEGFLOW_PG_DATABASE",
+    **{option: f"SEGFLOW_PG_{option.upper()}" for option in POSTGRES_URL_OPTIONS},
 }
+POSTGRES_OPTION_DEFAULTS = {"connect_timeout": "10", "application_name": "dbt"}  # dbt-postgres's own defaults
 
 
 def warehouse_env(settings: Settings) -> dict[str, str]:
     """The variables profiles.yml reads to reach the configured warehouse: the DuckDB file, or the PostgreSQL
-    server's host, port, user, password and database from `warehouse.url`."""
+    server's host, port, user, password and database from `warehouse.url` and its query options (sslmode, ...;
+    empty when not given, which dbt-postgres and libpq read as unset)."""
     if settings.warehouse_engine == "duckdb":
         return {"SEGFLOW_WAREHOUSE_PATH": str(settings.warehouse_path)}
-    from urllib.parse import unquote, urlsplit
+    from urllib.parse import parse_qsl, unquote, urlsplit
 
     url = urlsplit(settings.warehouse_url)
+    options = dict(parse_qsl(url.query))
     parts = {
         "host": url.hostname or "127.0.0.1",
         "port": str(url.port or 5432),
         "username": unquote(url.username or "postgres"),
         "password": unquote(url.password or ""),
         "database": url.path.lstrip("/") or "postgres",
+        **{o: options.get(o, POSTGRES_OPTION_DEFAULTS.get(o, "")) for o in POSTGRES_URL_OPTIONS},
     }
     return {POSTGRES_ENV[key]: value for key, value in parts.items()}
 

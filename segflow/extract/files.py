@@ -185,7 +185,7 @@ def extract_files(
 
 
 LOAD_WORKERS = 2  # groups loaded at once (the machines here have 2 cores)
-GROUP_BYTES = 32 << 20  # text loaded in one transaction: bounds its memory (about 6x the text at most)
+GROUP_BYTES = 32 << 20  # text loaded in one transaction: bounds the memory of a group
 GROUP_FILES = 64
 GROUPS_PER_WORKER = 4  # so that no worker is left with a long last group while the other core idles
 
@@ -248,6 +248,7 @@ def _load_group(
             return results, exc
         if staged and (tuple(batch.columns), empty) != shape:
             # Other columns (or the identity mapping of an empty file): the files before load first.
+            con.execute("DROP TABLE IF EXISTS batch_next")  # left by a batch that failed on this connection
             con.execute("ALTER TABLE batch_source RENAME TO batch_next")
             results += _commit(con, spec, ctx, plan, columns, staged)
             con.execute("ALTER TABLE batch_next RENAME TO batch_source")

@@ -161,7 +161,21 @@ def test_warehouse_url_selects_the_engine_and_the_dbt_target_follows(tmp_path, c
         "SEGFLOW_PG_USER": "seg",
         "SEGFLOW_PG_PASSWORD": "s3cr@t",
         "SEGFLOW_PG_DATABASE": "marketing",
+        "SEGFLOW_PG_SSLMODE": "",
+        "SEGFLOW_PG_SSLCERT": "",
+        "SEGFLOW_PG_SSLKEY": "",
+        "SEGFLOW_PG_SSLROOTCERT": "",
+        "SEGFLOW_PG_CONNECT_TIMEOUT": "10",
+        "SEGFLOW_PG_APPLICATION_NAME": "dbt",
     }
+    # libpq's options in the URL reach dbt too; an option dbt could not receive is refused, not half-applied.
+    cfg.write_text("warehouse:\n  url: postgresql://seg@db/m?sslmode=verify-full&sslrootcert=/etc/ca.pem\n")
+    tls = warehouse_env(load_settings(cfg, environ={}))
+    assert tls["SEGFLOW_PG_SSLMODE"] == "verify-full" and tls["SEGFLOW_PG_SSLROOTCERT"] == "/etc/ca.pem"
+    cfg.write_text("warehouse:\n  url: postgresql://seg@db/m?options=-csearch_path%3Dx\n")
+    with pytest.raises(ConfigError, match="query option.*options.*not supported"):
+        load_settings(cfg, environ={}).warehouse_engine  # noqa: B018
+    cfg.write_text("warehouse:\n  url: postgresql+psycopg2://seg:${PG_SECRET}@db.example:6543/marketing\n")
     assert redact_url(pg.warehouse_url) == "postgresql+psycopg2://seg:***@db.example:6543/marketing"
     from segflow.local.cli import main
 

@@ -38,3 +38,35 @@ def test_the_warehouse_is_free_once_dbt_returns_even_after_a_failure(tmp_path, m
     assert other.returncode == 0, other.stderr
     with duckdb.connect(warehouse, read_only=True) as con:
         assert con.execute("SELECT count(*) FROM reference.currency_rates").fetchone()[0] == int(other.stdout)
+
+
+def test_query_options_of_a_postgresql_url_reach_dbt(tmp_path, postgres_server, monkeypatch):
+    """dbt connects with the libpq options of warehouse.url, as the Python tasks do: the session it opens carries
+    the URL's application_name, and sslmode=require is refused by a server without SSL (accepted by one with it)."""
+    import psycopg2
+
+    from segflow.core.config import load_settings
+
+    monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path / "target"))
+    monkeypatch.setenv("DBT_LOG_PATH", str(tmp_path / "logs"))
+    config = tmp_path / "segflow.yml"
+
+    def settings(query: str):
+        config.write_text(f"warehouse:\n  url: {postgres_server.url('postgres')}?{query}\n")
+        return load_settings(config, environ={})
+
+    shown = run_dbt(
+        settings("application_name=segflow-probe&connect_timeout=5&sslmode=disable"),
+        ["show", "--inline", "select current_setting('application_name') as app", "--quiet"],
+    )
+    assert [tuple(row) for row in shown.results[0].agate_table.rows] == [("segflow-probe",)]
+
+    with psycopg2.connect(postgres_server.url("postgres").replace("+psycopg2", "")) as con, con.cursor() as cur:
+        cur.execute("SHOW ssl")
+        server_has_ssl = cur.fetchone()[0] == "on"
+    if server_has_ssl:
+        run_dbt(settings("sslmode=require"), ["debug", "--connection", "--quiet"])
+    else:
+        with pytest.raises(DbtError):
+            run_dbt(settings("sslmode=require"), ["debug", "--connection", "--quiet"])
+        run_dbt(settings("sslmode=prefer"), ["debug", "--connection", "--quiet"])
