@@ -110,12 +110,22 @@ def _register(con, table: pa.Table) -> None:
         con.unregister("batch_arrow")
 
 
+# Columns the readers and the loader add beside the source's: a source column of the same name would replace the
+# row references of the quarantine (or the file's place in a group) with values from the file.
+RESERVED_COLUMNS = ("_row_ref", "_part")
+
+
 def _check_names(names: list[str], origin: str) -> None:
     seen: dict[str, str] = {}
     for name in names:
         key = normalise_name(name)
         if not key:
             raise ExtractError(f"{origin}: the header has an empty column name")
+        if key in RESERVED_COLUMNS:
+            raise ExtractError(
+                f"{origin}: the column name {name[:60]!r} is reserved for segflow's row references; "
+                "rename it in the export"
+            )
         if key in seen:
             raise ExtractError(f"{origin}: duplicate column name {name[:60]!r} in the header")
         seen[key] = name

@@ -160,3 +160,16 @@ def test_a_utf16_export_with_its_byte_order_mark_is_read(drop):
     settings, _ = drop(f"{HEADER}\nO1,C1,2026-03-02T10:00:00,1,EUR,completed,café,1\n".encode("utf-16"))
     assert run_extract(settings, DAY, "r")["transactions"].rows_loaded == 1
     assert _rows(settings, "SELECT category FROM raw.transactions") == [("café",)]
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_a_column_named_like_the_row_reference_refuses_the_file(drop, kind):
+    """A source column `_row_ref` would replace the quarantine's line references with values from the file."""
+    if kind == "csv":
+        content = HEADER + ",_Row_Ref\nO1,C1,2026-03-02T10:00:00,1e999,EUR,completed,x,1,line 1\n"
+    else:
+        content = '{"event_id": "e1", "_row_ref": "line 1", "event_type": "page_view"}\n'
+    settings, path = drop(content, name=f"{DAY}.{kind}", dataset="transactions" if kind == "csv" else "events")
+    with pytest.raises(ExtractError, match=rf"{path.name}: the column name '_(R|r)ow_(R|r)ef' is reserved"):
+        run_extract(settings, DAY, "run-1")
+    assert _rows(settings, "SELECT count(*) FROM raw.quarantine") == [(0,)]
