@@ -86,11 +86,17 @@ def test_the_extract_loads_the_same_raw_layer_into_postgresql(tmp_path, make_set
         (email,) = engine.fetchall("SELECT min(email) FROM raw.crm_contacts WHERE email IS NOT NULL")[0]
     erased = {}
     for settings in (duck, pg):
+        # A warehouse table that happens to bear the name of one of the erasure's temporary tables is not dropped.
+        with connect_engine(settings.warehouse_url, read_only=False) as engine:
+            engine.execute("CREATE TABLE erase_ids AS SELECT 'kept' AS note")
         request_erasure(settings, email=email.upper())
         with connect_engine(settings.warehouse_url, read_only=False) as engine:
             salt = resolve_salt(engine, source_specs(settings))
         erased[settings.warehouse_engine] = apply_erasures(settings, "erase", salt)
     assert erased["postgresql"].rows_erased == erased["duckdb"].rows_erased
+    for settings in (duck, pg):
+        with connect_engine(settings.warehouse_url) as engine:
+            assert engine.fetchall("SELECT note FROM erase_ids") == [("kept",)], settings.warehouse_engine
     assert erased["postgresql"].rows_erased.get("raw.crm_contacts", 0) >= 1
     with connect_engine(pg.warehouse_url) as engine:
         assert engine.fetchall("SELECT count(*) FROM raw.crm_contacts WHERE lower(email) = lower(?)", [email]) == [(0,)]
