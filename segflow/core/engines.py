@@ -40,6 +40,7 @@ class Engine(Protocol):
     """What a Python task needs from a warehouse to query it."""
 
     dialect: str
+    temp_schema: str  # where the session's temporary tables live (qualifies a DROP that must not reach a real table)
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]: ...
 
@@ -90,6 +91,7 @@ def scalar(engine: Engine, sql: str, params: Sequence[Any] = ()) -> Any:
 
 class DuckDBEngine:
     dialect = "duckdb"
+    temp_schema = "temp"
 
     def __init__(self, con) -> None:
         self.con = con
@@ -211,6 +213,7 @@ def copy_text(frame: pd.DataFrame) -> str:
 
 class PostgresEngine:
     dialect = "postgres"
+    temp_schema = "pg_temp"
 
     def __init__(self, con) -> None:
         self.con = con

@@ -91,14 +91,11 @@ def _existing(engine: Engine, qualified: str) -> bool:
     )
 
 
-# Each engine's schema of the session's temporary tables. An unqualified DROP falls through to the default schema
-# when no temporary table of that name exists: it would drop a warehouse table that happens to bear the name.
-TEMP_SCHEMAS = {"duckdb": "temp", "postgres": "pg_temp"}
-
-
 def _temp_table(engine: Engine, name: str, query: str, params: list | None = None) -> None:
-    """(Re)create the temporary table `name` as `query` (portable: no CREATE OR REPLACE on PostgreSQL)."""
-    engine.execute(f"DROP TABLE IF EXISTS {TEMP_SCHEMAS[engine.dialect]}.{name}")
+    """(Re)create the temporary table `name` as `query` (portable: no CREATE OR REPLACE on PostgreSQL). The DROP
+    names the temporary schema: unqualified, it falls through to the default schema when no temporary table of that
+    name exists, and would drop a warehouse table that happens to bear the name."""
+    engine.execute(f"DROP TABLE IF EXISTS {engine.temp_schema}.{name}")
     engine.execute(f"CREATE TEMP TABLE {name} AS {query}", params or [])
 
 
