@@ -1,6 +1,6 @@
 """Scoring, triggered by each new user_features build: score every user with the `@champion` models,
 gate the scores, publish them (marts.user_scores_history; marts.user_scores when the date is the latest), then
-write back to the CRM and the activation export and, alongside, check feature drift, the score distribution and
+write back to the CRM and the activation export, sync the segment API's serving store and, alongside, check feature drift, the score distribution and
 persona sizes (ml.model_monitoring, MLflow).
 
 A run scores every date its triggering asset events carry and every published date still without current
@@ -30,8 +30,12 @@ with segflow_dag("segflow_score", schedule=[USER_FEATURES], doc_md=__doc__, tags
         return callables.write_back_latest(dates)
 
     @task(pool=DUCKDB_POOL)
+    def sync_serving(dates: list[str]) -> dict:
+        return callables.sync_serving(dates)
+
+    @task(pool=DUCKDB_POOL)
     def monitor_drift(dates: list[str]) -> list[dict]:
         return [callables.monitor(day) for day in dates]
 
     dates = resolve_dates()
-    chain(dates, score_users(dates), [write_back(dates), monitor_drift(dates)])
+    chain(dates, score_users(dates), [write_back(dates), sync_serving(dates), monitor_drift(dates)])

@@ -26,6 +26,8 @@ def settings_env(root: Path, data: Path) -> dict[str, str]:
         "SEGFLOW__WRITEBACK__EXPORT_DIR": str(root / "exports"),
         "SEGFLOW__AIRFLOW__HOME": str(root / "airflow"),
         "SEGFLOW__QUALITY__GX_DIR": str(root / "gx"),
+        "SEGFLOW__SERVING__SNAPSHOT_DIR": str(root / "serving"),
+        "SEGFLOW__SERVING__KEYS_FILE": str(root / "serving" / "api_keys.sqlite"),
     }
 
 
@@ -140,6 +142,21 @@ def postgres_url(postgres_database):
     """The SQLAlchemy URL of a throw-away database (see postgres_database)."""
     server, name = postgres_database
     return server.url(name)
+
+
+@pytest.fixture
+def redis_url():
+    """The Redis server (Celery's broker, the serving store): SEGFLOW_TEST_REDIS_URL, else the local default port."""
+    import redis
+
+    from tests.support.services import need
+
+    url = os.environ.get("SEGFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        need(False, f"no Redis server at {url} ({exc}); set SEGFLOW_TEST_REDIS_URL")
+    return url
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -239,6 +239,15 @@ def write_back_latest(dates: list[str]) -> dict:
     return write_back(max(dates)) if dates else {"skipped": "no date to score"}
 
 
+def sync_serving(dates: list[str]) -> dict:
+    """Load the latest published scores into the segment API's serving store and switch it (docs/serving.md)."""
+    if not dates:
+        return {"skipped": "no date was scored"}
+    from segflow.serving.sync import sync
+
+    return sync(settings())
+
+
 def write_back(as_of: str) -> dict:
     """Push the scores of `as_of` to the CRM and the activation export - only if it is the latest date scored:
     the CRM and activation hold the current state, which a backfilled past date must not overwrite."""

@@ -255,6 +255,33 @@ class UiConfig(_Section):
     docs_dir: str = Field("docs/site", description="The static docs sites.")
 
 
+class ServingConfig(_Section):
+    url: str | None = Field(
+        None,
+        description="The serving store of `segflow serve`: `redis://host:port/db` (password via ${ENV}); "
+        "unset: the local read-only snapshot in `snapshot_dir` (no service needed).",
+    )
+    snapshot_dir: str = Field("serving", description="Versioned read-only snapshots written after each scoring run.")
+    keys_file: str = Field("serving/api_keys.sqlite", description="API keys (hashed) and their scopes.")
+    key_prefix: str = Field("segflow", description="Prefix of every Redis key of the serving store.")
+    grace_seconds: int = Field(
+        300, ge=0, description="How long a replaced version stays readable (requests that started on it finish)."
+    )
+    host: str = Field("127.0.0.1", description="Interface `segflow serve` listens on.")
+    port: int = Field(8082, gt=0, lt=65536)
+    batch_max: int = Field(100, gt=0, le=10_000, description="Most ids in one POST /v1/profiles:batch.")
+    page_size: int = Field(500, gt=0, le=10_000, description="Most members in one page of a segment's members.")
+    rate_limit_per_minute: int = Field(
+        6000, gt=0, description="Requests per API key and minute (per server process), unless the key sets its own."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins browsers may call the API from (empty: no CORS headers)."
+    )
+    log_ids: bool = Field(
+        False, description="Request logs show looked-up ids in clear (default: replaced by a short keyed hash)."
+    )
+
+
 class SegflowConfig(_Section):
     root: str = Field(".", description="Folder relative paths resolve against (itself relative to the file).")
     sources: dict[str, dict[str, Any] | None] = Field(
@@ -273,6 +300,7 @@ class SegflowConfig(_Section):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     airflow: AirflowConfig = Field(default_factory=AirflowConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
 
 
 # Paths resolved against `root`; URLs whose relative SQLite paths are made absolute.
@@ -285,8 +313,10 @@ PATH_KEYS = [
     ("quality", "expectations_dir"),
     ("quality", "gx_dir"),
     ("airflow", "home"),
+    ("serving", "snapshot_dir"),
+    ("serving", "keys_file"),
 ]
-URL_KEYS = [("writeback", "crm_url"), ("mlflow", "tracking_uri")]
+URL_KEYS = [("writeback", "crm_url"), ("mlflow", "tracking_uri"), ("serving", "url")]
 
 
 # --- key checks with suggestions ----------------------------------------------------------------------------
@@ -606,7 +636,7 @@ def load_settings(path: str | os.PathLike | None = None, environ: dict[str, str]
 
 def stores_under(root: Path, writeback_crm_url: str) -> dict[str, str]:
     """Environment overrides that put every store a run writes under `root` (warehouse, MLflow, exports, GX,
-    Airflow home, dbt's target and logs) - for runs isolated from the configured ones (bench, backtest)."""
+    Airflow home, serving snapshot, dbt's target and logs) - for runs isolated from the configured ones (bench, backtest)."""
     return {
         "SEGFLOW__WAREHOUSE__PATH": str(root / "warehouse.duckdb"),
         "SEGFLOW__MLFLOW__TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
@@ -615,6 +645,9 @@ def stores_under(root: Path, writeback_crm_url: str) -> dict[str, str]:
         "SEGFLOW__WRITEBACK__EXPORT_DIR": str(root / "exports"),
         "SEGFLOW__AIRFLOW__HOME": str(root / "airflow"),
         "SEGFLOW__QUALITY__GX_DIR": str(root / "gx"),
+        "SEGFLOW__SERVING__URL": "",  # the local snapshot: an isolated run must not switch a shared serving store
+        "SEGFLOW__SERVING__SNAPSHOT_DIR": str(root / "serving"),
+        "SEGFLOW__SERVING__KEYS_FILE": str(root / "serving" / "api_keys.sqlite"),
         "DBT_TARGET_PATH": str(root / "dbt_target"),
         "DBT_LOG_PATH": str(root / "dbt_logs"),
     }

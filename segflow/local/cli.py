@@ -304,7 +304,7 @@ def cmd_ui(args) -> int:
         + (f", {workers} Celery workers" if workers else "")
         + ")"
         + (", MLflow" if "mlflow" in names else "")
-        + " and the docs server …"
+        + ", the docs server and the segment API …"
     )
     try:
         services.start(settings)
@@ -317,7 +317,83 @@ def cmd_ui(args) -> int:
     print(f"MLflow         {links['mlflow']}")
     print(f"dbt docs       {links['dbt_docs']}")
     print(f"GX Data Docs   {links['gx_data_docs']}")
+    print(f"Segment API    {links['segment_api']}docs   key: {services.demo_api_key(settings)}")
+    print(
+        f"  curl -H 'Authorization: Bearer <key>' {links['segment_api']}v1/segments"
+        + (
+            ""
+            if (Path(settings.get("serving", "snapshot_dir")) / "CURRENT").exists() or settings.get("serving", "url")
+            else "   (answers once a scoring run has synced it: make demo)"
+        )
+    )
     print(f"logs: {Path(settings.get('ui', 'state_dir')) / 'logs'}; stop with `make ui-stop` (segflow ui stop)")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from segflow.serving.api import create_app
+
+    settings = load_settings(args.config)
+    host = args.host or settings.get("serving", "host")
+    port = args.port or settings.get("serving", "port")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    store = settings.get("serving", "url") or settings.get("serving", "snapshot_dir")
+    print(f"segment API on http://{host}:{port} (OpenAPI: /openapi.json, docs: /docs; store: {redact_url(store)})")
+    # uvicorn's access log would print looked-up ids in clear: the API logs requests itself (serving.log_ids).
+    uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_level="warning")
+    return 0
+
+
+def cmd_api_key(args) -> int:
+    from segflow.serving import keys
+
+    settings = load_settings(args.config)
+    path = Path(settings.get("serving", "keys_file"))
+    if args.action == "create":
+        try:
+            key, record = keys.create_key(path, args.scope or keys.SCOPES, args.name, args.rate_limit)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(key)
+        print(
+            f"key id {record.key_id}, scopes {' '.join(sorted(record.scopes))}: shown once, stored only hashed",
+            file=sys.stderr,
+        )
+        return 0
+    if args.action == "revoke":
+        if not args.key_id:
+            print("error: revoke needs the key id (segflow api-key list)", file=sys.stderr)
+            return 2
+        if keys.revoke_key(path, args.key_id):
+            print(f"revoked {args.key_id}")
+            return 0
+        print(f"error: no active key {args.key_id}", file=sys.stderr)
+        return 1
+    for record in keys.list_keys(path):
+        state = f"revoked {record.revoked_at[:19]}" if record.revoked_at else "active"
+        limit = record.rate_limit_per_minute or "default"
+        print(f"{record.key_id}  {' '.join(sorted(record.scopes)):28s} {limit!s:>8} /min  {state:28s} {record.name}")
+    return 0
+
+
+def cmd_serving(args) -> int:
+    from segflow.serving.snapshot import NothingPublished
+    from segflow.serving.sync import sync
+
+    try:
+        result = sync(load_settings(args.config))
+    except NothingPublished as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"serving version {result['version']} (as of {result['as_of']}): {result['profiles']:,} profiles, "
+        f"{result['segments']} segments"
+        + (f", loaded into {result['redis_url']}" if "redis" in result else "")
+        + f" in {result['seconds']}s"
+    )
     return 0
 
 
@@ -561,6 +637,22 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--contact-id", default=None, help="the CRM contact id")
     who.add_argument("--email", default=None, help="the email address (every contact holding it)")
     erase.set_defaults(func=cmd_erase)
+    serve = sub.add_parser("serve", parents=[common], help="start the segment API (profiles and segments over HTTP)")
+    serve.add_argument("--host", default=None, help="interface (default: serving.host)")
+    serve.add_argument("--port", type=int, default=None, help="port (default: serving.port)")
+    serve.set_defaults(func=cmd_serve)
+    api_key = sub.add_parser("api-key", parents=[common], help="create, list or revoke segment API keys")
+    api_key.add_argument("action", choices=["create", "list", "revoke"])
+    api_key.add_argument("key_id", nargs="?", help="the key id to revoke")
+    api_key.add_argument(
+        "--scope", action="append", choices=["read:profiles", "read:segments"], help="repeatable (default: both)"
+    )
+    api_key.add_argument("--name", default="", help="who or what the key is for")
+    api_key.add_argument("--rate-limit", type=int, default=None, help="requests a minute (default: serving's)")
+    api_key.set_defaults(func=cmd_api_key)
+    serving = sub.add_parser("serving", parents=[common], help="sync the serving store from the published marts")
+    serving.add_argument("action", choices=["sync"])
+    serving.set_defaults(func=cmd_serving)
     config = sub.add_parser(
         "config", parents=[common], help="check the configuration, show it resolved, or list every key"
     )

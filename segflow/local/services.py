@@ -4,7 +4,7 @@ Started: Airflow's api-server (UI + execution API), scheduler, dag-processor and
 Celery workers when Airflow's executor is the CeleryExecutor (AIRFLOW__CORE__EXECUTOR, with its broker and result
 backend configured the same way); the MLflow UI over the project's tracking store, unless `mlflow.tracking_uri`
 is already an MLflow server (http/https); a static server for the dbt docs (/) and GX Data Docs (/gx/). Each runs in its
-own process group; their ids go to `<ui.state_dir>/processes.json`, so `stop` ends exactly what `start`
+own process group (the segment API too: `segflow serve`); their ids go to `<ui.state_dir>/processes.json`, so `stop` ends exactly what `start`
 started (a recorded id now held by a process with another start time is someone else's and is left alone),
 and logs to `<ui.state_dir>/logs`.
 """
@@ -50,6 +50,7 @@ def urls(settings: Settings) -> dict[str, str]:
         else f"http://{host}:{ui['mlflow_port']}/",
         "dbt_docs": f"http://{host}:{ui['docs_port']}/",
         "gx_data_docs": f"http://{host}:{ui['docs_port']}/gx/",
+        "segment_api": f"http://{host}:{settings.get('serving', 'port')}/",
     }
 
 
@@ -171,7 +172,35 @@ def services(settings: Settings, environ: dict[str, str] | None = None) -> list[
             ],
             f"http://{host}:{ui['docs_port']}/",
         ),
+        Service(
+            "segment-api",
+            [
+                sys.executable,
+                "-m",
+                "segflow.local.cli",
+                *(["--config", str(settings.config_file)] if settings.config_file else []),
+                "serve",
+                "--host",
+                host,
+                "--port",
+                str(settings.get("serving", "port")),
+            ],
+            f"http://{host}:{settings.get('serving', 'port')}/healthz",
+        ),
     ]
+
+
+def demo_api_key(settings: Settings) -> str:
+    """The key `segflow ui start` prints: kept (owner-only) in the state dir, created again when revoked."""
+    from segflow.serving import keys
+
+    path = secret_file(Path(settings.get("ui", "state_dir")) / "demo_api_key")
+    key = path.read_text().strip()
+    keys_file = Path(settings.get("serving", "keys_file"))
+    if not key or keys.verify_key(keys_file, key) is None:
+        key, _ = keys.create_key(keys_file, keys.SCOPES, "demo key of segflow ui")
+        path.write_text(key + "\n")
+    return key
 
 
 def state_file(settings: Settings) -> Path:

@@ -69,6 +69,7 @@ def test_duckdb_writers_share_the_single_slot_pool(dagbag):
         ("segflow_train", "train_models"),
         ("segflow_score", "score_users"),
         ("segflow_score", "write_back"),
+        ("segflow_score", "sync_serving"),
         ("segflow_score", "monitor_drift"),
     }
     for dag_id, task_id in writers:

@@ -24,25 +24,11 @@ BIN = Path(sys.executable).parent
 PORTS = {
     "SEGFLOW__UI__AIRFLOW_PORT": "28180",
     "SEGFLOW__UI__DOCS_PORT": "28181",
+    "SEGFLOW__SERVING__PORT": "28182",
     "SEGFLOW__UI__LOG_SERVER_PORT": "28893",
     "SEGFLOW__UI__TRIGGER_LOG_SERVER_PORT": "28894",
 }
 MLFLOW_PORT = 25100
-
-
-@pytest.fixture
-def redis_url():
-    """The Redis server Celery brokers through: SEGFLOW_TEST_REDIS_URL, else the local default port."""
-    import redis
-
-    from tests.support.services import need
-
-    url = os.environ.get("SEGFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=3).ping()
-    except redis.RedisError as exc:
-        need(False, f"no Redis server at {url} ({exc}); set SEGFLOW_TEST_REDIS_URL")
-    return url
 
 
 def wait_for_http(url: str, process: subprocess.Popen, timeout: float) -> None:

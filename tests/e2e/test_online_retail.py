@@ -46,6 +46,7 @@ def retail(tmp_path_factory):
         "SEGFLOW__WRITEBACK__EXPORT_DIR": str(root / "exports"),
         "SEGFLOW__QUALITY__GX_DIR": str(root / "gx"),
         "SEGFLOW__AIRFLOW__HOME": str(root / "airflow"),
+        "SEGFLOW__SERVING__SNAPSHOT_DIR": str(root / "serving"),
         "SEGFLOW_TASK_RETRIES": "0",
         "MPLCONFIGDIR": str(root / "mpl"),
         "SEGFLOW_ONLINE_RETAIL_PATH": str(dataset),

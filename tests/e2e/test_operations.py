@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,7 @@ PORTS = {
     "SEGFLOW__UI__AIRFLOW_PORT": "28080",
     "SEGFLOW__UI__MLFLOW_PORT": "25000",
     "SEGFLOW__UI__DOCS_PORT": "28081",
+    "SEGFLOW__SERVING__PORT": "28082",
     "SEGFLOW__UI__LOG_SERVER_PORT": "28793",
     "SEGFLOW__UI__TRIGGER_LOG_SERVER_PORT": "28794",
 }
@@ -55,9 +57,10 @@ def run(cmd: list[str], env: dict, timeout: int = 900) -> subprocess.CompletedPr
 
 
 def side(root: Path, seed: Path, data: Path, **extra: str) -> dict:
-    """A copy of the seeded state (warehouse, MLflow store, CRM) under `root`, and the environment using it."""
+    """A copy of the seeded state (warehouse, MLflow store, CRM, serving snapshot) under `root`, and the environment
+    using it."""
     shutil.copytree(data, root / "data")
-    for name in ("warehouse.duckdb", "mlflow.db", "gx"):
+    for name in ("warehouse.duckdb", "mlflow.db", "gx", "serving"):
         src = seed / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
     return {
@@ -273,9 +276,18 @@ def test_make_ui_prints_the_urls_and_the_login(stack):
         "http://127.0.0.1:25000/",
         "http://127.0.0.1:28081/",
         "http://127.0.0.1:28081/gx/",
+        "http://127.0.0.1:28082/docs",
     ):
         assert url in out
     assert "login: admin / " in out and "login: admin / None" not in out
+    # The segment API's demo key, printed by `make ui`, opens the API the stack started.
+    import urllib.request
+
+    key = re.search(r"key: (sf_\S+)", out).group(1)
+    request = urllib.request.Request("http://127.0.0.1:28082/v1/segments", headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200  # the seeding run's scoring synced the serving snapshot
+        assert json.load(response)["segments"]
 
 
 def test_backfill_through_the_scheduler_equals_running_each_day(backfilled, daily):

@@ -447,6 +447,109 @@ def test_a_backfill_scores_an_earlier_date_as_a_fresh_run_of_it_does(pipeline, t
         assert con.execute("SELECT max(as_of) FROM marts.user_scores").fetchone()[0] == AS_OF
 
 
+def test_the_segment_api_serves_what_was_published(pipeline, redis_url):
+    """The scoring run synced the serving snapshot: `segflow serve` answers every user's profile with the
+    memberships of marts.user_segments and the scores of marts.user_scores; a lookup by anonymous id resolves
+    through the identity graph; the same version loaded into Redis answers the same."""
+    import json
+    import urllib.request
+    import uuid
+
+    from fastapi.testclient import TestClient
+
+    from segflow.core.config import load_settings
+    from segflow.serving.api import create_app
+    from segflow.serving.store import RedisStore
+    from segflow.serving.sync import sync
+    from tests.support.services import _free_port
+
+    with _warehouse(pipeline) as con:
+        segments = con.execute(
+            "SELECT user_id, segment_name, is_primary, evidence FROM marts.user_segments ORDER BY ALL"
+        ).fetchall()
+        scores = con.execute(
+            "SELECT user_id, persona, cluster_id, churn_probability, churn_risk_band, clv_12m, churn_model_version "
+            "FROM marts.user_scores"
+        ).fetchall()
+        anonymous, owner = con.execute(
+            "SELECT identifier, user_id FROM marts.user_identity_links WHERE identifier_type = 'anonymous_id' "
+            "ORDER BY identifier LIMIT 1"
+        ).fetchone()
+    assert (pipeline["root"] / "serving" / "CURRENT").exists(), "the scoring run syncs the serving store"
+    key = run_cli(["api-key", "create", "--name", "e2e"], pipeline["env"], cwd=pipeline["root"])
+    assert key.returncode == 0, key.stderr
+    key = key.stdout.strip()
+    settings = load_settings(pipeline["root"] / "segflow.yml", environ=pipeline["env"])
+
+    def served(store=None) -> dict[str, dict]:
+        api = TestClient(create_app(settings, store=store))
+        users = [row[0] for row in scores]
+        profiles: dict[str, dict] = {}
+        for start in range(0, len(users), 100):
+            response = api.post(
+                "/v1/profiles:batch", json={"ids": users[start : start + 100]}, headers={"X-API-Key": key}
+            )
+            assert response.status_code == 200 and not response.json()["not_found"]
+            profiles.update(response.json()["profiles"])
+        return profiles
+
+    profiles = served()
+    memberships = {
+        (p["user_id"], m["name"], m["is_primary"], json.dumps(m["evidence"], sort_keys=True))
+        for p in profiles.values()
+        for m in p["segments"]
+    }
+    assert memberships == {
+        (u, s, bool(primary), json.dumps(json.loads(e), sort_keys=True)) for u, s, primary, e in segments
+    }
+    for user, persona, cluster, probability, band, clv, version in scores:
+        doc = profiles[user]
+        assert (doc["persona"]["name"], doc["persona"]["cluster_id"], doc["churn"]["risk_band"]) == (
+            persona,
+            cluster,
+            band,
+        )
+        assert doc["churn"]["probability"] == (None if probability != probability else probability)
+        assert (doc["lifetime_value"] or {}).get("clv_12m") == (None if clv != clv else clv)
+        assert doc["model_versions"]["churn"] == version
+    # Redis: the same version, loaded and switched, answers the same documents.
+    prefix = f"segflow-e2e-{uuid.uuid4().hex[:8]}"
+    redis_env = {**pipeline["env"], "SEGFLOW__SERVING__URL": redis_url, "SEGFLOW__SERVING__KEY_PREFIX": prefix}
+    result = sync(load_settings(pipeline["root"] / "segflow.yml", environ=redis_env))
+    store = RedisStore(redis_url, prefix)
+    try:
+        assert result["redis"]["profiles"] == len(scores)
+        from_redis = served(store)
+        assert {u: {**d, "serving_version": None} for u, d in from_redis.items()} == {
+            u: {**d, "serving_version": None} for u, d in profiles.items()
+        }
+    finally:
+        store.client.delete(*store.client.scan_iter(f"{prefix}:*"))
+    # The command a website's developer runs: `segflow serve`, then a lookup by anonymous id.
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "segflow.local.cli", "serve", "--port", str(port)],
+        env=pipeline["env"],
+        cwd=pipeline["root"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        from tests.e2e.test_celery_stack import wait_for_http
+
+        wait_for_http(f"http://127.0.0.1:{port}/readyz", server, timeout=60)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/profiles/{anonymous}", headers={"Authorization": f"Bearer {key}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.load(response)["user_id"] == owner
+    finally:
+        server.terminate()
+        log = server.communicate(timeout=30)[0]
+    assert anonymous not in log and key not in log, "request logs keep ids and keys out"
+
+
 def test_an_erasure_request_forgets_the_person_everywhere(pipeline):
     """Runs last: asks to forget a consenting customer with orders, events and a stitched device, by email, then
     reruns the day. Nothing holds them any more - raw, staging, every history, scores, identity links, the CRM
@@ -493,6 +596,15 @@ def test_an_erasure_request_forgets_the_person_everywhere(pipeline):
         assert crm.execute("SELECT count(*) FROM crm_segments WHERE contact_id = ?", [person]).fetchone()[0] == 0
     export = pd.read_csv(pipeline["root"] / "exports" / f"as_of={AS_OF}" / "segments.csv", dtype=str)
     assert person not in set(export["user_id"])
+    # The segment API: the version the rerun synced lacks them, and the replaced versions are gone at once (an
+    # erasure outranks the grace period).
+    snapshots = sorted((pipeline["root"] / "serving").glob("snapshot-*.sqlite"))
+    current = (pipeline["root"] / "serving" / "CURRENT").read_text().strip()
+    assert [s.name for s in snapshots] == [f"snapshot-{current}.sqlite"]
+    with sqlite3.connect(snapshots[0]) as served:
+        assert served.execute("SELECT count(*) FROM profiles WHERE user_id = ?", [person]).fetchone()[0] == 0
+        assert served.execute("SELECT count(*) FROM identifiers WHERE user_id = ?", [person]).fetchone()[0] == 0
+        assert served.execute("SELECT count(*) FROM members WHERE user_id = ?", [person]).fetchone()[0] == 0
     # The source still holds the contact: the next run deletes what it loads again, and nothing else.
     again = run_cli(["run", "--as-of", AS_OF.isoformat(), "--retrain", "never"], pipeline["env"], cwd=pipeline["root"])
     assert again.returncode == 0, again.stdout[-3000:]

@@ -1,0 +1,84 @@
+"""Keep the serving store in step with the published marts (the scoring DAG's last task; `segflow serving sync`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from segflow.core.config import Settings, redact_url
+from segflow.core.engines import connect_engine, has_rows, scalar
+from segflow.serving import snapshot
+from segflow.serving.store import RedisStore
+
+log = logging.getLogger(__name__)
+
+
+def sync(settings: Settings) -> dict:
+    """Build a new version from the warehouse's latest published scores and switch every store to it at once.
+
+    The local snapshot is always written (it is the embedded store, and the source the Redis store loads from);
+    with `serving.url` set, the version is then loaded into Redis and switched there. Replaced versions stay
+    readable for `serving.grace_seconds`.
+
+    Returns:
+        version, as_of, counts and seconds, for the task's log and the CLI.
+    """
+    started = time.perf_counter()
+    serving = settings.raw["serving"]
+    snapshot_dir = Path(serving["snapshot_dir"])
+    with connect_engine(settings.warehouse_url) as engine:
+        published = snapshot.read_published(engine)
+        erased_at = _last_erasure(engine)
+    previous_built = _built_at(snapshot_dir)
+    # An erasure applied since the replaced version was built outranks the grace period: that version still
+    # holds the person, so it goes at once (a request in flight on it may get a 404 or 503, not their data).
+    erasure = erased_at is not None and (previous_built is None or erased_at > previous_built)
+    grace = 0 if erasure else serving["grace_seconds"]
+    version = snapshot.new_version()
+    path = snapshot.write_snapshot(published, snapshot_dir, version, source=redact_url(settings.warehouse_url))
+    snapshot.switch_to(snapshot_dir, version)
+    removed = snapshot.expire_old(snapshot_dir, grace)
+    result = {
+        "version": version,
+        "as_of": published["as_of"],
+        "profiles": len(published["profiles"]),
+        "identifiers": len(published["identifiers"]),
+        "segments": len(published["segments"]),
+        "snapshot": str(path),
+        "snapshots_removed": len(removed),
+        "replaced_version_kept_seconds": grace,
+    }
+    if serving.get("url"):
+        store = RedisStore(serving["url"], serving["key_prefix"])
+        result["redis"] = store.load(path, version, grace)
+        result["redis_url"] = redact_url(serving["url"])
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    log.info("serving store synced: %s", result)
+    return result
+
+
+def _last_erasure(engine) -> datetime | None:
+    """When the last erasure request was applied (UTC), or None."""
+    if not has_rows(
+        engine,
+        "SELECT 1 FROM information_schema.tables WHERE table_schema = 'raw' AND table_name = 'erasure_log'",
+    ):
+        return None
+    value = scalar(engine, "SELECT max(applied_at) FROM raw.erasure_log")
+    return value.replace(tzinfo=None) if isinstance(value, datetime) else None
+
+
+def _built_at(snapshot_dir: Path) -> datetime | None:
+    """When the current version was built (naive UTC), or None."""
+    version = snapshot.current_version(snapshot_dir)
+    path = snapshot.snapshot_file(snapshot_dir, version or "")
+    if version is None or not path.exists():
+        return None
+    con = snapshot.open_snapshot(path)
+    try:
+        row = con.execute("SELECT value FROM meta WHERE key = 'built_at'").fetchone()
+    finally:
+        con.close()
+    return datetime.fromisoformat(row[0]).astimezone(UTC).replace(tzinfo=None) if row else None
