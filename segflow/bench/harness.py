@@ -57,6 +57,7 @@ INCREMENTAL_STAGES = (
     "monitor",
     "write_back",
 )
+SERVING_STAGES = ("serving_sync", "serving_load")  # the segment API, on the incremental run's published state
 VERSIONED = (
     "duckdb",
     "dbt-core",
@@ -69,6 +70,9 @@ VERSIONED = (
     "pandas",
     "numpy",
     "pyarrow",
+    "fastapi",
+    "uvicorn",
+    "redis",
 )
 
 
@@ -338,6 +342,8 @@ def run_size(
     run.stage("pipeline", "pandas_baseline", "baseline", full_as_of)
     for stage in INCREMENTAL_STAGES:
         run.stage("pipeline", stage, "incremental", next_day)
+    for stage in SERVING_STAGES:
+        run.stage("pipeline", stage, "serving", next_day)
     if airflow:
         run.airflow(next_day)
     return {

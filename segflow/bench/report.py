@@ -64,6 +64,20 @@ def scoring_rate(result: dict[str, Any]) -> float | None:
     return s["rows_per_s"] if s and not s["details"].get("failed") else None
 
 
+def serving_run(result: dict[str, Any], name: str) -> dict[str, Any]:
+    """One load run of the serving_load stage (single_c4, batch100_c4, redis_single_c4, ...), or {}."""
+    s = stage(result, "serving", "serving_load")
+    return (s or {}).get("details", {}).get(name) or {}
+
+
+def serving_sync_seconds(result: dict[str, Any]) -> float | None:
+    """Snapshot from the warehouse plus its load into Redis: what the scoring DAG's sync_serving does."""
+    s = stage(result, "serving", "serving_sync")
+    if not s or s["details"].get("failed"):
+        return None
+    return round(s["details"]["snapshot_seconds"] + s["details"].get("redis_load_seconds", 0), 2)
+
+
 def incremental_ratio(result: dict[str, Any]) -> float | None:
     full, incremental = build_seconds(result, "full"), build_seconds(result, "incremental")
     return round(incremental / full, 3) if full and incremental else None
@@ -169,6 +183,27 @@ def targets(result: dict[str, Any], all_results: list[dict[str, Any]]) -> list[T
             "one-day incremental / full refresh (daily build)", "≤ 0.15", incremental_ratio(result), lambda v: v <= 0.15
         ),
         check("growth exponent (whole pipeline, 10k → 1M)", "≤ 1.1", exponent, lambda v: v <= 1.1),
+        check(
+            "segment API, single lookups (snapshot store, 4 connections): requests/s",
+            "≥ 2,000 /s",
+            serving_run(result, "single_c4").get("requests_per_s"),
+            lambda v: v >= 2000,
+            " /s",
+        ),
+        check(
+            "segment API, single lookups (snapshot store, 4 connections): p99 latency",
+            "≤ 10 ms",
+            serving_run(result, "single_c4").get("p99_ms"),
+            lambda v: v <= 10,
+            " ms",
+        ),
+        check(
+            "segment API sync of every profile (snapshot + Redis load)",
+            "≤ 60 s",
+            serving_sync_seconds(result),
+            lambda v: v <= 60,
+            " s",
+        ),
         Target("every stage completed", "all", None, not failed),
     ]
     if failed:
@@ -275,6 +310,29 @@ def render(results: list[dict[str, Any]], notes: str = "") -> str:
             lines.append(
                 f"- Whole pipeline through Airflow (`segflow run --retrain always` for the incremental date, a year of history loaded): "
                 f"{_fmt(airflow['wall_s'])} s ({dags})."
+            )
+        runs = [
+            (label, serving_run(r, name))
+            for label, name in (
+                ("single, 4 connections", "single_c4"),
+                ("single, 16 connections", "single_c16"),
+                ("batches of 100, 4 connections", "batch100_c4"),
+                ("single from Redis, 4 connections", "redis_single_c4"),
+            )
+        ]
+        shown = [
+            f"{label} {_fmt(run['requests_per_s'], 0)} req/s ({_fmt(run['profiles_per_s'], 0)} profiles/s), "
+            f"p50 {_fmt(run['p50_ms'], 2)} ms, p99 {_fmt(run['p99_ms'], 2)} ms"
+            for label, run in runs
+            if run
+        ]
+        if shown:
+            synced = stage(r, "serving", "serving_sync") or {"rows": None, "details": {}}
+            lines.append(
+                "- Segment API (`segflow serve`, one process, load generator on the same machine): "
+                + "; ".join(shown)
+                + f". Sync of {_fmt(synced['rows'])} profiles: snapshot {_fmt(synced['details'].get('snapshot_seconds'))} s, "
+                f"Redis load {_fmt(synced['details'].get('redis_load_seconds'))} s."
             )
         build = stage(r, "full", "dbt_build")
         if build and build["details"].get("node_seconds"):

@@ -163,6 +163,109 @@ def pandas_baseline(as_of: str, full_refresh: bool) -> dict[str, Any]:
     return {"rows": rows, "compute_seconds": round(seconds, 3), "users": len(features), **comparison}
 
 
+def _bench_redis() -> str | None:
+    """The Redis the serving stages also measure: SEGFLOW_BENCH_REDIS_URL, else the local default if it answers."""
+    import os
+
+    import redis
+
+    url = os.environ.get("SEGFLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError:
+        return None
+    return url
+
+
+def _drop_prefix(url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(f"{prefix}:*", count=10_000))
+    for start in range(0, len(keys), 10_000):
+        client.delete(*keys[start : start + 10_000])
+
+
+def serving_sync(as_of: str, full_refresh: bool) -> dict[str, Any]:
+    """The scoring DAG's sync_serving: the local snapshot, then the same version loaded into Redis (if one runs)."""
+    import os
+
+    from segflow.serving.store import RedisStore
+    from segflow.serving.sync import sync
+
+    settings = callables.settings()
+    t0 = time.perf_counter()
+    result = sync(settings)
+    t1 = time.perf_counter()
+    out: dict[str, Any] = {
+        "rows": result["profiles"],
+        "snapshot_seconds": round(t1 - t0, 3),
+        "identifiers": result["identifiers"],
+        "segments": result["segments"],
+    }
+    url = _bench_redis()
+    if url:
+        prefix = f"segflow-bench-{os.getpid()}"
+        try:
+            RedisStore(url, prefix).load(Path(result["snapshot"]), result["version"], grace_seconds=0)
+            out["redis_load_seconds"] = round(time.perf_counter() - t1, 3)
+        finally:
+            _drop_prefix(url, prefix)
+    return out
+
+
+def serving_load(as_of: str, full_refresh: bool) -> dict[str, Any]:
+    """`segflow serve` under load from this process: single lookups at 4 and 16 connections, batches of 100;
+    then single lookups again with the Redis store (if one runs). SEGFLOW_BENCH_LOAD_SECONDS per run (10)."""
+    import os
+    import socket
+    import sqlite3
+
+    from segflow.bench.serving import run_load, start_server, stop_server
+    from segflow.serving import keys, snapshot
+    from segflow.serving.store import RedisStore
+
+    settings = callables.settings()
+    seconds = float(os.environ.get("SEGFLOW_BENCH_LOAD_SECONDS", "10"))
+    snapshot_dir = Path(settings.get("serving", "snapshot_dir"))
+    version = snapshot.current_version(snapshot_dir)
+    if version is None:
+        raise RuntimeError("no serving snapshot: run serving_sync first")
+    path = snapshot.snapshot_file(snapshot_dir, version)
+    with sqlite3.connect(path) as con:
+        ids = [u for (u,) in con.execute("SELECT user_id FROM profiles ORDER BY random() LIMIT 100000")]
+    key, _ = keys.create_key(Path(settings.get("serving", "keys_file")), keys.SCOPES, "bench", 10**9)
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    def measure(env: dict[str, str], runs: dict[str, tuple[int, int]]) -> dict[str, Any]:
+        port = free_port()
+        server = start_server(port, env, log=snapshot_dir / f"bench-serve-{port}.log")
+        try:
+            return {
+                name: run_load(f"http://127.0.0.1:{port}", key, ids, seconds, concurrency, batch)
+                for name, (concurrency, batch) in runs.items()
+            }
+        finally:
+            stop_server(server)
+
+    out = measure({}, {"single_c4": (4, 0), "single_c16": (16, 0), "batch100_c4": (4, 100)})
+    url = _bench_redis()
+    if url:
+        prefix = f"segflow-bench-{os.getpid()}"
+        try:
+            RedisStore(url, prefix).load(path, version, grace_seconds=0)
+            env = {"SEGFLOW__SERVING__URL": url, "SEGFLOW__SERVING__KEY_PREFIX": prefix}
+            out.update({f"redis_{k}": v for k, v in measure(env, {"single_c4": (4, 0)}).items()})
+        finally:
+            _drop_prefix(url, prefix)
+    out["rows"] = sum(run["requests"] for run in out.values() if isinstance(run, dict))
+    return out
+
+
 STAGES: dict[str, Callable[[str, bool], dict[str, Any]]] = {
     f.__name__: f
     for f in (
@@ -177,6 +280,8 @@ STAGES: dict[str, Callable[[str, bool], dict[str, Any]]] = {
         write_back,
         baseline_inputs,
         pandas_baseline,
+        serving_sync,
+        serving_load,
     )
 }
 

@@ -272,7 +272,7 @@ class ServingConfig(_Section):
     batch_max: int = Field(100, gt=0, le=10_000, description="Most ids in one POST /v1/profiles:batch.")
     page_size: int = Field(500, gt=0, le=10_000, description="Most members in one page of a segment's members.")
     rate_limit_per_minute: int = Field(
-        6000, gt=0, description="Requests per API key and minute (per server process), unless the key sets its own."
+        60_000, gt=0, description="Requests per API key and minute (per server process), unless the key sets its own."
     )
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins browsers may call the API from (empty: no CORS headers)."

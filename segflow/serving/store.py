@@ -12,9 +12,13 @@ once - and answers from that version only, so readers never see a half-loaded or
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import os
 import sqlite3
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +31,14 @@ class VersionView(Protocol):
     def meta(self) -> dict[str, str]: ...
 
     def profile(self, user_id: str) -> dict | None: ...
+
+    def profile_json(self, user_id: str) -> str | None:
+        """The profile document as stored (JSON text): served without parsing it again."""
+        ...
+
+    def profiles_json(self, user_ids: list[str]) -> list[str | None]:
+        """profile_json of many users in one read."""
+        ...
 
     def resolve(self, key: str) -> str | None:
         """The user id of a lookup key (`<type>:<id>` or `email_sha256:<hex>`), or None."""
@@ -57,8 +69,15 @@ class _SnapshotView:
         return dict(self._con.execute("SELECT key, value FROM meta").fetchall())
 
     def profile(self, user_id: str) -> dict | None:
+        doc = self.profile_json(user_id)
+        return json.loads(doc) if doc else None
+
+    def profile_json(self, user_id: str) -> str | None:
         row = self._con.execute("SELECT doc FROM profiles WHERE user_id = ?", (user_id,)).fetchone()
-        return json.loads(row[0]) if row else None
+        return row[0] if row else None
+
+    def profiles_json(self, user_ids: list[str]) -> list[str | None]:
+        return [self.profile_json(user) for user in user_ids]
 
     def resolve(self, key: str) -> str | None:
         row = self._con.execute("SELECT user_id FROM identifiers WHERE identifier = ?", (key,)).fetchone()
@@ -76,11 +95,36 @@ class _SnapshotView:
 
 
 class SnapshotStore:
+    """Reads the local snapshots. Each thread keeps one open connection to the current version's file (reopened
+    when the pointer moves); the pointer file is re-read only when it was replaced (its inode and mtime)."""
+
     def __init__(self, snapshot_dir: Path) -> None:
         self.snapshot_dir = Path(snapshot_dir)
+        self._pointer: tuple[tuple[int, int] | None, str | None] = (None, None)
+        self._local = threading.local()
 
     def current(self) -> str | None:
-        return snapshot.current_version(self.snapshot_dir)
+        try:
+            stat = os.stat(self.snapshot_dir / snapshot.POINTER)
+        except FileNotFoundError:
+            return None
+        key = (stat.st_ino, stat.st_mtime_ns)
+        cached_key, version = self._pointer
+        if cached_key != key:
+            version = snapshot.current_version(self.snapshot_dir)
+            self._pointer = (key, version)
+        return version
+
+    def _connection(self, version: str) -> sqlite3.Connection:
+        held: dict[str, sqlite3.Connection] = getattr(self._local, "connections", {})
+        con = held.get(version)
+        if con is None:
+            con = snapshot.open_snapshot(snapshot.snapshot_file(self.snapshot_dir, version))
+            con.execute("SELECT 1 FROM meta LIMIT 1")  # raises now if the file is gone
+            for old in held.values():
+                old.close()
+            self._local.connections = {version: con}
+        return con
 
     @contextlib.contextmanager
     def view(self) -> Iterator[_SnapshotView | None]:
@@ -89,14 +133,11 @@ class SnapshotStore:
             if version is None:
                 break
             try:
-                con = snapshot.open_snapshot(snapshot.snapshot_file(self.snapshot_dir, version))
-                con.execute("SELECT 1 FROM meta LIMIT 1")
+                con = self._connection(version)
             except sqlite3.OperationalError:
+                self._pointer = (None, None)
                 continue
-            try:
-                yield _SnapshotView(version, con)
-            finally:
-                con.close()
+            yield _SnapshotView(version, con)
             return
         yield None
 
@@ -114,8 +155,14 @@ class _RedisView:
         return self._r.hgetall(f"{self._k}:meta")
 
     def profile(self, user_id: str) -> dict | None:
-        doc = self._r.hget(f"{self._k}:profiles", user_id)
+        doc = self.profile_json(user_id)
         return json.loads(doc) if doc else None
+
+    def profile_json(self, user_id: str) -> str | None:
+        return self._r.hget(f"{self._k}:profiles", user_id)
+
+    def profiles_json(self, user_ids: list[str]) -> list[str | None]:
+        return self._r.hmget(f"{self._k}:profiles", user_ids) if user_ids else []
 
     def resolve(self, key: str) -> str | None:
         return self._r.hget(f"{self._k}:ids", key)
@@ -130,20 +177,59 @@ class _RedisView:
 
 
 class RedisStore:
-    def __init__(self, url: str, prefix: str = "segflow", client: Any = None) -> None:
+    def __init__(self, url: str, prefix: str = "segflow", client: Any = None, pointer_ttl: float = 0.0) -> None:
         import redis
 
         self.prefix = prefix
         self.client = client or redis.Redis.from_url(url, decode_responses=True, socket_timeout=5)
+        self.pointer_ttl = pointer_ttl
+        self._pointer: tuple[float, str | None] = (0.0, None)
 
     def current(self) -> str | None:
         version = self.client.get(f"{self.prefix}:current")
         return None if version is None else str(version)
 
+    def _current_cached(self) -> str | None:
+        """The pointer, re-read at most every `pointer_ttl` seconds: a request still answers from one whole version
+        (the one it read), and a replaced version stays readable for the grace period, far longer than this."""
+        now = time.monotonic()
+        read_at, version = self._pointer
+        if version is None or now - read_at >= self.pointer_ttl:
+            version = self.current()
+            self._pointer = (now, version)
+        return version
+
     @contextlib.contextmanager
     def view(self) -> Iterator[_RedisView | None]:
-        version = self.current()
+        version = self._current_cached()
         yield _RedisView(self.client, self.prefix, version) if version else None
+
+    def _send(self, commands: Iterable[tuple]) -> None:
+        """Pipelined commands packed in C by hiredis, 20 per round trip: redis-py's own packing encodes every
+        argument in Python, which was most of a million profiles' load time."""
+        import hiredis
+
+        connection = self.client.connection_pool.get_connection()
+        try:
+            batch: list[bytes] = []
+            for command in commands:
+                batch.append(hiredis.pack_command(command))
+                if len(batch) == 20:
+                    self._flush(connection, batch)
+                    batch = []
+            self._flush(connection, batch)
+        finally:
+            self.client.connection_pool.release(connection)
+
+    @staticmethod
+    def _flush(connection, batch: list[bytes]) -> None:
+        if not batch:
+            return
+        connection.send_packed_command(batch)
+        for _ in batch:
+            reply = connection.read_response()
+            if isinstance(reply, Exception):
+                raise reply
 
     def load(self, snapshot_file: Path, version: str, grace_seconds: int, chunk: int = 5000) -> dict[str, int]:
         """Load one snapshot file as `version`, then make it current and let the replaced version expire.
@@ -155,35 +241,39 @@ class RedisStore:
         keys = [f"{base}:meta", f"{base}:profiles", f"{base}:ids", f"{base}:segments"]
         con = snapshot.open_snapshot(snapshot_file)
         counts = {"profiles": 0, "identifiers": 0, "segments": 0, "members": 0}
+
+        def hashes(table: str, key: str, count: str) -> Iterator[tuple]:
+            rows = con.execute(f"SELECT * FROM {table}")
+            while batch := rows.fetchmany(chunk):
+                counts[count] += len(batch)
+                yield ("HSET", f"{base}:{key}", *itertools.chain.from_iterable(batch))
+
+        def members() -> Iterator[tuple]:
+            rows = con.execute("SELECT segment, user_id FROM members ORDER BY segment, user_id")
+            while batch := rows.fetchmany(chunk):
+                counts["members"] += len(batch)
+                for segment, group in itertools.groupby(batch, key=lambda row: row[0]):
+                    yield (
+                        "ZADD",
+                        f"{base}:members:{segment}",
+                        *itertools.chain.from_iterable((0, u) for _, u in group),
+                    )
+
         try:
             # Registered first: keys of a sync killed midway are found and deleted by the next one.
             self.client.sadd(f"{self.prefix}:versions", version)
+            segments = con.execute("SELECT name, doc FROM segments").fetchall()
+            keys += [f"{base}:members:{name}" for name, _ in segments]
             self.client.delete(*keys)  # a retried sync of the same version starts clean
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hset(f"{base}:meta", mapping=dict(con.execute("SELECT key, value FROM meta").fetchall()))
-            for table, key, count in (("profiles", "profiles", "profiles"), ("identifiers", "ids", "identifiers")):
-                rows = con.execute(f"SELECT * FROM {table}")
-                while batch := rows.fetchmany(chunk):
-                    pipe.hset(f"{base}:{key}", mapping=dict(batch))
-                    counts[count] += len(batch)
-                    pipe.execute()
-            for name, doc in con.execute("SELECT name, doc FROM segments"):
-                pipe.hset(f"{base}:segments", name, doc)
-                counts["segments"] += 1
-                keys.append(f"{base}:members:{name}")
-                pipe.delete(keys[-1])
-            pipe.execute()
-            rows = con.execute("SELECT segment, user_id FROM members ORDER BY segment")
-            while batch := rows.fetchmany(chunk):
-                grouped: dict[str, dict[str, int]] = {}
-                for segment, user in batch:
-                    grouped.setdefault(segment, {})[user] = 0
-                for segment, mapping in grouped.items():
-                    pipe.zadd(f"{base}:members:{segment}", mapping)
-                counts["members"] += len(batch)
-                pipe.execute()
-            pipe.sadd(f"{base}:keys", *keys)
-            pipe.execute()
+            meta = con.execute("SELECT key, value FROM meta").fetchall()
+            self._send([("HSET", f"{base}:meta", *itertools.chain.from_iterable(meta))])
+            self._send(hashes("profiles", "profiles", "profiles"))
+            self._send(hashes("identifiers", "ids", "identifiers"))
+            if segments:
+                self._send([("HSET", f"{base}:segments", *itertools.chain.from_iterable(segments))])
+            counts["segments"] = len(segments)
+            self._send(members())
+            self.client.sadd(f"{base}:keys", *keys)
         except Exception:
             with contextlib.suppress(Exception):
                 self.client.delete(*keys, f"{base}:keys")
@@ -216,5 +306,6 @@ def open_store(settings) -> ServingStore:
     """The store `segflow serve` reads: Redis when `serving.url` is set, else the local snapshot."""
     url = settings.get("serving", "url")
     if url:
-        return RedisStore(url, settings.get("serving", "key_prefix"))
+        # The API server re-reads the pointer at most twice a second (a lookup is then one round trip).
+        return RedisStore(url, settings.get("serving", "key_prefix"), pointer_ttl=0.5)
     return SnapshotStore(Path(settings.get("serving", "snapshot_dir")))

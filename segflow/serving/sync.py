@@ -37,15 +37,17 @@ def sync(settings: Settings) -> dict:
     erasure = erased_at is not None and (previous_built is None or erased_at > previous_built)
     grace = 0 if erasure else serving["grace_seconds"]
     version = snapshot.new_version()
-    path = snapshot.write_snapshot(published, snapshot_dir, version, source=redact_url(settings.warehouse_url))
+    written = snapshot.write_snapshot(published, snapshot_dir, version, source=redact_url(settings.warehouse_url))
+    path = written["path"]
     snapshot.switch_to(snapshot_dir, version)
     removed = snapshot.expire_old(snapshot_dir, grace)
     result = {
         "version": version,
         "as_of": published["as_of"],
-        "profiles": len(published["profiles"]),
-        "identifiers": len(published["identifiers"]),
-        "segments": len(published["segments"]),
+        "profiles": written["profiles"],
+        "identifiers": written["identifiers"],
+        "segments": written["segments"],
+        "members": written["members"],
         "snapshot": str(path),
         "snapshots_removed": len(removed),
         "replaced_version_kept_seconds": grace,

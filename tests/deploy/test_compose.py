@@ -82,6 +82,7 @@ def test_production_stack_services_and_no_inline_secrets():
         "airflow-triggerer",
         "airflow-worker",
         "airflow-init",
+        "segment-api",
     } <= services
     for name in ("airflow-scheduler", "airflow-worker"):
         env = compose["services"][name]["environment"]

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from segflow.bench.harness import FULL_STAGES, INCREMENTAL_STAGES
+from segflow.bench.harness import FULL_STAGES, INCREMENTAL_STAGES, SERVING_STAGES
 
 pytestmark = pytest.mark.e2e
 
@@ -18,6 +18,7 @@ pytestmark = pytest.mark.e2e
 def test_bench_harness_measures_every_stage_and_checks_the_baseline(tmp_path):
     report = tmp_path / "BENCHMARKS.md"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SEGFLOW", "AIRFLOW__", "DBT_"))}
+    env["SEGFLOW_BENCH_LOAD_SECONDS"] = "1"  # the harness, not the numbers
     cmd = [
         sys.executable,
         "-m",
@@ -48,6 +49,7 @@ def test_bench_harness_measures_every_stage_and_checks_the_baseline(tmp_path):
         ("data", "generate"),
         *(("full", s) for s in FULL_STAGES),
         *(("incremental", s) for s in INCREMENTAL_STAGES),
+        *(("serving", s) for s in SERVING_STAGES),
         ("baseline", "baseline_inputs"),
         ("baseline", "pandas_baseline"),
     }
@@ -60,5 +62,11 @@ def test_bench_harness_measures_every_stage_and_checks_the_baseline(tmp_path):
     # The incremental run loads only its new day; the full refresh loaded every day up to the full as-of date.
     assert measured[("incremental", "extract")]["details"]["files"] < measured[("full", "extract")]["details"]["files"]
     assert result["dataset"]["events"] > 0 and result["machine"]["cores"] == os.cpu_count()
+    # The segment API stages: every published profile synced, lookups answered under load without an error.
+    assert measured[("serving", "serving_sync")]["rows"] == measured[("incremental", "score")]["rows"]
+    load = measured[("serving", "serving_load")]["details"]
+    for run in ("single_c4", "single_c16", "batch100_c4"):
+        assert load[run]["requests"] > 0 and load[run]["errors"] == {}, load[run]
     text = report.read_text()
     assert "## Targets at the largest size (1,200 users)" in text and "| full | dbt_build |" in text
+    assert "segment API, single lookups" in text and "- Segment API (`segflow serve`" in text

@@ -6,10 +6,12 @@ workers, with the champions an earlier run registered in the tracking server."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -90,6 +92,9 @@ def test_the_scheduler_runs_a_day_through_celery_workers_on_postgresql(tmp_path,
         "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + metadata_url,  # SQLAlchemy 2.1 would pick psycopg 3
         # A queue of this test's own: a message another run left in the broker is never picked up here.
         "AIRFLOW__OPERATORS__DEFAULT_QUEUE": f"segflow_test_{os.getpid()}",
+        # The segment API's serving store in the same Redis, as in docker-compose.yml (keys of this test's own).
+        "SEGFLOW__SERVING__URL": redis_url,
+        "SEGFLOW__SERVING__KEY_PREFIX": f"segflow-celery-{os.getpid()}",
     }
     tracking = subprocess.Popen(
         [
@@ -140,9 +145,12 @@ def test_the_scheduler_runs_a_day_through_celery_workers_on_postgresql(tmp_path,
             "('segflow_build', 'segflow_score') AND run_id NOT LIKE 'manual%'",
         )
         assert {r["queue"] for r in executed} == {env["AIRFLOW__OPERATORS__DEFAULT_QUEUE"]}
-        assert {"extract", "dbt_build", "validate_marts", "score_users", "write_back"} <= {
+        assert {"extract", "dbt_build", "validate_marts", "score_users", "write_back", "sync_serving"} <= {
             r["task_id"] for r in executed if r["state"] == "success"
         }
+        # The segment API `ui start` launched answers from the version the workers loaded into Redis.
+        with urllib.request.urlopen(f"http://127.0.0.1:{PORTS['SEGFLOW__SERVING__PORT']}/readyz", timeout=10) as ready:
+            assert json.load(ready)["as_of"] == day.isoformat()
         logs = (tmp_path / "ui" / "logs").glob("airflow-celery-worker-*.log")
         busy = [log.name for log in logs if "Executing workload" in log.read_text(errors="replace")]
         with connect_engine(env["SEGFLOW__WAREHOUSE__URL"]) as engine:
@@ -155,6 +163,12 @@ def test_the_scheduler_runs_a_day_through_celery_workers_on_postgresql(tmp_path,
             subprocess.run([str(BIN / "segflow"), "ui", "stop"], env=env, capture_output=True, timeout=120)
         os.killpg(tracking.pid, 15)
         tracking.wait(timeout=30)
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        leftovers = list(client.scan_iter(f"{env['SEGFLOW__SERVING__KEY_PREFIX']}:*"))
+        if leftovers:
+            client.delete(*leftovers)
         with admin.connect() as conn:
             for name in names.values():
                 conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

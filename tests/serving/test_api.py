@@ -3,6 +3,7 @@ consent, CORS, logs, and every route's responses checked against the OpenAPI doc
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -75,7 +76,14 @@ def published(generation: int = 0, users: int = 25) -> dict:
 
 def publish(directory, generation: int = 0, users: int = 25) -> str:
     version = f"v{generation:04d}"
-    snapshot.write_snapshot(published(generation, users), directory, version)
+    docs = published(generation, users)
+    rows = {
+        **docs,
+        "profiles": [(user, json.dumps(doc)) for user, doc in docs["profiles"].items()],
+        "identifiers": sorted(docs["identifiers"].items()),
+        "members": [(segment, user) for segment, users in docs["members"].items() for user in users],
+    }
+    snapshot.write_snapshot(rows, directory, version)
     snapshot.switch_to(directory, version)
     return version
 
