@@ -86,7 +86,7 @@ format: $(UV)  ## apply ruff's fixes and formatting, and sqlfluff's fixes
 docs: install  ## build the dbt docs site into docs/site (open docs/site/index.html)
 	$(UV) run --frozen python -m segflow.local.docs
 
-ui: install  ## start the Airflow UI and services, the MLflow UI and the docs sites on localhost; prints URLs and login
+ui: install  ## start the Airflow UI and services, the MLflow UI, the docs sites and the segment API on localhost; prints URLs, login and an API key
 	$(SEGFLOW) ui start
 
 ui-stop:  ## stop exactly the processes `make ui` started

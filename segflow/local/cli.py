@@ -595,7 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_init
     )
     ui = sub.add_parser(
-        "ui", parents=[common], help="start/stop the local Airflow, MLflow and docs UIs (make ui / make ui-stop)"
+        "ui",
+        parents=[common],
+        help="start/stop the local Airflow, MLflow and docs UIs and the segment API (make ui / make ui-stop)",
     )
     ui.add_argument("action", choices=["start", "stop", "status"])
     ui.add_argument("--docs", action="store_true", help="rebuild the dbt docs and GX Data Docs sites before starting")
