@@ -63,7 +63,7 @@ SELECT
     s.user_id,
     json_object(
         'user_id', s.user_id,
-        'as_of', $as_of,
+        'as_of', CAST(? AS VARCHAR),
         'primary_segment', s.primary_segment,
         'segments', coalesce(seg.segments, '[]'::JSON),
         'persona', json_object('cluster_id', CAST(s.cluster_id AS BIGINT), 'name', s.persona),
@@ -181,9 +181,10 @@ def read_published(engine: Engine) -> dict[str, Any]:
 
     return {
         "as_of": day,
-        "profiles": rows(PROFILE_SQL.replace("$as_of", "?"), [day]),
+        "profiles": rows(PROFILE_SQL, [day]),
         "identifiers": rows(
-            "SELECT key, any_value(user_id) FROM ("
+            # An id linked to several users (a shared email) answers the lowest user id: the same every run.
+            "SELECT key, min(user_id) FROM ("
             "  SELECT 'email_sha256:' || lower(email_sha256) AS key, user_id FROM scores WHERE email_sha256 IS NOT NULL"
             "  UNION ALL SELECT identifier_type || ':' || identifier, user_id FROM links SEMI JOIN scores USING (user_id)"
             ") GROUP BY key ORDER BY key"
