@@ -218,6 +218,9 @@ class RedisStore:
                     self._flush(connection, batch)
                     batch = []
             self._flush(connection, batch)
+        except BaseException:
+            connection.disconnect()  # replies of the failed batch may be unread: never reuse the connection
+            raise
         finally:
             self.client.connection_pool.release(connection)
 
