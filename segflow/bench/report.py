@@ -116,7 +116,8 @@ class Target:
 
 def targets(result: dict[str, Any], all_results: list[dict[str, Any]]) -> list[Target]:
     def check(name, goal, value, ok, unit=""):
-        return Target(name, goal, value, None if value is None else bool(ok(value)), unit)
+        verdict = None if value is None else ok(value)
+        return Target(name, goal, value, None if verdict is None else bool(verdict), unit)
 
     dbt = wall(result, "full", "dbt_build")
     baseline = stage(result, "baseline", "pandas_baseline")
@@ -125,6 +126,11 @@ def targets(result: dict[str, Any], all_results: list[dict[str, Any]]) -> list[T
     exponent = growth_exponent(
         [(r["users"], wall(r, "airflow", "segflow run") or build_seconds(r, "full")) for r in all_results]
     )
+    # The segment API's stages came later than some results: its targets use the largest size that measured them.
+    served = next(
+        (r for r in sorted(all_results, key=lambda r: -r["users"]) if stage(r, "serving", "serving_load")), result
+    )
+    served_at = "" if served is result else f" — at {served['users']:,} users"
     rows = [
         check(
             "dbt feature build (full refresh: a year of events de-duplicated again)",
@@ -184,24 +190,25 @@ def targets(result: dict[str, Any], all_results: list[dict[str, Any]]) -> list[T
         ),
         check("growth exponent (whole pipeline, 10k → 1M)", "≤ 1.1", exponent, lambda v: v <= 1.1),
         check(
-            "segment API, single lookups (snapshot store, 4 connections): requests/s",
+            f"segment API, single lookups (snapshot store, 4 connections): requests/s{served_at}",
             "≥ 2,000 /s",
-            serving_run(result, "single_c4").get("requests_per_s"),
+            serving_run(served, "single_c4").get("requests_per_s"),
             lambda v: v >= 2000,
             " /s",
         ),
         check(
-            "segment API, single lookups (snapshot store, 4 connections): p99 latency",
+            f"segment API, single lookups (snapshot store, 4 connections): p99 latency{served_at}",
             "≤ 10 ms",
-            serving_run(result, "single_c4").get("p99_ms"),
+            serving_run(served, "single_c4").get("p99_ms"),
             lambda v: v <= 10,
             " ms",
         ),
+        # The goal is for a million profiles: a smaller size is shown, not judged.
         check(
-            "segment API sync of every profile (snapshot + Redis load)",
-            "≤ 60 s",
-            serving_sync_seconds(result),
-            lambda v: v <= 60,
+            f"segment API sync of every profile (snapshot + Redis load){served_at}",
+            "≤ 60 s at 1M profiles",
+            serving_sync_seconds(served),
+            lambda v: v <= 60 if served["users"] >= 1_000_000 else None,
             " s",
         ),
         Target("every stage completed", "all", None, not failed),
