@@ -111,7 +111,7 @@ def run_load(
 
 def start_server(port: int, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen:
     """`segflow serve` on `port`, returned once /readyz answers 200."""
-    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - the process keeps it open
+    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - the child writes to it
     process = subprocess.Popen(
         [sys.executable, "-m", "segflow.local.cli", "serve", "--port", str(port)],
         env={**os.environ, **(env or {})},
@@ -119,6 +119,8 @@ def start_server(port: int, env: dict[str, str] | None = None, log: Path | None 
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    if log:
+        out.close()  # the child holds its own descriptor
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:

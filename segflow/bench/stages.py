@@ -217,6 +217,7 @@ def serving_sync(as_of: str, full_refresh: bool) -> dict[str, Any]:
 def serving_load(as_of: str, full_refresh: bool) -> dict[str, Any]:
     """`segflow serve` under load from this process: single lookups at 4 and 16 connections, batches of 100;
     then single lookups again with the Redis store (if one runs). SEGFLOW_BENCH_LOAD_SECONDS per run (10)."""
+    import contextlib
     import os
     import socket
     import sqlite3
@@ -232,7 +233,7 @@ def serving_load(as_of: str, full_refresh: bool) -> dict[str, Any]:
     if version is None:
         raise RuntimeError("no serving snapshot: run serving_sync first")
     path = snapshot.snapshot_file(snapshot_dir, version)
-    with sqlite3.connect(path) as con:
+    with contextlib.closing(sqlite3.connect(path)) as con:
         ids = [u for (u,) in con.execute("SELECT user_id FROM profiles ORDER BY random() LIMIT 100000")]
     key, _ = keys.create_key(Path(settings.get("serving", "keys_file")), keys.SCOPES, "bench", 10**9)
 

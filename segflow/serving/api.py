@@ -267,11 +267,14 @@ def create_app(settings, store: ServingStore | None = None, limiter: RateLimiter
         """The request path for the log: ids replaced by a keyed hash unless serving.log_ids."""
         if serving["log_ids"]:
             return path
-        parts = path.split("/")
-        if len(parts) >= 4 and parts[1] == "v1" and parts[2] in ("profiles", "segments"):
-            digest = hmac.new(log_salt, parts[3].encode(), hashlib.sha256).hexdigest()[:12]
-            parts[3] = f"~{digest}"
-        return "/".join(parts)
+        parts = path.split("/", 3)  # ids and segment names may hold '/': everything after the collection
+        if len(parts) == 4 and parts[1] == "v1" and parts[2] in ("profiles", "segments"):
+            rest, members = parts[3], ""
+            if parts[2] == "segments" and rest.endswith("/members"):
+                rest, members = rest[: -len("/members")], "/members"
+            digest = hmac.new(log_salt, rest.encode(), hashlib.sha256).hexdigest()[:12]
+            return f"/v1/{parts[2]}/~{digest}{members}"
+        return path
 
     async def request_log(scope, receive, send) -> None:
         """Pure ASGI (no BaseHTTPMiddleware: it would cost more than a lookup): one log line per request."""
@@ -353,7 +356,7 @@ def create_app(settings, store: ServingStore | None = None, limiter: RateLimiter
             return JSONResponse(body, status_code=503)
         return {"status": "ready", "serving_version": version, "as_of": meta.get("as_of")}
 
-    @app.get("/v1/profiles/{id}", response_model=Profile, responses=not_found, tags=["profiles"])
+    @app.get("/v1/profiles/{id:path}", response_model=Profile, responses=not_found, tags=["profiles"])
     async def get_profile(
         id: Annotated[str, PathParam(description="User id, CRM contact id, anonymous/device id or email_sha256:<hex>")],
         _: Annotated[api_keys.ApiKey, Depends(authorise("read:profiles"))],
@@ -402,7 +405,7 @@ def create_app(settings, store: ServingStore | None = None, limiter: RateLimiter
             return {"as_of": view.meta().get("as_of"), "serving_version": view.version, "segments": view.segments()}
 
     @app.get(
-        "/v1/segments/{name}/members",
+        "/v1/segments/{name:path}/members",
         response_model=MembersPage,
         responses={**not_found, 400: {"model": ErrorBody}},
         tags=["segments"],

@@ -48,6 +48,8 @@ def _digest(key: str) -> str:
 
 def _connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)  # hashes only, but nobody else's business
+    path.chmod(0o600)
     con = sqlite3.connect(path, timeout=10)
     con.execute(_SCHEMA)
     return con

@@ -26,10 +26,11 @@ from segflow.core.engines import Engine, scalar
 
 POINTER = "CURRENT"
 FILE_PREFIX = "snapshot-"
-# Identity-graph identifiers a caller may look a profile up by. `email_hash` is left out: it is salted with the
-# pipeline's secret, so no caller can compute it; callers send `email_sha256:<hex>` (the plain SHA-256 of the
-# normalised address, as ad platforms use).
-LOOKUP_TYPES = ("crm_contact_id", "anonymous_id", "analytics_user_id", "transaction_customer_ref")
+# Identity-graph identifiers a caller may look a profile up by. Left out: `email_hash`, salted with the pipeline's
+# secret, so no caller can compute it (callers send `email_sha256:<hex>`, the plain SHA-256 of the normalised
+# address, as ad platforms use); `transaction_customer_ref`, which the graph stores as that salted hash whenever the
+# order carried an email.
+LOOKUP_TYPES = ("crm_contact_id", "anonymous_id", "analytics_user_id")
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
@@ -206,8 +207,11 @@ def new_version() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def write_snapshot(published: dict[str, Any], snapshot_dir: Path, version: str, source: str = "") -> dict[str, Any]:
-    """Write one version's file (not yet current) from read_published's iterables.
+def write_snapshot(
+    published: dict[str, Any], snapshot_dir: Path, version: str, source: str = "", built_at: datetime | None = None
+) -> dict[str, Any]:
+    """Write one version's file (not yet current) from read_published's iterables. `built_at`: when the warehouse
+    read began (an erasure applied after it may not be in this version), default now.
 
     Returns:
         {"path", "profiles", "identifiers", "segments", "members"}: the file and the rows written.
@@ -234,7 +238,7 @@ def write_snapshot(published: dict[str, Any], snapshot_dir: Path, version: str, 
         meta = {
             "version": version,
             "as_of": published["as_of"],
-            "built_at": datetime.now(UTC).isoformat(),
+            "built_at": (built_at or datetime.now(UTC)).isoformat(),
             "source": source,
             "profiles": str(counts["profiles"]),
         }
@@ -242,6 +246,8 @@ def write_snapshot(published: dict[str, Any], snapshot_dir: Path, version: str, 
         con.commit()
     finally:
         con.close()
+        if published.get("_connection") is not None:
+            published["_connection"].close()
     with open(temporary, "rb+") as handle:  # durable before it can become current
         os.fsync(handle.fileno())
     os.replace(temporary, final)
@@ -250,7 +256,7 @@ def write_snapshot(published: dict[str, Any], snapshot_dir: Path, version: str, 
 
 def switch_to(snapshot_dir: Path, version: str) -> None:
     """Make `version` current: one rename of the pointer file."""
-    temporary = snapshot_dir / f".{POINTER}.tmp"
+    temporary = snapshot_dir / f".{POINTER}.{version}.tmp"  # of its own: two writers never share one
     temporary.write_text(version + "\n")
     os.replace(temporary, snapshot_dir / POINTER)
 

@@ -263,11 +263,13 @@ class RedisStore:
                     )
 
         try:
-            # Registered first: keys of a sync killed midway are found and deleted by the next one.
-            self.client.sadd(f"{self.prefix}:versions", version)
+            # Registered first, with every key it will write: the keys of a sync killed midway are found and
+            # deleted by the next one.
             segments = con.execute("SELECT name, doc FROM segments").fetchall()
             keys += [f"{base}:members:{name}" for name, _ in segments]
-            self.client.delete(*keys)  # a retried sync of the same version starts clean
+            self.client.sadd(f"{self.prefix}:versions", version)
+            self.client.delete(*keys, f"{base}:keys")  # a retried sync of the same version starts clean
+            self.client.sadd(f"{base}:keys", *keys)
             meta = con.execute("SELECT key, value FROM meta").fetchall()
             self._send([("HSET", f"{base}:meta", *itertools.chain.from_iterable(meta))])
             self._send(hashes("profiles", "profiles", "profiles"))
@@ -276,10 +278,10 @@ class RedisStore:
                 self._send([("HSET", f"{base}:segments", *itertools.chain.from_iterable(segments))])
             counts["segments"] = len(segments)
             self._send(members())
-            self.client.sadd(f"{base}:keys", *keys)
         except Exception:
             with contextlib.suppress(Exception):
                 self.client.delete(*keys, f"{base}:keys")
+                self.client.srem(f"{self.prefix}:versions", version)
             raise
         finally:
             con.close()
@@ -288,10 +290,18 @@ class RedisStore:
         self._expire_others(version, previous, grace_seconds)
         return counts
 
+    def built_at(self) -> str | None:
+        """When the current version's snapshot was built (its meta), or None."""
+        version = self.current()
+        built = self.client.hget(f"{self.prefix}:v:{version}:meta", "built_at") if version else None
+        return None if built is None else str(built)
+
     def _expire_others(self, current: str, previous: str | None, grace_seconds: int) -> None:
-        """The replaced version expires after the grace period; older leftovers (failed syncs) at once."""
+        """The replaced version expires after the grace period; older leftovers (failed or killed syncs) at once.
+        Versions newer than `current` are another sync's, still loading: left alone. With no grace (an erasure),
+        every other version goes now, also replaced ones still within their grace period."""
         for version in map(str, self.client.smembers(f"{self.prefix}:versions")):
-            if version == current:
+            if version == current or version > current:
                 continue
             base = f"{self.prefix}:v:{version}"
             members = list(self.client.smembers(f"{base}:keys")) + [f"{base}:keys"]
@@ -303,6 +313,15 @@ class RedisStore:
             else:
                 self.client.delete(*members)
             self.client.srem(f"{self.prefix}:versions", version)
+        if grace_seconds == 0:
+            keep = f"{self.prefix}:v:{current}:"
+            stale = [
+                key
+                for key in self.client.scan_iter(f"{self.prefix}:v:*", count=1000)
+                if not key.startswith(keep) and key[len(f"{self.prefix}:v:") :].split(":", 1)[0] < current
+            ]
+            for start in range(0, len(stale), 1000):
+                self.client.delete(*stale[start : start + 1000])
 
 
 def open_store(settings) -> ServingStore:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import time
 from datetime import UTC, datetime
@@ -28,16 +29,32 @@ def sync(settings: Settings) -> dict:
     started = time.perf_counter()
     serving = settings.raw["serving"]
     snapshot_dir = Path(serving["snapshot_dir"])
+    snapshot_dir.mkdir(parents=True, exist_ok=True)
+    store = RedisStore(serving["url"], serving["key_prefix"]) if serving.get("url") else None
+    with open(snapshot_dir / ".sync.lock", "w") as lock:
+        # One sync at a time (a scheduled one and `segflow serving sync`, a retried task and its zombie): two
+        # interleaved would expire each other's versions. Airflow's pool serialises the DAG's own.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _sync(settings, serving, snapshot_dir, store, started)
+
+
+def _sync(settings: Settings, serving: dict, snapshot_dir: Path, store: RedisStore | None, started: float) -> dict:
+    read_at = datetime.now(UTC)
     with connect_engine(settings.warehouse_url) as engine:
         published = snapshot.read_published(engine)
         erased_at = _last_erasure(engine)
-    previous_built = _built_at(snapshot_dir)
+    # The oldest of the versions being replaced (local and Redis): what an erasure must have reached.
+    # (Unknown - no version yet, or none in Redis - counts as older than any erasure: nothing is kept longer then.)
+    builds = [_built_at(snapshot_dir), *([_parse(store.built_at())] if store else [])]
+    previous_built = None if any(b is None for b in builds) else min(b for b in builds if b is not None)
     # An erasure applied since the replaced version was built outranks the grace period: that version still
     # holds the person, so it goes at once (a request in flight on it may get a 404 or 503, not their data).
     erasure = erased_at is not None and (previous_built is None or erased_at > previous_built)
     grace = 0 if erasure else serving["grace_seconds"]
     version = snapshot.new_version()
-    written = snapshot.write_snapshot(published, snapshot_dir, version, source=redact_url(settings.warehouse_url))
+    written = snapshot.write_snapshot(
+        published, snapshot_dir, version, source=redact_url(settings.warehouse_url), built_at=read_at
+    )
     path = written["path"]
     snapshot.switch_to(snapshot_dir, version)
     removed = snapshot.expire_old(snapshot_dir, grace)
@@ -52,8 +69,7 @@ def sync(settings: Settings) -> dict:
         "snapshots_removed": len(removed),
         "replaced_version_kept_seconds": grace,
     }
-    if serving.get("url"):
-        store = RedisStore(serving["url"], serving["key_prefix"])
+    if store is not None:
         result["redis"] = store.load(path, version, grace)
         result["redis_url"] = redact_url(serving["url"])
     result["seconds"] = round(time.perf_counter() - started, 2)
@@ -83,4 +99,9 @@ def _built_at(snapshot_dir: Path) -> datetime | None:
         row = con.execute("SELECT value FROM meta WHERE key = 'built_at'").fetchone()
     finally:
         con.close()
-    return datetime.fromisoformat(row[0]).astimezone(UTC).replace(tzinfo=None) if row else None
+    return _parse(row[0]) if row else None
+
+
+def _parse(built_at: str | None) -> datetime | None:
+    """A snapshot's built_at (ISO, UTC) as naive UTC, like the erasure log's times."""
+    return datetime.fromisoformat(built_at).astimezone(UTC).replace(tzinfo=None) if built_at else None

@@ -471,6 +471,7 @@ def test_the_segment_api_serves_what_was_published(pipeline, redis_url):
             "SELECT user_id, persona, cluster_id, churn_probability, churn_risk_band, clv_12m, churn_model_version "
             "FROM marts.user_scores"
         ).fetchall()
+        consents = con.execute("SELECT user_id, has_email_consent FROM marts.user_features").fetchall()
         anonymous, owner = con.execute(
             "SELECT identifier, user_id FROM marts.user_identity_links WHERE identifier_type = 'anonymous_id' "
             "ORDER BY identifier LIMIT 1"
@@ -502,6 +503,26 @@ def test_the_segment_api_serves_what_was_published(pipeline, redis_url):
     assert memberships == {
         (u, s, bool(primary), json.dumps(json.loads(e), sort_keys=True)) for u, s, primary, e in segments
     }
+    # Consent: a profile carries the user's marketing consent; /members lists exactly the consenting members, and
+    # marketable_size counts them.
+    consent = dict(consents)
+    assert all(doc["consent"]["marketing"] == bool(consent.get(user)) for user, doc in profiles.items())
+    api = TestClient(create_app(settings))
+    listed = api.get("/v1/segments", headers={"X-API-Key": key}).json()["segments"]
+    for segment in listed:
+        members, cursor = [], None
+        while True:
+            page = api.get(
+                f"/v1/segments/{segment['name']}/members",
+                params={"cursor": cursor} if cursor else {},
+                headers={"X-API-Key": key},
+            ).json()
+            members += page["members"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        expected = sorted({u for u, s, _, _ in segments if s == segment["name"] and consent.get(u)})
+        assert members == expected and segment["marketable_size"] == len(expected), segment["name"]
     for user, persona, cluster, probability, band, clv, version in scores:
         doc = profiles[user]
         assert (doc["persona"]["name"], doc["persona"]["cluster_id"], doc["churn"]["risk_band"]) == (

@@ -214,7 +214,7 @@ def test_cors_and_logs_without_ids_in_clear(serving, caplog):
     assert response.headers["access-control-allow-origin"] == "https://shop.example"
     other = api.get("/v1/profiles/U001", headers={**auth(serving["full"]), "Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in other.headers
-    logged = "\n".join(r.getMessage() for r in caplog.records)
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name == "segflow.serving.requests")
     assert "/v1/profiles/~" in logged and "anon-7" not in logged
     assert serving["full"] not in logged
 
@@ -272,15 +272,15 @@ def test_redis_store_switches_atomically_and_expires_the_replaced_version(servin
         _whole_versions_under_switching(store, load)
         r = store.client
         # A sync killed midway: registered, partly loaded, never current.
-        r.sadd(f"{store.prefix}:versions", "vdead")
-        r.hset(f"{store.prefix}:v:vdead:profiles", "U001", "{}")
-        r.sadd(f"{store.prefix}:v:vdead:keys", f"{store.prefix}:v:vdead:profiles")
+        r.sadd(f"{store.prefix}:versions", "v0050")
+        r.hset(f"{store.prefix}:v:v0050:profiles", "U001", "{}")
+        r.sadd(f"{store.prefix}:v:v0050:keys", f"{store.prefix}:v:v0050:profiles")
         first, second = load(100), load(101)
         assert store.current() == second
         assert 0 < r.ttl(f"{store.prefix}:v:{first}:profiles") <= 30  # the replaced version: readable for 30 s
         assert r.ttl(f"{store.prefix}:v:{second}:profiles") == -1
         assert r.ttl(f"{store.prefix}:v:v0008:profiles") <= 30  # older ones: expiring or gone, never kept
-        assert not r.exists(f"{store.prefix}:v:vdead:profiles")
+        assert not r.exists(f"{store.prefix}:v:v0050:profiles")
         with store.view() as view:
             assert view.members("At-Risk", "", 3) == ["U001", "U002", "U004"]
             assert view.members("At-Risk", "U196", 10) == ["U197", "U199"]  # U198: no marketing consent
@@ -340,3 +340,66 @@ def test_replaced_snapshots_are_deleted_after_the_grace_period_and_nothing_else(
     assert serving["keys"].exists(), "the keys file beside the snapshots is not a version"
     assert snapshot.expire_old(serving["dir"], grace_seconds=0, now=now) == ["v0001"]
     assert snapshot.current_version(serving["dir"]) == "v0002" and files[2].exists()
+
+
+def test_a_redis_sync_killed_midway_leaves_nothing_after_the_next(serving, redis_url, monkeypatch):
+    """Killed while loading (no cleanup runs: KeyboardInterrupt is not an Exception): the current version stays
+    current, and the next sync deletes every key the killed one wrote."""
+    store = RedisStore(redis_url, prefix=f"segflow-test-{uuid.uuid4().hex[:8]}")
+    r = store.client
+    try:
+        first = publish(serving["dir"], 1)
+        store.load(snapshot.snapshot_file(serving["dir"], first), first, grace_seconds=0)
+        killed = publish(serving["dir"], 2)
+        calls = {"n": 0}
+        send = RedisStore._send
+
+        def dies_on_the_third_call(self, commands):
+            calls["n"] += 1
+            if calls["n"] == 3:  # meta and profiles written, identifiers next
+                raise KeyboardInterrupt
+            return send(self, commands)
+
+        monkeypatch.setattr(RedisStore, "_send", dies_on_the_third_call)
+        with pytest.raises(KeyboardInterrupt):
+            store.load(snapshot.snapshot_file(serving["dir"], killed), killed, grace_seconds=0)
+        monkeypatch.setattr(RedisStore, "_send", send)
+        assert store.current() == first and r.exists(f"{store.prefix}:v:{killed}:profiles")
+        with store.view() as view:
+            assert view.profile("U001")["persona"]["cluster_id"] == 1
+        last = publish(serving["dir"], 3)
+        store.load(snapshot.snapshot_file(serving["dir"], last), last, grace_seconds=0)
+        left = {k for k in r.scan_iter(f"{store.prefix}:v:*") if not k.startswith(f"{store.prefix}:v:{last}:")}
+        assert left == set(), left
+    finally:
+        keys_left = list(r.scan_iter(f"{store.prefix}:*"))
+        if keys_left:
+            r.delete(*keys_left)
+
+
+def test_ids_and_segment_names_with_slashes(serving, caplog):
+    docs = published()
+    docs["profiles"]["web/42"] = profile("web/42", True, ["Home/Garden"])
+    docs["identifiers"]["anonymous_id:dev/ice/7"] = "web/42"
+    docs["segments"]["Home/Garden"] = {**docs["segments"]["At-Risk"], "name": "Home/Garden", "rule": "Interested"}
+    docs["members"]["Home/Garden"] = ["web/42"]
+    snapshot.write_snapshot(
+        {
+            **docs,
+            "profiles": sorted((u, json.dumps(d)) for u, d in docs["profiles"].items()),
+            "identifiers": sorted(docs["identifiers"].items()),
+            "members": sorted((s, u) for s, users in docs["members"].items() for u in users),
+        },
+        serving["dir"],
+        "v0001",
+    )
+    snapshot.switch_to(serving["dir"], "v0001")
+    api = client(serving)
+    with caplog.at_level(logging.INFO, logger="segflow.serving.requests"):
+        assert api.get("/v1/profiles/web/42", headers=auth(serving["full"])).json()["user_id"] == "web/42"
+        assert api.get("/v1/profiles/dev/ice/7", headers=auth(serving["full"])).json()["user_id"] == "web/42"
+        page = api.get("/v1/segments/Home/Garden/members", headers=auth(serving["full"])).json()
+    assert page["members"] == ["web/42"]
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name == "segflow.serving.requests")
+    assert "web" not in logged and "ice" not in logged and "Garden" not in logged
+    assert "/v1/segments/~" in logged and "/members" in logged
