@@ -111,6 +111,8 @@ def print_summary(settings: Settings, console: Console | None = None) -> None:
         )
         + f"  activation    {wb['export_dir']}/as_of={data['as_of']}/segments.csv|parquet\n"
         f"  UIs           make ui  -> Airflow {links['airflow']}, MLflow {links['mlflow']}, dbt docs {links['dbt_docs']},\n"
-        f"                GX Data Docs {links['gx_data_docs']}  (make ui-stop stops them)",
+        f"                GX Data Docs {links['gx_data_docs']}  (make ui-stop stops them)\n"
+        f"  segment API   segflow api-key create, then segflow serve -> {links['segment_api']}v1/profiles/<id> "
+        "(make ui starts it too; docs/serving.md)",
         soft_wrap=True,
     )
