@@ -282,6 +282,44 @@ class ServingConfig(_Section):
     )
 
 
+class StreamConfig(_Section):
+    url: str | None = Field(
+        None,
+        description="Redis of the real-time triggers (`segflow stream`): `redis://host:port/db` (password via ${ENV}); "
+        "unset: no stream. Events, state, active triggers and the output streams live there.",
+    )
+    key_prefix: str = Field("segflow", description="Prefix of every Redis key of the stream consumer.")
+    group: str = Field("segflow-triggers", description="The consumer group reading `<prefix>:events`.")
+    consumer: str = Field(
+        "consumer-1",
+        description="This consumer's name in the group: a restarted consumer resumes its own pending events.",
+    )
+    allowed_lateness_seconds: float = Field(
+        0.5,
+        ge=0,
+        le=3600,
+        description="How long after an event's time it may still arrive: triggers fire this much after the event; "
+        "a later event goes to the dead-letter stream (reason: late) and still reaches the batch path.",
+    )
+    clock: Literal["wall", "events"] = Field(
+        "wall",
+        description="`wall`: time moves with this machine's clock (live events); `events`: only with the events' "
+        "times (replaying a past day).",
+    )
+    batch_size: int = Field(500, gt=0, le=100_000, description="Most events read from the stream at once.")
+    max_pending: int = Field(
+        50_000, gt=0, description="Events held while waiting for the watermark; reading pauses above it (backpressure)."
+    )
+    state_ttl_hours: int = Field(
+        48, gt=0, description="A user's trigger state and active triggers expire after this long without events."
+    )
+    drop_dir: str | None = Field(
+        None,
+        description="Where the consumer writes the events it read as JSON-lines files for the batch path "
+        "(default: `stream/` under the `events` files source; empty with no such source: not written).",
+    )
+
+
 class SegflowConfig(_Section):
     root: str = Field(".", description="Folder relative paths resolve against (itself relative to the file).")
     sources: dict[str, dict[str, Any] | None] = Field(
@@ -301,6 +339,7 @@ class SegflowConfig(_Section):
     airflow: AirflowConfig = Field(default_factory=AirflowConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    stream: StreamConfig = Field(default_factory=StreamConfig)
 
 
 # Paths resolved against `root`; URLs whose relative SQLite paths are made absolute.
@@ -315,8 +354,9 @@ PATH_KEYS = [
     ("airflow", "home"),
     ("serving", "snapshot_dir"),
     ("serving", "keys_file"),
+    ("stream", "drop_dir"),
 ]
-URL_KEYS = [("writeback", "crm_url"), ("mlflow", "tracking_uri"), ("serving", "url")]
+URL_KEYS = [("writeback", "crm_url"), ("mlflow", "tracking_uri"), ("serving", "url"), ("stream", "url")]
 
 
 # --- key checks with suggestions ----------------------------------------------------------------------------
@@ -648,6 +688,7 @@ def stores_under(root: Path, writeback_crm_url: str) -> dict[str, str]:
         "SEGFLOW__SERVING__URL": "",  # the local snapshot: an isolated run must not switch a shared serving store
         "SEGFLOW__SERVING__SNAPSHOT_DIR": str(root / "serving"),
         "SEGFLOW__SERVING__KEYS_FILE": str(root / "serving" / "api_keys.sqlite"),
+        "SEGFLOW__STREAM__URL": "",
         "DBT_TARGET_PATH": str(root / "dbt_target"),
         "DBT_LOG_PATH": str(root / "dbt_logs"),
     }

@@ -397,6 +397,84 @@ def cmd_serving(args) -> int:
     return 0
 
 
+def cmd_stream(args) -> int:
+    """segflow stream [run|replay|reconcile|status]: the real-time trigger consumer and its tools."""
+    import json as _json
+    import signal
+    from datetime import date as _date
+
+    from segflow.realtime.consumer import StreamConsumer, StreamKeys, redis_client
+    from segflow.realtime.engine import iso
+    from segflow.realtime.replay import day_events, group_lag, reconcile, replay
+    from segflow.realtime.rules import RuleError
+
+    settings = load_settings(args.config)
+    cfg = settings.raw["stream"]
+    if not cfg.get("url"):
+        print("error: stream.url is not set (e.g. SEGFLOW__STREAM__URL=redis://127.0.0.1:6379/0)", file=sys.stderr)
+        return 2
+    client = redis_client(cfg["url"])
+    keys = StreamKeys(cfg["key_prefix"])
+    action = args.action or "run"
+    if action == "run":
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        try:
+            consumer = StreamConsumer(settings, client=client)
+        except RuleError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        stop = {"now": False}
+
+        def request_stop(*_):
+            stop["now"] = True
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        print(
+            f"segflow stream: group {cfg['group']} on {redact_url(cfg['url'])} {keys.events} -> {keys.output} "
+            f"(dead letters: {keys.dead}; allowed lateness {cfg['allowed_lateness_seconds']:g} s, clock {cfg['clock']})",
+            flush=True,
+        )
+        consumer.run(lambda: stop["now"])
+        print(f"stopped: {consumer.counters.as_dict()}")
+        return 0
+    if action == "replay":
+        if not args.day:
+            print("error: replay needs --day YYYY-MM-DD", file=sys.stderr)
+            return 2
+        events = args.events_dir or ((settings.raw.get("sources") or {}).get("events") or {}).get("path")
+        if not events:
+            print("error: no events folder (--events-dir, or a files source named events)", file=sys.stderr)
+            return 2
+        rows = day_events(Path(events), _date.fromisoformat(args.day))
+        sent = replay(client, keys, rows, speed=args.speed, restamp=args.now, group=cfg["group"])
+        print(
+            f"published {sent:,} events of {args.day} to {keys.events}" + (" (re-stamped to now)" if args.now else "")
+        )
+        return 0
+    if action == "reconcile":
+        if not args.day:
+            print("error: reconcile needs --day YYYY-MM-DD", file=sys.stderr)
+            return 2
+        result = reconcile(settings, client, keys, _date.fromisoformat(args.day))
+        print(_json.dumps(result, indent=2, default=str))
+        return 0 if not result["only_batch"] and not result["only_stream"] else 1
+    saved = client.hgetall(keys.clock)
+    print(
+        _json.dumps(
+            {
+                "input_lag": group_lag(client, keys, cfg["group"]),
+                "watermark": iso(int(saved["watermark"])) if saved.get("watermark") else None,
+                "output_entries": client.xlen(keys.output),
+                "dead_letters": client.xlen(keys.dead),
+                "users_with_state": client.zcard(keys.timers),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
 def cmd_config(args) -> int:
     from segflow.core.config import schema_reference
 
@@ -655,6 +733,17 @@ def build_parser() -> argparse.ArgumentParser:
     serving = sub.add_parser("serving", parents=[common], help="sync the serving store from the published marts")
     serving.add_argument("action", choices=["sync"])
     serving.set_defaults(func=cmd_serving)
+    stream = sub.add_parser(
+        "stream", parents=[common], help="real-time triggers: run the stream consumer, replay a day, reconcile, status"
+    )
+    stream.add_argument("action", nargs="?", choices=["run", "replay", "reconcile", "status"], default="run")
+    stream.add_argument("--day", default=None, help="replay/reconcile: the day (YYYY-MM-DD)")
+    stream.add_argument("--events-dir", default=None, help="replay: the folder of YYYY-MM-DD.jsonl files")
+    stream.add_argument(
+        "--speed", type=float, default=None, help="replay: event-time seconds per second (default: as fast as taken)"
+    )
+    stream.add_argument("--now", action="store_true", help="replay: re-stamp the events so the first happens now")
+    stream.set_defaults(func=cmd_stream)
     config = sub.add_parser(
         "config", parents=[common], help="check the configuration, show it resolved, or list every key"
     )

@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import math
+import re
 import secrets
 import threading
 import time
@@ -81,6 +82,12 @@ class ModelVersions(BaseModel):
     clv: str | None
 
 
+class ActiveTrigger(BaseModel):
+    rule: str = Field(description="The trigger rule (dbt_project/seeds/trigger_rules.csv).")
+    since: str = Field(description="Event time the user entered it (UTC, ISO 8601).")
+    evidence: dict[str, Any] = Field(description="What made the user enter, e.g. the category left in the cart.")
+
+
 class Profile(BaseModel):
     user_id: str
     as_of: str = Field(description="The date the features, segments and scores are as of.")
@@ -95,7 +102,9 @@ class Profile(BaseModel):
         description="personalisation_only: no marketing consent - use for on-site content, never for campaigns."
     )
     model_versions: ModelVersions
-    triggers: list[dict[str, Any]] = Field(description="Real-time triggers active now (none until they are served).")
+    triggers: list[ActiveTrigger] = Field(
+        description="Real-time triggers active now (`segflow stream`; empty when no stream is configured)."
+    )
     serving_version: str
 
 
@@ -241,6 +250,46 @@ def lookup(view: VersionView, identifier: str) -> str | None:
     return None
 
 
+TRIGGERS_TAIL = re.compile(r'"triggers":\s*\[\]\s*}$')
+
+
+def finish(doc: str, version: str, triggers: str | None = None) -> str:
+    """A stored profile document (JSON text ending in `"triggers":[]}`) with its active triggers (JSON text) and the
+    serving version spliced in."""
+    body = doc[:-1]
+    tail = TRIGGERS_TAIL.search(doc) if triggers is not None else None
+    if tail:
+        body = f'{doc[: tail.start()]}"triggers":{triggers}'
+    return f'{body},"serving_version":{json.dumps(version)}}}'
+
+
+class TriggerSource:
+    """The real-time triggers `segflow stream` keeps per user in its Redis (stream.url), read per request: a
+    profile shows them the moment they fire, whichever serving version it comes from."""
+
+    def __init__(self, settings) -> None:
+        url = settings.raw["stream"].get("url")
+        self.client = None
+        if url:
+            from segflow.realtime.consumer import StreamKeys, redis_client
+
+            self.client = redis_client(url)
+            self.keys = StreamKeys(settings.raw["stream"]["key_prefix"])
+
+    def of(self, docs: list[str]) -> list[str | None]:
+        """The active triggers (JSON text, None when there are none) of each profile document's user."""
+        if self.client is None or not docs:
+            return [None] * len(docs)
+        pipe = self.client.pipeline(transaction=False)
+        for doc in docs:
+            pipe.hgetall(self.keys.active(json.loads(doc)["user_id"]))
+        out: list[str | None] = []
+        for held in pipe.execute():
+            items = [f'{{"rule":{json.dumps(rule)},{held[rule][1:]}' for rule in sorted(held)]
+            out.append(f"[{','.join(items)}]" if items else None)
+        return out
+
+
 def create_app(settings, store: ServingStore | None = None, limiter: RateLimiter | None = None) -> FastAPI:
     """The API over `store` (default: the configured one), keys from `serving.keys_file`."""
     serving = settings.raw["serving"]
@@ -326,11 +375,13 @@ def create_app(settings, store: ServingStore | None = None, limiter: RateLimiter
             raise HTTPException(503, "no serving version is loaded yet (the scoring run syncs one)")
         return view
 
+    triggers = TriggerSource(settings)
+
     def profile_of(view: VersionView, identifier: str) -> str | None:
-        """The stored document with the serving version added, as JSON text (not parsed and re-validated: the
-        documents are written to the Profile schema, which the contract test checks)."""
+        """The stored document with the active triggers and the serving version added, as JSON text (not parsed and
+        re-validated: the documents are written to the Profile schema, which the contract test checks)."""
         doc = lookup(view, identifier)
-        return f'{doc[:-1]},"serving_version":{json.dumps(view.version)}}}' if doc else None
+        return finish(doc, view.version, triggers.of([doc])[0]) if doc else None
 
     not_found: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}, 503: {"model": ErrorBody}}
 
@@ -383,13 +434,16 @@ def create_app(settings, store: ServingStore | None = None, limiter: RateLimiter
             # Untyped ids are tried as user ids first in one read; the rest go through lookup() one by one.
             untyped = [i for i in identifiers if i.partition(":")[0] not in TYPED]
             direct = dict(zip(untyped, view.profiles_json(untyped), strict=True))
-            suffix = f',"serving_version":{json.dumps(view.version)}}}'
+            docs: list[tuple[str, str]] = []
             for identifier in identifiers:
                 doc = direct.get(identifier) or lookup(view, identifier)
                 if doc is None:
                     missing.append(identifier)
                 else:
-                    found.append(f"{json.dumps(identifier)}:{doc[:-1]}{suffix}")
+                    docs.append((identifier, doc))
+            active = triggers.of([doc for _, doc in docs])
+            for (identifier, doc), held in zip(docs, active, strict=True):
+                found.append(f"{json.dumps(identifier)}:{finish(doc, view.version, held)}")
             version = view.version
         text = (
             f'{{"profiles":{{{",".join(found)}}},"not_found":{json.dumps(missing)},'
