@@ -92,7 +92,10 @@ with segflow_dag(
     # full_refresh rebuilds the incremental event models of the build group; the published history tables
     # (publish group) are never fully refreshed: that would drop every past as-of partition.
     dbt_build = DbtBuildLocalOperator(
-        task_id="dbt_build", exclude="tag:training tag:publish tag:triggers", full_refresh=FULL_REFRESH_TEMPLATE, **dbt_operator_args
+        task_id="dbt_build",
+        exclude="tag:training tag:publish tag:triggers",
+        full_refresh=FULL_REFRESH_TEMPLATE,
+        **dbt_operator_args,
     )
     dbt_publish = DbtBuildLocalOperator(task_id="dbt_publish", select="tag:publish", **dbt_operator_args)
 

@@ -248,6 +248,13 @@ def sync_serving(dates: list[str]) -> dict:
     return sync(settings())
 
 
+def deliver_triggers() -> dict:
+    """Deliver the stream's new trigger transitions of consenting users to the CRM and an activation file."""
+    from segflow.activation.triggers import deliver_triggers as deliver
+
+    return deliver(settings())
+
+
 def write_back(as_of: str) -> dict:
     """Push the scores of `as_of` to the CRM and the activation export - only if it is the latest date scored:
     the CRM and activation hold the current state, which a backfilled past date must not overwrite."""

@@ -53,6 +53,9 @@ def airflow_environ(settings: Settings, environ: dict[str, str] | None = None) -
     }
     if settings.config_file is not None:
         wanted["SEGFLOW_CONFIG"] = str(settings.config_file)
+    stream_url = settings.raw["stream"].get("url")
+    if stream_url:
+        wanted["AIRFLOW_CONN_SEGFLOW_STREAM"] = redis_connection_uri(stream_url)
     # Derived from the settings (which already take SEGFLOW__ overrides): a value inherited from another run's
     # environment must not point this run's dbt at another warehouse.
     derived = (
@@ -61,10 +64,22 @@ def airflow_environ(settings: Settings, environ: dict[str, str] | None = None) -
         *warehouse_env(settings),
         "MLFLOW_TRACKING_URI",
         "SEGFLOW_CONFIG",
+        "AIRFLOW_CONN_SEGFLOW_STREAM",
         "DBT_PROFILES_DIR",
         DBT_TARGET_ENV,
     )
     return {k: v if k in derived else environ.get(k, v) for k, v in wanted.items()}
+
+
+def redis_connection_uri(url: str) -> str:
+    """A redis:// URL as an Airflow connection URI: the Redis hook reads the database number from the `db` extra
+    only (a path /N would silently mean database 0)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    db = parts.path.strip("/") or "0"
+    netloc = parts.netloc
+    return f"{parts.scheme}://{netloc}?db={db}"
 
 
 PRELOADED = (

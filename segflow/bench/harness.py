@@ -57,7 +57,8 @@ INCREMENTAL_STAGES = (
     "monitor",
     "write_back",
 )
-SERVING_STAGES = ("serving_sync", "serving_load")  # the segment API, on the incremental run's published state
+# The segment API, on the incremental run's published state; the stream consumer, on synthetic users' state.
+SERVING_STAGES = ("serving_sync", "serving_load", "stream_load")
 VERSIONED = (
     "duckdb",
     "dbt-core",

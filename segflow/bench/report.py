@@ -70,6 +70,13 @@ def serving_run(result: dict[str, Any], name: str) -> dict[str, Any]:
     return (s or {}).get("details", {}).get(name) or {}
 
 
+def stream_run(result: dict[str, Any], name: str) -> dict[str, Any]:
+    """One run of the stream_load stage (latency_run, throughput_run) and its setup figures, or {}."""
+    s = stage(result, "serving", "stream_load")
+    details = (s or {}).get("details", {})
+    return details.get(name) or {} if name else details
+
+
 def serving_sync_seconds(result: dict[str, Any]) -> float | None:
     """Snapshot from the warehouse plus its load into Redis: what the scoring DAG's sync_serving does."""
     s = stage(result, "serving", "serving_sync")
@@ -131,6 +138,10 @@ def targets(result: dict[str, Any], all_results: list[dict[str, Any]]) -> list[T
         (r for r in sorted(all_results, key=lambda r: -r["users"]) if stage(r, "serving", "serving_load")), result
     )
     served_at = "" if served is result else f" — at {served['users']:,} users"
+    streamed = next(
+        (r for r in sorted(all_results, key=lambda r: -r["users"]) if stage(r, "serving", "stream_load")), result
+    )
+    streamed_at = "" if streamed is result else f" — the {streamed['users']:,}-user run"
     rows = [
         check(
             "dbt feature build (full refresh: a year of events de-duplicated again)",
@@ -210,6 +221,21 @@ def targets(result: dict[str, Any], all_results: list[dict[str, Any]]) -> list[T
             serving_sync_seconds(served),
             lambda v: v <= 60 if served["users"] >= 1_000_000 else None,
             " s",
+        ),
+        check(
+            f"real-time triggers, sustained events/s with {_fmt(stream_run(streamed, '').get('users'))} users' state"
+            f"{streamed_at}",
+            "≥ 5,000 /s",
+            stream_run(streamed, "throughput_run").get("events_per_s"),
+            lambda v: v >= 5000,
+            " /s",
+        ),
+        check(
+            f"real-time triggers, event-to-trigger p99 at 5,000 events/s{streamed_at}",
+            "≤ 1,000 ms",
+            stream_run(streamed, "latency_run").get("p99_ms"),
+            lambda v: v <= 1000,
+            " ms",
         ),
         Target("every stage completed", "all", None, not failed),
     ]
@@ -340,6 +366,17 @@ def render(results: list[dict[str, Any]], notes: str = "") -> str:
                 + "; ".join(shown)
                 + f". Sync of {_fmt(synced['rows'])} profiles: snapshot {_fmt(synced['details'].get('snapshot_seconds'))} s, "
                 f"Redis load {_fmt(synced['details'].get('redis_load_seconds'))} s."
+            )
+        streamed = stream_run(r, "")
+        if streamed.get("latency_run"):
+            latency, burst = streamed["latency_run"], streamed.get("throughput_run", {})
+            lines.append(
+                f"- Real-time triggers (`segflow stream`, one process; publisher and Redis on the same machine), "
+                f"{_fmt(streamed['users'])} users' state ({_fmt(streamed.get('state_bytes_per_user'))} bytes each in "
+                f"Redis): at {_fmt(latency['published_per_s'], 0)} events/s event-to-trigger p50 "
+                f"{_fmt(latency['p50_ms'], 0)} ms, p99 {_fmt(latency['p99_ms'], 0)} ms (allowed lateness 500 ms "
+                f"included); a burst of {_fmt(burst.get('events'))} events consumed at "
+                f"{_fmt(burst.get('events_per_s'), 0)} events/s."
             )
         build = stage(r, "full", "dbt_build")
         if build and build["details"].get("node_seconds"):

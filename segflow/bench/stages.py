@@ -267,6 +267,23 @@ def serving_load(as_of: str, full_refresh: bool) -> dict[str, Any]:
     return out
 
 
+def stream_load(as_of: str, full_refresh: bool) -> dict[str, Any]:
+    """`segflow stream` under load (segflow.bench.stream) with SEGFLOW_BENCH_STREAM_USERS users' state (1M):
+    latency at 5,000 events/s for SEGFLOW_BENCH_LOAD_SECONDS x 2 (20 s), then a burst for throughput."""
+    import os
+
+    from segflow.bench.stream import run_stream_bench
+
+    url = _bench_redis()
+    if url is None:
+        return {"rows": 0, "skipped": "no Redis answers (SEGFLOW_BENCH_REDIS_URL)"}
+    seconds = 2 * float(os.environ.get("SEGFLOW_BENCH_LOAD_SECONDS", "10"))
+    users = int(os.environ.get("SEGFLOW_BENCH_STREAM_USERS", "1000000"))
+    settings = callables.settings()
+    work = Path(settings.get("serving", "snapshot_dir")).parent / "stream-bench"
+    return run_stream_bench(url, work, users=users, rate=5_000, seconds=seconds, burst=min(100_000, 5 * users))
+
+
 STAGES: dict[str, Callable[[str, bool], dict[str, Any]]] = {
     f.__name__: f
     for f in (
@@ -283,6 +300,7 @@ STAGES: dict[str, Callable[[str, bool], dict[str, Any]]] = {
         pandas_baseline,
         serving_sync,
         serving_load,
+        stream_load,
     )
 }
 

@@ -304,7 +304,9 @@ def cmd_ui(args) -> int:
         + (f", {workers} Celery workers" if workers else "")
         + ")"
         + (", MLflow" if "mlflow" in names else "")
-        + ", the docs server and the segment API …"
+        + ", the docs server, the segment API"
+        + (" and the stream consumer" if "stream-consumer" in names else "")
+        + " …"
     )
     try:
         services.start(settings)
@@ -326,6 +328,16 @@ def cmd_ui(args) -> int:
             else "   (answers once a scoring run has synced it: make demo)"
         )
     )
+    stream = settings.raw["stream"]
+    if stream.get("url"):
+        print(
+            f"Triggers       segflow stream on {redact_url(stream['url'])}: events to {stream['key_prefix']}:events, "
+            f"transitions on {stream['key_prefix']}:triggers (see one fire: segflow stream replay --day <day> --now --speed 60)"
+        )
+    else:
+        print(
+            "Triggers       off: set stream.url (a Redis, e.g. SEGFLOW__STREAM__URL=redis://127.0.0.1:6379/2) for real-time triggers"
+        )
     print(f"logs: {Path(settings.get('ui', 'state_dir')) / 'logs'}; stop with `make ui-stop` (segflow ui stop)")
     return 0
 

@@ -4,7 +4,8 @@ Started: Airflow's api-server (UI + execution API), scheduler, dag-processor and
 Celery workers when Airflow's executor is the CeleryExecutor (AIRFLOW__CORE__EXECUTOR, with its broker and result
 backend configured the same way); the MLflow UI over the project's tracking store, unless `mlflow.tracking_uri`
 is already an MLflow server (http/https); a static server for the dbt docs (/) and GX Data Docs (/gx/). Each runs in its
-own process group (the segment API too: `segflow serve`); their ids go to `<ui.state_dir>/processes.json`, so `stop` ends exactly what `start`
+own process group (the segment API too: `segflow serve`, and the real-time trigger consumer `segflow stream` when
+stream.url is set); their ids go to `<ui.state_dir>/processes.json`, so `stop` ends exactly what `start`
 started (a recorded id now held by a process with another start time is someone else's and is left alone),
 and logs to `<ui.state_dir>/logs`.
 """
@@ -147,6 +148,24 @@ def services(settings: Settings, environ: dict[str, str] | None = None) -> list[
             )
         ]
     )
+    # The real-time trigger consumer, when a stream is configured (it needs a Redis: stream.url).
+    stream = (
+        [
+            Service(
+                "stream-consumer",
+                [
+                    sys.executable,
+                    "-m",
+                    "segflow.local.cli",
+                    *(["--config", str(settings.config_file)] if settings.config_file else []),
+                    "stream",
+                    "run",
+                ],
+            )
+        ]
+        if settings.get("stream", "url")
+        else []
+    )
     return [
         Service(
             "airflow-api-server",
@@ -187,6 +206,7 @@ def services(settings: Settings, environ: dict[str, str] | None = None) -> list[
             ],
             f"http://{host}:{settings.get('serving', 'port')}/healthz",
         ),
+        *stream,
     ]
 
 

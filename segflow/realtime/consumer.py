@@ -187,6 +187,7 @@ class StreamConsumer:
         self.counters = Counters()
         self.pending: dict[str, list[_Held]] = defaultdict(list)
         self.pending_ids: set[str] = set()
+        self._caught_up = False  # the last read left nothing unread in the stream
         self._reading_own = True  # after a restart: re-read this consumer's unacknowledged entries first
         self._own_after = "0"
         self._last_read = clock()
@@ -209,6 +210,7 @@ class StreamConsumer:
 
     def _read(self, block_ms: int) -> list[tuple[str, dict[str, str] | None]]:
         if len(self.pending_ids) >= self.max_pending:
+            self._caught_up = False
             return []  # backpressure: the entries wait in the stream until the held events are evaluated
         count = min(self.batch_size, self.max_pending - len(self.pending_ids))
         if self._reading_own:
@@ -224,7 +226,9 @@ class StreamConsumer:
         got = self.client.xreadgroup(
             self.group, self.name, {self.keys.events: ">"}, count=count, block=block_ms or None
         )
-        return got[0][1] if got else []
+        entries = got[0][1] if got else []
+        self._caught_up = len(entries) < count
+        return entries
 
     # --- one round -------------------------------------------------------------------------------------------
 
@@ -306,7 +310,9 @@ class StreamConsumer:
             candidates.append(self.max_seen - self.lateness_us)
             if not self.wall and now - self._last_read > self.lateness_us / 1e6 + 0.05:
                 candidates.append(self.max_seen)  # idle for longer than the lateness: what was seen is complete
-        if self.wall:
+        if self.wall and self._caught_up:
+            # This machine's clock moves time on only when nothing waits unread: a consumer working through a
+            # backlog would otherwise call every waiting event late.
             candidates.append(int(now * 1_000_000) - self.lateness_us)
         if candidates:
             self.watermark = max(candidates)

@@ -116,6 +116,10 @@ class Evaluator:
                 self._reads[rule.name] = None  # every event type
         self.horizon_us = max((r.lookback_us for r in rules), default=0)
 
+    def _reads_type(self, rule: TriggerRule, event: Event) -> bool:
+        reads = self._reads[rule.name]
+        return reads is None or event.event_type in reads
+
     def _relevant(self, rule: TriggerRule, events: list[Event]) -> list[Event]:
         reads = self._reads[rule.name]
         return events if reads is None else [e for e in events if e.event_type in reads]
@@ -224,7 +228,7 @@ class Evaluator:
             needed = e is latest or any(
                 e.ts > until - rule.lookback_us
                 for rule in self.rules
-                if rule.kind != "return" and (self._reads[rule.name] is None or e.event_type in self._reads[rule.name])
+                if rule.kind != "return" and self._reads_type(rule, e)
             )
             if needed:
                 kept.append(e)

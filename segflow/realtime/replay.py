@@ -134,10 +134,16 @@ def batch_transitions(settings, day: date) -> set[tuple[str, str, str, str, str 
     run_dbt(settings, ["run", "--select", "trigger_transitions", "--quiet"], vars=dbt_vars(day.isoformat(), settings))
     with connect_engine(settings.warehouse_url) as warehouse:
         frame = warehouse.frame(
-            "SELECT trigger_name, user_id, change, at, product_category FROM triggers.trigger_transitions"
+            "SELECT trigger_name, user_id, transition, changed_at, product_category FROM triggers.trigger_transitions"
         )
     return {
-        (rule, user, change, engine.iso(engine.to_us(at.to_pydatetime())), category)
+        (
+            rule,
+            user,
+            change,
+            engine.iso(engine.to_us(at.to_pydatetime())),
+            category if isinstance(category, str) else None,
+        )
         for rule, user, change, at, category in frame.itertuples(index=False, name=None)
     }
 

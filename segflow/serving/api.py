@@ -270,6 +270,7 @@ class TriggerSource:
     def __init__(self, settings) -> None:
         url = settings.raw["stream"].get("url")
         self.client = None
+        self._warned = 0.0
         if url:
             from segflow.realtime.consumer import StreamKeys, redis_client
 
@@ -280,11 +281,22 @@ class TriggerSource:
         """The active triggers (JSON text, None when there are none) of each profile document's user."""
         if self.client is None or not docs:
             return [None] * len(docs)
+        import redis
+
         pipe = self.client.pipeline(transaction=False)
         for doc in docs:
             pipe.hgetall(self.keys.active(json.loads(doc)["user_id"]))
+        try:
+            results = pipe.execute()
+        except redis.RedisError as exc:
+            # The profile still answers (segments and scores do not depend on the stream); the log says why its
+            # triggers are missing.
+            if time.monotonic() - self._warned > 60:
+                self._warned = time.monotonic()
+                log.warning("real-time triggers unavailable (stream.url): %s", exc)
+            return [None] * len(docs)
         out: list[str | None] = []
-        for held in pipe.execute():
+        for held in results:
             items = [f'{{"rule":{json.dumps(rule)},{held[rule][1:]}' for rule in sorted(held)]
             out.append(f"[{','.join(items)}]" if items else None)
         return out

@@ -375,7 +375,7 @@ def generate(
         ev_user = np.repeat(np.arange(n, dtype=np.int32), counts)
         ev_type = np.concatenate([_pick(rng, cum_browse, persona[ev_user]), np.full(m, PURCHASE_CODE)])
         ev_cat = np.concatenate([_pick(rng, cum_category, persona[ev_user]), order_cat])
-        ev_secs = np.concatenate([rng.integers(0, 86400, len(ev_user)), order_secs])
+        ev_secs = np.concatenate([_session_times(rng, counts), order_secs])
         ev_user = np.concatenate([ev_user, buyer.astype(np.int32)])
         e = len(ev_user)
         device_idx = np.where(rng.random(e) < 0.8, fav_device[ev_user], rng.integers(0, 3, e))
@@ -448,6 +448,25 @@ def generate(
         )
     )
     return GenerateResult(out, n, len(contacts), event_counter, order_counter, start_date, end_date)
+
+
+SESSION_GAP_SECONDS = 90.0  # mean time between a visitor's consecutive events within a visit
+
+
+def _session_times(rng: np.random.Generator, counts: np.ndarray) -> np.ndarray:
+    """Seconds into the day of each user's browse events (users in order, `counts` each): one visit per user and
+    day starting at a random time, events a random ~90 s apart - as people browse, so behaviour within minutes
+    (real-time triggers: high intent, abandoned carts and browsing) shows as it would on a real site."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    user_start = rng.integers(0, 86400, len(counts))
+    gaps = rng.exponential(SESSION_GAP_SECONDS, total)
+    first = np.repeat(np.cumsum(counts) - counts, counts)  # index of each user's first event
+    elapsed = np.cumsum(gaps)
+    offsets = elapsed - elapsed[first]  # seconds since the user's first event of the day
+    secs = np.repeat(user_start, counts) + offsets.astype(np.int64)
+    return np.minimum(secs, 86399)
 
 
 def _country_idx(persona: np.ndarray, seed: int) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 from segflow.airflow.environment import DAGS_FOLDER
 
 DAG_FILES = sorted(p.name for p in DAGS_FOLDER.glob("*.py"))
-EXPECTED_DAGS = {"segflow_build", "segflow_train", "segflow_score"}
+EXPECTED_DAGS = {"segflow_build", "segflow_train", "segflow_score", "segflow_activate"}
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +98,28 @@ def test_assets_chain_build_to_score_and_train_to_its_own_schedule(dagbag):
     assert "segflow.marts.user_features" in str(score.timetable.asset_condition)
     assert (build.schedule, train.schedule) == ("@daily", "@weekly")
     assert set(build.params) == {"as_of", "full_refresh"} and set(train.params) == {"as_of"}
+
+
+def test_activation_is_scheduled_on_the_stream_triggers_watched_on_redis(dagbag, monkeypatch):
+    """Without a stream the asset is plain; with stream.url an AssetWatcher subscribes (through the triggerer) to
+    the consumer's announcement channel with the connection Airflow's environment derives from stream.url."""
+    from segflow.airflow.assets import TRIGGERS_URI, stream_triggers
+    from segflow.airflow.environment import airflow_environ, redis_connection_uri
+    from segflow.core.config import load_settings
+
+    activate = dagbag.dags["segflow_activate"]
+    assert TRIGGERS_URI in str(activate.timetable.asset_condition)
+    assert [t.task_id for t in activate.tasks] == ["deliver_triggers"]
+    assert stream_triggers().watchers == []
+    monkeypatch.setenv("SEGFLOW__STREAM__URL", "redis://:s3cret@127.0.0.1:6379/3")
+    monkeypatch.setenv("SEGFLOW__STREAM__KEY_PREFIX", "shop")
+    (watcher,) = stream_triggers().watchers
+    classpath, kwargs = watcher.trigger.serialize()
+    assert classpath == "airflow.providers.redis.triggers.redis_await_message.AwaitMessageTrigger"
+    assert kwargs["channels"] == ["shop:triggers:notify"] and kwargs["redis_conn_id"] == "segflow_stream"
+    assert kwargs["poll_interval"] == 1
+    assert redis_connection_uri("redis://:s3cret@127.0.0.1:6379/3") == "redis://:s3cret@127.0.0.1:6379?db=3"
+    assert airflow_environ(load_settings())["AIRFLOW_CONN_SEGFLOW_STREAM"] == "redis://:s3cret@127.0.0.1:6379?db=3"
 
 
 def test_dag_files_are_thin():

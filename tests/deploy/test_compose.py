@@ -83,6 +83,7 @@ def test_production_stack_services_and_no_inline_secrets():
         "airflow-worker",
         "airflow-init",
         "segment-api",
+        "stream-consumer",
     } <= services
     for name in ("airflow-scheduler", "airflow-worker"):
         env = compose["services"][name]["environment"]

@@ -19,6 +19,7 @@ def test_bench_harness_measures_every_stage_and_checks_the_baseline(tmp_path):
     report = tmp_path / "BENCHMARKS.md"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SEGFLOW", "AIRFLOW__", "DBT_"))}
     env["SEGFLOW_BENCH_LOAD_SECONDS"] = "1"  # the harness, not the numbers
+    env["SEGFLOW_BENCH_STREAM_USERS"] = "3000"
     cmd = [
         sys.executable,
         "-m",
@@ -67,6 +68,11 @@ def test_bench_harness_measures_every_stage_and_checks_the_baseline(tmp_path):
     load = measured[("serving", "serving_load")]["details"]
     for run in ("single_c4", "single_c16", "batch100_c4"):
         assert load[run]["requests"] > 0 and load[run]["errors"] == {}, load[run]
+    # The stream consumer: triggers fired during the paced run, the burst consumed, nothing called late.
+    stream = measured[("serving", "stream_load")]["details"]
+    assert stream["users"] == 3000 and stream["latency_run"]["triggers"].get("high_intent_now:entered", 0) > 0
+    assert stream["throughput_run"]["events"] > 0 and "'late': 0" in stream["consumer_log_tail"], stream
     text = report.read_text()
     assert "## Targets at the largest size (1,200 users)" in text and "| full | dbt_build |" in text
     assert "segment API, single lookups" in text and "- Segment API (`segflow serve`" in text
+    assert "real-time triggers, event-to-trigger p99" in text and "- Real-time triggers (`segflow stream`" in text

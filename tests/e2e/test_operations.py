@@ -143,8 +143,11 @@ def daily(seed, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def stack(seed, daily, tmp_path_factory, request, postgres_server):
-    """`segflow ui start` on a PostgreSQL metadata database; stopped with `segflow ui stop` afterwards."""
+def stack(seed, daily, tmp_path_factory, request, postgres_server, redis_url):
+    """`segflow ui start` on a PostgreSQL metadata database, with a trigger stream on Redis; stopped with
+    `segflow ui stop` afterwards."""
+    import uuid
+
     from sqlalchemy import create_engine, text
 
     name = f"segflow_ops_{os.getpid()}"
@@ -161,13 +164,16 @@ def stack(seed, daily, tmp_path_factory, request, postgres_server):
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgres_server.url(name),
         SEGFLOW__UI__STATE_DIR=str(root / "ui"),
         SEGFLOW__UI__DOCS_DIR=str(root / "site"),
+        SEGFLOW__STREAM__URL=redis_url,
+        SEGFLOW__STREAM__KEY_PREFIX=f"segflow-ops-{uuid.uuid4().hex[:8]}",
+        SEGFLOW__STREAM__DROP_DIR=str(root / "stream-drop"),
     )
     started = subprocess.run(
         [str(BIN / "segflow"), "ui", "start"], env=env, capture_output=True, text=True, timeout=600
     )
     try:
         assert started.returncode == 0, started.stdout + started.stderr
-        for dag_id in ("segflow_build", "segflow_score"):
+        for dag_id in ("segflow_build", "segflow_score", "segflow_activate"):
             airflow(env, "dags", "unpause", dag_id)
         yield {"root": root, "env": env, "start_output": started.stdout}
     finally:
@@ -178,7 +184,12 @@ def stack(seed, daily, tmp_path_factory, request, postgres_server):
             conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         admin.dispose()
         assert stopped.returncode == 0, stopped.stderr
-        assert "airflow-scheduler" in stopped.stdout
+        assert "airflow-scheduler" in stopped.stdout and "stream-consumer" in stopped.stdout
+        from segflow.realtime.consumer import redis_client
+
+        client = redis_client(redis_url)
+        for key in client.scan_iter(f"{env['SEGFLOW__STREAM__KEY_PREFIX']}:*", count=1000):
+            client.delete(key)
 
 
 def airflow(env: dict, *args: str) -> str:
@@ -333,6 +344,61 @@ def test_rerunning_one_day_changes_nothing(backfilled, daily):
             con.execute("SELECT max(as_of) FROM marts.user_scores_history").fetchall()
             == con.execute("SELECT DISTINCT as_of FROM marts.user_scores").fetchall()
         )
+
+
+def test_a_trigger_on_the_stream_runs_segflow_activate_through_the_scheduler(backfilled):
+    """`make ui` started the stream consumer: three events of a consenting, tracked customer published now make
+    them enter high_intent_now within a second; the consumer's announcement reaches the AssetWatcher in the
+    triggerer, the scheduler runs segflow_activate, and the CRM's crm_triggers table holds the customer."""
+    import sqlite3
+    from datetime import UTC, datetime
+
+    from segflow.core.config import load_settings
+    from segflow.realtime.consumer import StreamKeys, redis_client
+
+    env = backfilled["env"]
+    settings = load_settings(environ=env)
+    serving = backfilled["root"] / "serving"
+    version = (serving / "CURRENT").read_text().strip()
+    with sqlite3.connect(serving / f"snapshot-{version}.sqlite") as con:
+        analytics_id, user = con.execute(
+            "SELECT substr(i.identifier, 19), i.user_id FROM identifiers AS i JOIN profiles AS p USING (user_id) "
+            "WHERE i.identifier LIKE 'analytics_user_id:%' AND json_extract(p.doc, '$.consent.marketing') "
+            "ORDER BY i.identifier LIMIT 1"
+        ).fetchone()
+    client = redis_client(settings.raw["stream"]["url"])
+    keys = StreamKeys(settings.raw["stream"]["key_prefix"])
+    runs_before = len(runs(env, "segflow_activate"))
+    now = datetime.now(UTC)
+    for i, kind in enumerate(["add_to_cart", "begin_checkout", "product_view"]):
+        client.xadd(
+            keys.events,
+            {
+                "event_id": f"ops-{i}",
+                "anonymous_id": "ops-device",
+                "user_id": analytics_id,
+                "event_ts": now.isoformat(),
+                "event_type": kind,
+                "product_category": "books",
+            },
+        )
+    published = time.monotonic()
+    while not client.xlen(keys.output) and time.monotonic() - published < 10:
+        time.sleep(0.02)
+    assert time.monotonic() - published < 1.5, "the trigger took longer than a second (and scheduling slack)"
+
+    def delivered():
+        done = [r for r in runs(env, "segflow_activate")[runs_before:] if r["state"] == "success"]
+        if not done:
+            return None
+        with sqlite3.connect(settings.raw["writeback"]["crm_url"].split("sqlite:///", 1)[1]) as crm:
+            return crm.execute(
+                "SELECT contact_id, trigger_name, active FROM crm_triggers WHERE contact_id = ?", [user]
+            ).fetchall()
+
+    rows = wait_until(delivered, 300, "segflow_activate to deliver the trigger", env)
+    assert rows == [(user, "high_intent_now", 1)]
+    assert [r["run_type"] for r in runs(env, "segflow_activate")[runs_before:]][0] == "asset_triggered"
 
 
 # --- the UIs in headless Chromium (Debian's chromium + chromium-driver: `make system-deps`; skipped without) ---

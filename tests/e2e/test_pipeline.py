@@ -571,6 +571,113 @@ def test_the_segment_api_serves_what_was_published(pipeline, redis_url):
     assert anonymous not in log and key not in log, "request logs keep ids and keys out"
 
 
+def test_replaying_a_day_through_the_stream_gives_the_triggers_dbt_computes(pipeline, redis_url):
+    """One truth with batch: the run's last day of events, published out of order (within the allowed lateness)
+    to the stream and consumed by `segflow stream`, yields exactly the trigger transitions the dbt model
+    trigger_transitions computes over the same day (`segflow stream reconcile`), for every rule."""
+    import random
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from segflow.core.config import load_settings
+    from segflow.realtime.consumer import StreamConsumer, StreamKeys, redis_client
+    from segflow.realtime.engine import to_us
+    from segflow.realtime.replay import day_events, reconcile, replay
+    from segflow.realtime.rules import load_rules, parse_rules
+
+    prefix = f"segflow-e2e-{uuid.uuid4().hex[:8]}"
+    env = {
+        **pipeline["env"],
+        "SEGFLOW__STREAM__URL": redis_url,
+        "SEGFLOW__STREAM__KEY_PREFIX": prefix,
+        "SEGFLOW__STREAM__CLOCK": "events",
+        "SEGFLOW__STREAM__ALLOWED_LATENESS_SECONDS": "120",
+        # The batch drop goes elsewhere: this test must not add files to the run's events folder.
+        "SEGFLOW__STREAM__DROP_DIR": str(pipeline["root"] / "stream-drop"),
+    }
+    settings = load_settings(pipeline["root"] / "segflow.yml", environ=env)
+    client = redis_client(redis_url)
+    keys = StreamKeys(prefix)
+    # One day of 600 generated users is too thin for every default rule to fire; looser variants of each kind join
+    # them, in the seed's table (what dbt reads) and in the consumer's rules alike.
+    extra = [
+        {
+            "trigger_name": "browse_day",
+            "kind": "repeat_without",
+            "enabled": "true",
+            "window_minutes": "1440",
+            "threshold": "2",
+            "event_types": "product_view|search",
+            "cancel_event_types": "purchase",
+        },
+        {"trigger_name": "points_hour", "kind": "points", "enabled": "true", "window_minutes": "60", "threshold": "2"},
+        {
+            "trigger_name": "viewed_no_cart",
+            "kind": "absence",
+            "enabled": "true",
+            "window_minutes": "20",
+            "event_types": "product_view",
+            "cancel_event_types": "add_to_cart|purchase",
+            "active_minutes": "90",
+        },
+    ]
+    rules = load_rules() + parse_rules(extra)
+    with duckdb.connect(str(pipeline["root"] / "warehouse.duckdb")) as con:
+        for rule in extra:
+            con.execute(
+                "INSERT INTO reference.trigger_rules (trigger_name, kind, enabled, window_minutes, threshold, "
+                "event_types, cancel_event_types, active_minutes) VALUES (?, ?, true, ?, ?, ?, ?, ?)",
+                [
+                    rule["trigger_name"],
+                    rule["kind"],
+                    int(rule["window_minutes"]),
+                    rule.get("threshold"),
+                    rule.get("event_types"),
+                    rule.get("cancel_event_types"),
+                    rule.get("active_minutes"),
+                ],
+            )
+    try:
+        rows = day_events(pipeline["data"] / "events", AS_OF)
+        rng = random.Random(5)
+        # Arrival order: each event up to 100 s late (within the allowed 120 s).
+        shuffled = sorted(
+            rows,
+            key=lambda r: (
+                datetime.fromisoformat(r["event_ts"].replace("Z", "+00:00")).timestamp() + rng.uniform(0, 100)
+            ),
+        )
+        shuffled.insert(len(shuffled) // 2, shuffled[10])  # and one re-sent
+        assert replay(client, keys, shuffled) == len(rows) + 1
+        consumer = StreamConsumer(settings, client=client, rules=rules)
+        consumer.ensure_group()
+        while consumer.counters.read < len(shuffled):
+            consumer.step(block_ms=0)
+        day_end = to_us(datetime.combine(AS_OF + timedelta(days=1), datetime.min.time(), UTC)) - 1
+        consumer.step(block_ms=0, until=day_end)
+        assert consumer.counters.late == 0 and consumer.counters.duplicates == 1
+        # The generator's dirty rows: dead-lettered for the reasons the batch extract quarantined them for.
+        with _warehouse(pipeline) as con:
+            quarantined = con.execute(
+                "SELECT reason FROM raw.quarantine WHERE source = 'events' AND source_file = ? ORDER BY reason",
+                [f"{AS_OF.isoformat()}.jsonl"],
+            ).fetchall()
+        assert sorted(f["reason"] for _, f in client.xrange(keys.dead)) == [r[0] for r in quarantined]
+        result = reconcile(settings, client, keys, AS_OF)
+        assert result["only_batch"] == [] and result["only_stream"] == [], result
+        fired = {f["rule"] for _, f in client.xrange(keys.output)}
+        assert result["stream"] >= 50, result["stream"]
+        assert fired >= {"cart_abandoned", "high_intent_now", "lapsed_returning", *(r["trigger_name"] for r in extra)}
+    finally:
+        with duckdb.connect(str(pipeline["root"] / "warehouse.duckdb")) as con:
+            con.execute(
+                "DELETE FROM reference.trigger_rules WHERE trigger_name IN (SELECT unnest(?))",
+                [[r["trigger_name"] for r in extra]],
+            )
+        for key in client.scan_iter(f"{prefix}:*", count=1000):
+            client.delete(key)
+
+
 def test_an_erasure_request_forgets_the_person_everywhere(pipeline):
     """Runs last: asks to forget a consenting customer with orders, events and a stitched device, by email, then
     reruns the day. Nothing holds them any more - raw, staging, every history, scores, identity links, the CRM

@@ -181,7 +181,9 @@ def test_marts_suites_in_the_engine_equal_gx_on_defective_candidates(tmp_path, s
     settings = make_settings(tmp_path, small_dataset)
     run_extract(settings, AS_OF, "run-1")
     run_dbt(
-        settings, ["build", "--exclude", "tag:training", "tag:publish", "tag:triggers", "--quiet"], vars=dbt_vars(str(AS_OF), settings)
+        settings,
+        ["build", "--exclude", "tag:training", "tag:publish", "tag:triggers", "--quiet"],
+        vars=dbt_vars(str(AS_OF), settings),
     )
     schema = audit_schema(AS_OF.isoformat())
     with duckdb.connect(str(settings.warehouse_path)) as con:

@@ -38,7 +38,7 @@ events as (
         event_type,
         product_category,
         case event_type{% for event_type, weight in weights.items() if event_type != 'cart_abandonment' %}
-            when '{{ event_type }}' then {{ weight }}{% endfor %}
+                when '{{ event_type }}' then {{ weight }}{% endfor %}
             else 0
         end as points
     from {{ ref('int_events_attributed') }}
@@ -56,30 +56,47 @@ rule_events as (
     from events as e
     inner join rules as r
         on r.kind = 'return'
-        or (r.kind = 'points' and e.points <> 0)
-        or (
-            r.kind in ('repeat_without', 'absence')
-            and '|' || coalesce(r.event_types, '') || '|' || coalesce(r.cancel_event_types, '') || '|'
-            like '%|' || e.event_type || '|%'
-        )
+            or (r.kind = 'points' and e.points <> 0)
+            or (
+                r.kind in ('repeat_without', 'absence')
+                and '|' || coalesce(r.event_types, '') || '|' || coalesce(r.cancel_event_types, '') || '|'
+                like '%|' || e.event_type || '|%'
+            )
 ),
 
 change_points as (
-    select trigger_name, user_id, event_ts as at from rule_events
+    select
+        trigger_name,
+        user_id,
+        event_ts as changed_at
+    from rule_events
     where kind <> 'absence'
     union
-    select e.trigger_name, e.user_id, e.event_ts + r.window_minutes * {{ minute }} as at
+    select
+        e.trigger_name,
+        e.user_id,
+        e.event_ts + r.window_minutes * {{ minute }} as changed_at
     from rule_events as e inner join rules as r on e.trigger_name = r.trigger_name
     where e.kind <> 'absence'
     union
-    select trigger_name, user_id, event_ts as at from rule_events
+    select
+        trigger_name,
+        user_id,
+        event_ts as changed_at
+    from rule_events
     where kind = 'absence' and is_cancel
     union
-    select e.trigger_name, e.user_id, e.event_ts + r.window_minutes * {{ minute }} as at
+    select
+        e.trigger_name,
+        e.user_id,
+        e.event_ts + r.window_minutes * {{ minute }} as changed_at
     from rule_events as e inner join rules as r on e.trigger_name = r.trigger_name
     where e.kind = 'absence' and e.is_start
     union
-    select e.trigger_name, e.user_id, e.event_ts + (r.window_minutes + r.active_minutes) * {{ minute }} as at
+    select
+        e.trigger_name,
+        e.user_id,
+        e.event_ts + (r.window_minutes + r.active_minutes) * {{ minute }} as changed_at
     from rule_events as e inner join rules as r on e.trigger_name = r.trigger_name
     where e.kind = 'absence' and e.is_start
 ),
@@ -89,7 +106,7 @@ in_window as (
     select
         c.trigger_name,
         c.user_id,
-        c.at,
+        c.changed_at,
         e.event_id,
         e.event_ts,
         e.points,
@@ -101,40 +118,42 @@ in_window as (
     inner join rule_events as e
         on
             c.trigger_name = e.trigger_name and c.user_id = e.user_id
-            and e.event_ts > c.at - r.window_minutes * {{ minute }} and e.event_ts <= c.at
+            and e.event_ts > c.changed_at - r.window_minutes * {{ minute }} and c.changed_at >= e.event_ts
 ),
 
 window_totals as (
     select
         trigger_name,
         user_id,
-        at,
+        changed_at,
         sum(points) as points,
         count(*) as events,
         count(*) filter (where is_cancel) as cancels,
         max(event_ts) as last_event_ts
     from in_window
-    group by trigger_name, user_id, at
+    group by trigger_name, user_id, changed_at
 ),
 
 category_counts as (
     select
         trigger_name,
         user_id,
-        at,
+        changed_at,
         product_category,
         count(*) as events,
-        row_number() over (partition by trigger_name, user_id, at order by count(*) desc, product_category) as rank
+        row_number()
+            over (partition by trigger_name, user_id, changed_at order by count(*) desc, product_category)
+            as rank
     from in_window
     where is_start and product_category is not null
-    group by trigger_name, user_id, at, product_category
+    group by trigger_name, user_id, changed_at, product_category
 ),
 
 window_members as (
     select
         c.trigger_name,
         c.user_id,
-        c.at,
+        c.changed_at,
         case
             when r.kind = 'points' then coalesce(t.points, 0) > r.threshold
             when r.kind = 'repeat_without'
@@ -145,9 +164,11 @@ window_members as (
         case when r.kind = 'points' then t.points end as points
     from change_points as c
     inner join rules as r on c.trigger_name = r.trigger_name and r.kind <> 'absence'
-    left join window_totals as t on c.trigger_name = t.trigger_name and c.user_id = t.user_id and c.at = t.at
+    left join
+        window_totals as t
+        on c.trigger_name = t.trigger_name and c.user_id = t.user_id and c.changed_at = t.changed_at
     left join category_counts as k
-        on c.trigger_name = k.trigger_name and c.user_id = k.user_id and c.at = k.at and k.rank = 1
+        on c.trigger_name = k.trigger_name and c.user_id = k.user_id and c.changed_at = k.changed_at and k.rank = 1
     left join stages as s on c.user_id = s.user_id
 ),
 
@@ -156,37 +177,37 @@ absence_starts as (
     select
         c.trigger_name,
         c.user_id,
-        c.at,
+        c.changed_at,
         e.event_ts,
         e.product_category,
-        row_number() over (partition by c.trigger_name, c.user_id, c.at order by e.event_ts, e.event_id) as rank
+        row_number() over (partition by c.trigger_name, c.user_id, c.changed_at order by e.event_ts, e.event_id) as rank
     from change_points as c
     inner join rules as r on c.trigger_name = r.trigger_name and r.kind = 'absence'
     inner join rule_events as e
         on
             c.trigger_name = e.trigger_name and c.user_id = e.user_id and e.is_start
-            and e.event_ts > c.at - (r.window_minutes + r.active_minutes) * {{ minute }}
-            and e.event_ts <= c.at - r.window_minutes * {{ minute }}
+            and e.event_ts > c.changed_at - (r.window_minutes + r.active_minutes) * {{ minute }}
+            and e.event_ts <= c.changed_at - r.window_minutes * {{ minute }}
     where not exists (
-        select 1 from rule_events as x
-        where
-            x.trigger_name = c.trigger_name and x.user_id = c.user_id and x.is_cancel
-            and x.event_ts > e.event_ts and x.event_ts <= c.at
-    )
+            select 1 from rule_events as x
+            where
+                x.trigger_name = c.trigger_name and x.user_id = c.user_id and x.is_cancel
+                and x.event_ts > e.event_ts and x.event_ts <= c.changed_at
+        )
 ),
 
 absence_members as (
     select
         c.trigger_name,
         c.user_id,
-        c.at,
+        c.changed_at,
         a.event_ts is not null as is_member,
         a.product_category,
         cast(null as {{ dbt.type_float() }}) as points
     from change_points as c
     inner join rules as r on c.trigger_name = r.trigger_name and r.kind = 'absence'
     left join absence_starts as a
-        on c.trigger_name = a.trigger_name and c.user_id = a.user_id and c.at = a.at and a.rank = 1
+        on c.trigger_name = a.trigger_name and c.user_id = a.user_id and c.changed_at = a.changed_at and a.rank = 1
 ),
 
 evaluated as (
@@ -198,17 +219,17 @@ evaluated as (
 changes as (
     select
         *,
-        lag(is_member) over (partition by trigger_name, user_id order by at) as was_member
+        lag(is_member) over (partition by trigger_name, user_id order by changed_at) as was_member
     from evaluated
 )
 
 select
     trigger_name,
     user_id,
-    case when is_member then 'entered' else 'exited' end as change,
-    at,
+    case when is_member then 'entered' else 'exited' end as transition,
+    changed_at,
     case when is_member then product_category end as product_category,
     case when is_member then points end as points,
     {{ as_of_date() }} as as_of
 from changes
-where coalesce(is_member, false) <> coalesce(was_member, false) and at < {{ as_of_end() }}
+where coalesce(is_member, false) <> coalesce(was_member, false) and changed_at < {{ as_of_end() }}

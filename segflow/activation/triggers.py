@@ -1,0 +1,155 @@
+"""Deliver real-time triggers to the channels: the CRM's `crm_triggers` table and activation files.
+
+The `segflow_activate` DAG runs this whenever the stream consumer announces new trigger transitions (an Airflow
+AssetWatcher on its Redis channel). Each run takes the output stream's entries after the last delivered one, so a
+lost announcement only delays delivery to the next run, and a run that failed midway is redone whole by the next:
+
+- `crm_triggers`: one row per (user, trigger): active, entered_at, exited_at, evidence - upserted, so redoing a
+  delivery changes nothing;
+- `<export_dir>/triggers/date=<day>/triggers-<first entry>-<last entry>.csv`: the entries delivered together
+  (entered and exited), cells escaped against spreadsheet formulas; a redone delivery rewrites the same file.
+  Written under a temporary name and renamed.
+
+Consent: only users whose published profile allows marketing are delivered; the others' transitions are skipped
+(counted) - a trigger is a campaign audience.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from segflow.activation.writeback import escape_formulas
+from segflow.core.config import Settings
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "activate:delivered"  # under the stream's key prefix: the last output entry delivered
+FILE_COLUMNS = ["entry_id", "user_id", "rule", "change", "at", "evidence"]
+
+
+def _checkpoint_key(prefix: str) -> str:
+    return f"{prefix}:{CHECKPOINT}"
+
+
+def deliver_triggers(settings: Settings, client=None, max_entries: int = 100_000) -> dict:
+    """Deliver the output stream's entries after the checkpoint.
+
+    Args:
+        settings: stream.url (the consumer's Redis), writeback.crm_url and writeback.export_dir.
+        client: a Redis client (default: one on stream.url).
+        max_entries: most entries in one delivery (the next run takes the rest).
+
+    Returns:
+        {"entries", "delivered", "skipped_no_consent", "crm_rows", "file"}.
+    """
+    from segflow.realtime.consumer import StreamKeys, redis_client
+    from segflow.serving.store import open_store
+
+    cfg = settings.raw["stream"]
+    if client is None:
+        if not cfg.get("url"):
+            raise LookupError("stream.url is not set: there is no trigger stream to deliver from")
+        client = redis_client(cfg["url"])
+    keys = StreamKeys(cfg["key_prefix"])
+    last = client.get(_checkpoint_key(keys.prefix))
+    entries = client.xrange(keys.output, min=f"({last}" if last else "-", count=max_entries)
+    result: dict[str, Any] = {
+        "entries": len(entries),
+        "delivered": 0,
+        "skipped_no_consent": 0,
+        "crm_rows": 0,
+        "file": None,
+    }
+    if not entries:
+        return result
+    consent: dict[str, bool] = {}
+    with open_store(settings).view() as view:
+        for _, fields in entries:
+            user = fields["user_id"]
+            if user not in consent:
+                profile = view.profile(user) if view is not None else None
+                consent[user] = bool(profile and profile.get("consent", {}).get("marketing"))
+    rows = []
+    for entry_id, fields in entries:
+        if not consent[fields["user_id"]]:
+            result["skipped_no_consent"] += 1
+            continue
+        rows.append({"entry_id": entry_id, **{k: fields[k] for k in ("user_id", "rule", "change", "at", "evidence")}})
+    if rows:
+        frame = pd.DataFrame(rows, columns=FILE_COLUMNS)
+        crm_url = settings.raw["writeback"].get("crm_url")
+        if crm_url:
+            result["crm_rows"] = upsert_crm_triggers(frame, crm_url)
+        result["file"] = write_trigger_file(frame, settings.raw["writeback"]["export_dir"])
+        result["delivered"] = len(rows)
+    client.set(_checkpoint_key(keys.prefix), entries[-1][0])
+    log.info("triggers delivered: %s", result)
+    return result
+
+
+def upsert_crm_triggers(frame: pd.DataFrame, url: str, table: str = "crm_triggers") -> int:
+    """Apply the transitions in order to the CRM table; returns the (user, trigger) rows written."""
+    from sqlalchemy import Boolean, Column, DateTime, MetaData, String, Table, Text, create_engine, func
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    latest: dict[tuple[str, str], dict] = {}
+    for row in frame.itertuples(index=False):
+        key = (str(row.user_id), str(row.rule))
+        current = latest.get(key, {"entered_at": None, "evidence": None})
+        if row.change == "entered":
+            current = {"active": True, "entered_at": row.at, "exited_at": None, "evidence": row.evidence}
+        else:
+            current = {**current, "active": False, "exited_at": row.at}
+        latest[key] = {**current, "last_entry_id": row.entry_id}
+    engine = create_engine(url)
+    meta = MetaData()
+    tbl = Table(
+        table,
+        meta,
+        Column("contact_id", String(64), primary_key=True),
+        Column("trigger_name", String(100), primary_key=True),
+        Column("active", Boolean),
+        Column("entered_at", String(32)),
+        Column("exited_at", String(32)),
+        Column("evidence", Text),
+        Column("last_entry_id", String(40)),
+        Column("synced_at", DateTime),
+    )
+    now = datetime.now(UTC).replace(tzinfo=None)
+    values = [
+        {"contact_id": user, "trigger_name": rule, "synced_at": now, **state}
+        for (user, rule), state in sorted(latest.items())
+    ]
+    try:
+        meta.create_all(engine)
+        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(tbl)
+        # An exit whose entry was delivered earlier keeps that entry's time and evidence.
+        update = {c: stmt.excluded[c] for c in ("active", "exited_at", "last_entry_id", "synced_at")}
+        for column in ("entered_at", "evidence"):
+            update[column] = func.coalesce(stmt.excluded[column], tbl.c[column])
+        stmt = stmt.on_conflict_do_update(index_elements=["contact_id", "trigger_name"], set_=update)
+        with engine.begin() as conn:
+            conn.execute(stmt, values)
+    finally:
+        engine.dispose()
+    return len(values)
+
+
+def write_trigger_file(frame: pd.DataFrame, export_dir: str | Path) -> str:
+    """One delivery's transitions as CSV (formula-escaped), named by its first and last entry."""
+    first, last = frame["entry_id"].iloc[0], frame["entry_id"].iloc[-1]
+    day = frame["at"].iloc[0][:10]
+    folder = Path(export_dir) / "triggers" / f"date={day}"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"triggers-{first}-{last}.csv"
+    tmp = folder / f".{final.name}.tmp"
+    escape_formulas(frame).to_csv(tmp, index=False, lineterminator="\r\n")
+    os.replace(tmp, final)
+    return str(final)
