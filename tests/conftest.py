@@ -144,7 +144,7 @@ def postgres_url(postgres_database):
     return server.url(name)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def redis_url():
     """The Redis server (Celery's broker, the serving store): SEGFLOW_TEST_REDIS_URL, else the local default port."""
     import redis

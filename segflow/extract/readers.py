@@ -315,6 +315,16 @@ def read_jsonl(con, path: Path, text: str) -> Batch:
         Reject(f"line {n}", None, "invalid JSON" if not is_json else "not a JSON object", line[:RAW_RECORD_LIMIT])
         for n, line, is_json in bad
     ]
+    # A field over the limit is quarantined as in CSV files (only lines that long can hold one).
+    for n, line in con.execute(
+        f"SELECT line_no, line FROM batch_json WHERE is_object AND length(line) > {MAX_FIELD_CHARS} ORDER BY line_no"
+    ).fetchall():
+        values = [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in json.loads(line).items()]
+        name, value = max(values, key=lambda kv: len(kv[1]), default=(None, ""))
+        if len(value) > MAX_FIELD_CHARS:
+            reason = f"field of {len(value):,} characters exceeds the {MAX_FIELD_CHARS:,}-character limit"
+            rejects.append(Reject(f"line {n}", name, reason, line[:RAW_RECORD_LIMIT]))
+            con.execute("DELETE FROM batch_json WHERE line_no = ?", [n])
     keys = [
         r[0]
         for r in con.execute(

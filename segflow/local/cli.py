@@ -479,7 +479,7 @@ def cmd_stream(args) -> int:
                 "watermark": iso(int(saved["watermark"])) if saved.get("watermark") else None,
                 "output_entries": client.xlen(keys.output),
                 "dead_letters": client.xlen(keys.dead),
-                "users_with_state": client.zcard(keys.timers),
+                "users_with_timers": client.zcard(keys.timers),
             },
             indent=2,
         )

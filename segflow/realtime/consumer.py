@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 OUTPUT_MAXLEN = 1_000_000  # approximate trim of the output stream (the activation DAG reads it within minutes)
 TRIM_EVERY_SECONDS = 5.0
+TIMERS_PER_ROUND = 5_000
 FUTURE_TOLERANCE_US = 5 * 60 * 1_000_000  # with the wall clock: later event times are refused, as is_future_timestamp
 
 
@@ -83,6 +84,7 @@ class Identity:
         self._version: str | None = None
         self._users: dict[tuple[str | None, str | None], str | None] = {}
         self._stages: dict[str, str | None] = {}
+        self._warned = False
 
     def resolver(self):
         """A context manager yielding resolve(user_id, anonymous_id) -> (user, lifecycle stage) or (None, None)."""
@@ -91,6 +93,12 @@ class Identity:
         @contextlib.contextmanager
         def scope():
             with self.store.view() as view:
+                if view is None and not self._warned:
+                    self._warned = True
+                    log.warning(
+                        "no serving version is loaded: events are not attributed to anyone until a scoring run "
+                        "(or segflow serving sync) publishes the identity graph"
+                    )
                 if view is None or view.version != self._version:
                     self._users, self._stages = {}, {}
                     self._version = None if view is None else view.version
@@ -182,6 +190,11 @@ class StreamConsumer:
         self.evaluator = engine.Evaluator(
             rules if rules is not None else load_rules(), weights if weights is not None else intent_weights()
         )
+        if self.state_ttl * 1_000_000 <= self.evaluator.horizon_us:
+            raise RuntimeError(
+                f"stream.state_ttl_hours ({cfg['state_ttl_hours']}) must exceed the longest rule lookback "
+                f"({self.evaluator.horizon_us / 3.6e9:g} h): a user's state would expire while a rule still reads it"
+            )
         self.identity = Identity(store if store is not None else open_store(settings))
         self.clock = clock
         self.counters = Counters()
@@ -235,7 +248,8 @@ class StreamConsumer:
     def step(self, block_ms: int = 50, until: int | None = None) -> list[engine.Transition]:
         """Read what is there, advance the watermark (to `until` when given: a replay's end), evaluate what it
         passed, commit. Returns the transitions committed."""
-        entries = self._read(block_ms if not self.pending_ids else 0)
+        # Holding events that wait for the watermark: wait at most 10 ms for more, then move time on.
+        entries = self._read(min(block_ms, 10) if self.pending_ids else block_ms)
         now = self.clock()
         work = _Round()
         if entries:
@@ -273,7 +287,7 @@ class StreamConsumer:
                 entry_id,
                 "event_ts",
                 f"late: {engine.iso(ts)} is before the watermark {engine.iso(self.watermark)} "
-                f"(allowed lateness {self.lateness_us / 1e6:g} s); loaded by the batch path only",
+                f"(allowed lateness {self.lateness_us / 1e6:g} s): not evaluated for triggers",
                 fields,
             )
             work.drop.append(fields)
@@ -331,7 +345,8 @@ class StreamConsumer:
                     self.pending[user] = rest
                 else:
                     del self.pending[user]
-        timed = self.client.zrangebyscore(self.keys.timers, "-inf", wm)
+        # Bounded per round (after an outage a whole day's timers are due at once); the rest come next round.
+        timed = self.client.zrangebyscore(self.keys.timers, "-inf", wm, start=0, num=TIMERS_PER_ROUND)
         users = sorted(set(due) | set(timed))
         if not users:
             return

@@ -232,3 +232,22 @@ def test_a_consumer_killed_mid_stream_loses_nothing_and_fires_nothing_twice(stre
         if line.strip().startswith("{") and line.strip().endswith("}")
     }
     assert dropped == {r["event_id"] for r in rows}
+
+
+def test_backpressure_holds_at_most_max_pending_and_leaves_the_rest_in_redis(stream, monkeypatch):
+    from segflow.core.config import load_settings
+
+    monkeypatch.setenv("SEGFLOW__STREAM__MAX_PENDING", "5")
+    monkeypatch.setenv("SEGFLOW__STREAM__CLOCK", "events")
+    monkeypatch.setenv("SEGFLOW__STREAM__ALLOWED_LATENESS_SECONDS", "3600")  # nothing gets evaluated here
+    client, k = stream["client"], stream["keys"]
+    start = datetime(2026, 9, 30, 8, 0, tzinfo=UTC)
+    for i in range(50):
+        client.xadd(k.events, event(i, 1, "product_view", start + timedelta(seconds=i)))
+    consumer = StreamConsumer(load_settings(REPO_ROOT / "segflow.yml"))
+    consumer.ensure_group()
+    for _ in range(4):
+        consumer.step(block_ms=0)
+    assert len(consumer.pending_ids) == 5
+    info = {g["name"]: g for g in client.xinfo_groups(k.events)}["segflow-triggers"]
+    assert info["lag"] == 45 and info["pending"] == 5  # unread entries wait in Redis, the held ones unacknowledged
