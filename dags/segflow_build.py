@@ -26,7 +26,7 @@ from segflow.airflow.shared_tasks import (
     templated_dbt_env,
     templated_dbt_vars,
 )
-from segflow.core.dbt import SCHEDULED_BUILD_FLAGS, dbt_target, release_dbt_duckdb
+from segflow.core.dbt import DAILY_BUILD_EXCLUDE, SCHEDULED_BUILD_FLAGS, dbt_target, release_dbt_duckdb
 from segflow.core.resources import DBT_PROJECT_DIR
 
 # The target comes from the environment Airflow runs with (SEGFLOW_DBT_TARGET, set from segflow.yml by segflow's
@@ -93,7 +93,7 @@ with segflow_dag(
     # (publish group) are never fully refreshed: that would drop every past as-of partition.
     dbt_build = DbtBuildLocalOperator(
         task_id="dbt_build",
-        exclude="tag:training tag:publish tag:triggers",
+        exclude=" ".join(DAILY_BUILD_EXCLUDE),
         full_refresh=FULL_REFRESH_TEMPLATE,
         **dbt_operator_args,
     )

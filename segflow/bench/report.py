@@ -141,7 +141,7 @@ def targets(result: dict[str, Any], all_results: list[dict[str, Any]]) -> list[T
     streamed = next(
         (r for r in sorted(all_results, key=lambda r: -r["users"]) if stage(r, "serving", "stream_load")), result
     )
-    streamed_at = "" if streamed is result else f" — the {streamed['users']:,}-user run"
+    streamed_at = "" if streamed is result else f" — measured in the {streamed['users']:,}-user bench run"
     rows = [
         check(
             "dbt feature build (full refresh: a year of events de-duplicated again)",

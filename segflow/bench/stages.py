@@ -19,7 +19,7 @@ from typing import Any
 
 from segflow.airflow import callables
 from segflow.core.config import Settings
-from segflow.core.dbt import SCHEDULED_BUILD_FLAGS
+from segflow.core.dbt import DAILY_BUILD_EXCLUDE, SCHEDULED_BUILD_FLAGS
 
 
 def _count(settings: Settings, sql: str, params: list | None = None) -> int:
@@ -75,8 +75,7 @@ def dbt_build(as_of: str, full_refresh: bool) -> dict[str, Any]:
         [
             "build",
             "--exclude",
-            "tag:training",
-            "tag:publish",
+            *DAILY_BUILD_EXCLUDE,
             *SCHEDULED_BUILD_FLAGS,
             *(["--full-refresh"] if full_refresh else []),
         ],

@@ -89,6 +89,9 @@ def dbt_env(settings: Settings) -> dict[str, str]:
 # As dbt advises: unit tests check model logic against fixed inputs, so the day's data cannot change their outcome;
 # they run in development and CI (`make test`), not in every scheduled build. Data tests run in every build.
 SCHEDULED_BUILD_FLAGS = ("--exclude-resource-type", "unit_test")
+# What the daily build's first dbt step leaves out: training sets (built per feature date by training), the published
+# marts (their own step, after the marts gate) and the batch evaluation of the real-time triggers (on demand).
+DAILY_BUILD_EXCLUDE = ("tag:training", "tag:publish", "tag:triggers")
 
 # Cosmos runs each dbt task in a fresh copy of the project and keeps dbt's partial-parse state itself: dbt's
 # target and log folders must be that copy's own. An inherited DBT_TARGET_PATH pointed the next run at the state of

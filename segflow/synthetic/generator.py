@@ -460,13 +460,16 @@ def _session_times(rng: np.random.Generator, counts: np.ndarray) -> np.ndarray:
     total = int(counts.sum())
     if total == 0:
         return np.zeros(0, dtype=np.int64)
-    user_start = rng.integers(0, 86400, len(counts))
+    starts = np.cumsum(counts) - counts  # index of each user's first event
     gaps = rng.exponential(SESSION_GAP_SECONDS, total)
-    first = np.repeat(np.cumsum(counts) - counts, counts)  # index of each user's first event
     elapsed = np.cumsum(gaps)
-    offsets = elapsed - elapsed[first]  # seconds since the user's first event of the day
-    secs = np.repeat(user_start, counts) + offsets.astype(np.int64)
-    return np.minimum(secs, 86399)
+    offsets = (elapsed - np.repeat(elapsed[np.minimum(starts, total - 1)], counts)).astype(np.int64)
+    # The visit starts at a random time at which it ends within the day (no pile-up at midnight).
+    span = np.zeros(len(counts), dtype=np.int64)
+    has = counts > 0
+    span[has] = offsets[starts[has] + counts[has] - 1]
+    user_start = (rng.random(len(counts)) * np.maximum(86400 - span, 1)).astype(np.int64)
+    return np.minimum(np.repeat(user_start, counts) + offsets, 86399)
 
 
 def _country_idx(persona: np.ndarray, seed: int) -> np.ndarray:

@@ -103,7 +103,7 @@ def seed(tmp_path_factory):
 DAY_BY_DAY = """
 import sys
 from segflow.airflow import callables
-from segflow.core.dbt import SCHEDULED_BUILD_FLAGS, dbt_vars, run_dbt
+from segflow.core.dbt import DAILY_BUILD_EXCLUDE, SCHEDULED_BUILD_FLAGS, dbt_vars, run_dbt
 
 # What each daily run executes, task after task (dags/segflow_build.py, dags/segflow_score.py), one day at a time.
 for day in sys.argv[1:]:
@@ -112,7 +112,7 @@ for day in sys.argv[1:]:
     variables = dbt_vars(day, cfg)
     callables.extract(day, run_id)
     callables.validate_raw(day, run_id)
-    run_dbt(cfg, ["build", "--exclude", "tag:training", "tag:publish", *SCHEDULED_BUILD_FLAGS, "--quiet"], vars=variables)
+    run_dbt(cfg, ["build", "--exclude", *DAILY_BUILD_EXCLUDE, *SCHEDULED_BUILD_FLAGS, "--quiet"], vars=variables)
     callables.validate_marts(day, run_id)
     run_dbt(cfg, ["build", "--select", "tag:publish", *SCHEDULED_BUILD_FLAGS, "--quiet"], vars=variables)
     callables.discard_candidates(day)

@@ -176,13 +176,13 @@ def test_marts_suites_in_the_engine_equal_gx_on_defective_candidates(tmp_path, s
     """The marts gate's suites over audit candidates with planted defects (a missing user id, a repeated user, an
     out-of-range value, an unknown segment): the same outcome for every expectation as GX's pandas evaluation of
     the candidate pulled into a frame (the way the marts gate used to run)."""
-    from segflow.core.dbt import audit_schema, dbt_vars, run_dbt
+    from segflow.core.dbt import DAILY_BUILD_EXCLUDE, audit_schema, dbt_vars, run_dbt
 
     settings = make_settings(tmp_path, small_dataset)
     run_extract(settings, AS_OF, "run-1")
     run_dbt(
         settings,
-        ["build", "--exclude", "tag:training", "tag:publish", "tag:triggers", "--quiet"],
+        ["build", "--exclude", *DAILY_BUILD_EXCLUDE, "--quiet"],
         vars=dbt_vars(str(AS_OF), settings),
     )
     schema = audit_schema(AS_OF.isoformat())

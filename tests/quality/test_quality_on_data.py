@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import duckdb
 
-from segflow.core.dbt import dbt_vars, run_dbt
+from segflow.core.dbt import DAILY_BUILD_EXCLUDE, dbt_vars, run_dbt
 from segflow.extract import run_extract
 from segflow.quality.gates import validate_mart_tables, validate_raw_tables
 from tests.conftest import AS_OF
@@ -27,7 +27,7 @@ def _pipeline_checks(settings, as_of=AS_OF):
     run_extract(settings, as_of, "run-1")
     validate_raw_tables(settings, as_of, "run-1")
     variables = dbt_vars(as_of.isoformat(), settings)
-    run_dbt(settings, ["build", "--exclude", "tag:training", "tag:publish", "tag:triggers", "--quiet"], vars=variables)
+    run_dbt(settings, ["build", "--exclude", *DAILY_BUILD_EXCLUDE, "--quiet"], vars=variables)
     validate_mart_tables(settings, as_of, "run-1")
     run_dbt(settings, ["build", "--select", "tag:publish", "--quiet"], vars=variables)
     return _results(settings, "run-1")
@@ -75,7 +75,7 @@ def test_segment_sizes_are_compared_with_the_previous_run(tmp_path, small_datase
     run_extract(settings, AS_OF, "run-2")
     run_dbt(
         settings,
-        ["run", "--exclude", "tag:training", "tag:publish", "tag:triggers", "--quiet"],
+        ["run", "--exclude", *DAILY_BUILD_EXCLUDE, "--quiet"],
         vars=dbt_vars(AS_OF.isoformat(), settings),
     )
     validate_mart_tables(settings, AS_OF, "run-2")
