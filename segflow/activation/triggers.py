@@ -10,8 +10,8 @@ lost announcement only delays delivery to the next run, and a run that failed mi
   (entered and exited), cells escaped against spreadsheet formulas; a redone delivery rewrites the same file.
   Written under a temporary name and renamed.
 
-Consent: only users whose published profile allows marketing are delivered; the others' transitions are skipped
-(counted) - a trigger is a campaign audience.
+Consent: entries are delivered only for users whose published profile allows marketing (a trigger is a campaign
+audience); exits always are, so a withdrawn consent never leaves a CRM row active.
 """
 
 from __future__ import annotations
@@ -43,10 +43,11 @@ def deliver_triggers(settings: Settings, client=None, max_entries: int = 100_000
     Args:
         settings: stream.url (the consumer's Redis), writeback.crm_url and writeback.export_dir.
         client: a Redis client (default: one on stream.url).
-        max_entries: most entries in one delivery (the next run takes the rest).
+        max_entries: most entries per file (a run goes on until the stream is exhausted).
 
     Returns:
-        {"entries", "delivered", "skipped_no_consent", "crm_rows", "file"}.
+        {"entries", "delivered", "skipped_no_consent", "crm_rows", "files"} (and "gap_after" when entries after
+        the checkpoint had been trimmed before this run).
     """
     from segflow.realtime.consumer import StreamKeys, redis_client
     from segflow.serving.store import open_store
@@ -57,40 +58,48 @@ def deliver_triggers(settings: Settings, client=None, max_entries: int = 100_000
             raise LookupError("stream.url is not set: there is no trigger stream to deliver from")
         client = redis_client(cfg["url"])
     keys = StreamKeys(cfg["key_prefix"])
-    last = client.get(_checkpoint_key(keys.prefix))
-    entries = client.xrange(keys.output, min=f"({last}" if last else "-", count=max_entries)
-    result: dict[str, Any] = {
-        "entries": len(entries),
-        "delivered": 0,
-        "skipped_no_consent": 0,
-        "crm_rows": 0,
-        "file": None,
-    }
-    if not entries:
-        return result
-    consent: dict[str, bool] = {}
-    with open_store(settings).view() as view:
-        for _, fields in entries:
-            user = fields["user_id"]
-            if user not in consent:
-                profile = view.profile(user) if view is not None else None
-                consent[user] = bool(profile and profile.get("consent", {}).get("marketing"))
-    rows = []
-    for entry_id, fields in entries:
-        if not consent[fields["user_id"]]:
-            result["skipped_no_consent"] += 1
-            continue
-        rows.append({"entry_id": entry_id, **{k: fields[k] for k in ("user_id", "rule", "change", "at", "evidence")}})
-    if rows:
-        frame = pd.DataFrame(rows, columns=FILE_COLUMNS)
-        crm_url = settings.raw["writeback"].get("crm_url")
-        if crm_url:
-            result["crm_rows"] = upsert_crm_triggers(frame, crm_url)
-        result["file"] = write_trigger_file(frame, settings.raw["writeback"]["export_dir"])
-        result["delivered"] = len(rows)
-    client.set(_checkpoint_key(keys.prefix), entries[-1][0])
-    log.info("triggers delivered: %s", result)
-    return result
+    result: dict[str, Any] = {"entries": 0, "delivered": 0, "skipped_no_consent": 0, "crm_rows": 0, "files": []}
+    store = open_store(settings)
+    while True:
+        last = client.get(_checkpoint_key(keys.prefix))
+        entries = client.xrange(keys.output, min=f"({last}" if last else "-", count=max_entries)
+        if not entries:
+            return result
+        if last and not result["entries"]:
+            first = client.xrange(keys.output, count=1)
+            if first and first[0][0] > last and entries[0][0] == first[0][0]:
+                # The output stream was trimmed past the checkpoint (the DAG paused for long): say so.
+                log.warning("trigger entries between %s and %s were trimmed before delivery", last, first[0][0])
+                result["gap_after"] = last
+        with store.view() as view:
+            if view is None:
+                raise LookupError("no serving version is loaded: consent cannot be checked, nothing delivered")
+            consent: dict[str, bool] = {}
+            for _, fields in entries:
+                user = fields["user_id"]
+                if user not in consent:
+                    profile = view.profile(user)
+                    consent[user] = bool(profile and profile.get("consent", {}).get("marketing"))
+        rows = []
+        for entry_id, fields in entries:
+            # Exits are always delivered: a CRM row left active after consent was withdrawn would keep a person in
+            # an audience. Entries only with marketing consent.
+            if fields["change"] == "entered" and not consent[fields["user_id"]]:
+                result["skipped_no_consent"] += 1
+                continue
+            rows.append(
+                {"entry_id": entry_id, **{k: fields[k] for k in ("user_id", "rule", "change", "at", "evidence")}}
+            )
+        if rows:
+            frame = pd.DataFrame(rows, columns=FILE_COLUMNS)
+            crm_url = settings.raw["writeback"].get("crm_url")
+            if crm_url:
+                result["crm_rows"] += upsert_crm_triggers(frame, crm_url)
+            result["files"].append(write_trigger_file(frame, settings.raw["writeback"]["export_dir"]))
+            result["delivered"] += len(rows)
+        result["entries"] += len(entries)
+        client.set(_checkpoint_key(keys.prefix), entries[-1][0])
+        log.info("triggers delivered: %s", result)
 
 
 def upsert_crm_triggers(frame: pd.DataFrame, url: str, table: str = "crm_triggers") -> int:

@@ -74,12 +74,14 @@ def airflow_environ(settings: Settings, environ: dict[str, str] | None = None) -
 def redis_connection_uri(url: str) -> str:
     """A redis:// URL as an Airflow connection URI: the Redis hook reads the database number from the `db` extra
     only (a path /N would silently mean database 0)."""
-    from urllib.parse import urlsplit
+    from urllib.parse import parse_qsl, urlencode, urlsplit
 
     parts = urlsplit(url)
-    db = parts.path.strip("/") or "0"
-    netloc = parts.netloc
-    return f"{parts.scheme}://{netloc}?db={db}"
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("db", parts.path.strip("/") or "0")
+    if parts.scheme == "rediss":
+        query.setdefault("ssl", "true")  # the hook turns TLS on from this extra, not from the scheme
+    return f"redis://{parts.netloc}?{urlencode(query)}"
 
 
 PRELOADED = (

@@ -319,8 +319,8 @@ def read_jsonl(con, path: Path, text: str) -> Batch:
     for n, line in con.execute(
         f"SELECT line_no, line FROM batch_json WHERE is_object AND length(line) > {MAX_FIELD_CHARS} ORDER BY line_no"
     ).fetchall():
-        values = [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in json.loads(line).items()]
-        name, value = max(values, key=lambda kv: len(kv[1]), default=(None, ""))
+        items = [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in json.loads(line).items()]
+        name, value = max(items, key=lambda kv: len(kv[1]), default=(None, ""))
         if len(value) > MAX_FIELD_CHARS:
             reason = f"field of {len(value):,} characters exceeds the {MAX_FIELD_CHARS:,}-character limit"
             rejects.append(Reject(f"line {n}", name, reason, line[:RAW_RECORD_LIMIT]))

@@ -5,8 +5,9 @@ Requests arrive through an `erasure_requests` source (any source kind: a CRM tab
 each request to the person - the contact, every contact sharing its email, their transaction references, the
 anonymous ids their devices were stitched to - and deletes their rows from the raw layer (contacts, events,
 transactions, quarantined rows, the requests themselves), the incremental staging events, every published history
-(features, segment memberships and events, identity links), the scores, the churn training set and the CRM
-write-back table. Later exports cannot contain them. Models keep only synthetic input examples (no user's row
+(features, segment memberships and events, identity links), the scores, the churn training set, the CRM
+write-back tables (crm_segments, crm_triggers) and the real-time stores (segflow.realtime.erasure: trigger state,
+output and dead-letter streams, trigger files). Later exports cannot contain them. Models keep only synthetic input examples (no user's row
 leaves the warehouse that way, see segflow.ml.features.synthetic_example), so there is nothing to remove there.
 
 What is kept: `raw.erasure_log`, one row per request with only salted hashes of the identifiers and the number of
@@ -55,6 +56,7 @@ class ErasureSummary:
     people: int = 0
     rows_erased: dict[str, int] = field(default_factory=dict)
     crm_rows_erased: int = 0
+    realtime_erased: dict[str, int] = field(default_factory=dict)
 
 
 def _hash(expr: str) -> str:
@@ -105,6 +107,7 @@ def apply_erasures(settings: Settings, run_id: str, salt: str) -> ErasureSummary
     now = datetime.now(UTC).replace(tzinfo=None)
     erased: dict[str, int] = {}
     ids: list[str] = []
+    anonymous: list[str] = []
     with connect_engine(settings.warehouse_url, read_only=False) as engine:
         engine.execute(LOG_DDL)
         with engine.transaction() as con:
@@ -222,6 +225,7 @@ def apply_erasures(settings: Settings, run_id: str, salt: str) -> ErasureSummary
                 ):
                     delete(f"{schema}.{table}", "user_id IN (SELECT id FROM erase_ids)")
                 ids = [r[0] for r in con.fetchall("SELECT id FROM erase_ids")]
+                anonymous = [r[0] for r in con.fetchall("SELECT anonymous_id FROM erase_anonymous")]
                 for request_id, contact_hash, email_hash, requested_at in pending:
                     con.execute(
                         f"INSERT INTO raw.erasure_log SELECT {_hash('?')}, ?, ?, ?, ?, CAST(? AS JSON)",
@@ -251,6 +255,10 @@ def apply_erasures(settings: Settings, run_id: str, salt: str) -> ErasureSummary
                 )
     summary.rows_erased = erased
     summary.crm_rows_erased = _erase_from_crm(settings, ids)
+    if ids:
+        from segflow.realtime.erasure import erase_from_stream
+
+        summary.realtime_erased = erase_from_stream(settings, ids, anonymous)
     if summary.requests or erased:
         log.info(
             "erasure: %d new request(s), %d person id(s), rows erased %s", summary.requests, summary.people, erased
@@ -259,7 +267,7 @@ def apply_erasures(settings: Settings, run_id: str, salt: str) -> ErasureSummary
 
 
 def _erase_from_crm(settings: Settings, ids: list[str]) -> int:
-    """Remove the people from the CRM write-back table (crm_segments)."""
+    """Remove the people from the CRM write-back tables (crm_segments; crm_triggers, the real-time deliveries)."""
     url, table = settings.get("writeback", "crm_url"), settings.get("writeback", "crm_table", default="crm_segments")
     if not url or not ids:
         return 0
@@ -267,15 +275,16 @@ def _erase_from_crm(settings: Settings, ids: list[str]) -> int:
 
     engine = create_engine(url)
     try:
-        if not inspect(engine).has_table(table):
-            return 0
-        target = Table(table, MetaData(), autoload_with=engine)
         removed = 0
-        with engine.begin() as conn:
-            for start in range(0, len(ids), 5000):
-                removed += conn.execute(
-                    delete(target).where(target.c.contact_id.in_(ids[start : start + 5000]))
-                ).rowcount
+        for name in (table, "crm_triggers"):
+            if not inspect(engine).has_table(name):
+                continue
+            target = Table(name, MetaData(), autoload_with=engine)
+            with engine.begin() as conn:
+                for start in range(0, len(ids), 5000):
+                    removed += conn.execute(
+                        delete(target).where(target.c.contact_id.in_(ids[start : start + 5000]))
+                    ).rowcount
         return removed
     finally:
         engine.dispose()

@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 OUTPUT_MAXLEN = 1_000_000  # approximate trim of the output stream (the activation DAG reads it within minutes)
 TRIM_EVERY_SECONDS = 5.0
 TIMERS_PER_ROUND = 5_000
+DEAD_MAXLEN = 1_000_000  # approximate trim of the dead-letter stream (the batch keeps its own quarantine)
+IDENTITY_CACHE = 1_000_000  # resolved (user id, anonymous id) pairs kept per serving version
+LOCK_SECONDS = 30  # the consumer lock's lifetime, renewed every round
+DAY_FIELD = "_segflow_day"
 FUTURE_TOLERANCE_US = 5 * 60 * 1_000_000  # with the wall clock: later event times are refused, as is_future_timestamp
 
 
@@ -64,10 +68,10 @@ class StreamKeys:
         return f"{self.prefix}:rt:active:{user}"
 
 
-def redis_client(url: str):
+def redis_client(url: str, timeout: float | None = 10.0):
     import redis
 
-    return redis.Redis.from_url(url, decode_responses=True)
+    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=5)
 
 
 def active_triggers(client, keys: StreamKeys, user_id: str) -> list[dict[str, Any]]:
@@ -107,6 +111,8 @@ class Identity:
                     if view is None:
                         return None, None
                     key = (analytics_user_id, anonymous_id)
+                    if len(self._users) > IDENTITY_CACHE:
+                        self._users.clear()
                     if key not in self._users:
                         user = view.resolve(f"analytics_user_id:{analytics_user_id}") if analytics_user_id else None
                         if user is None and anonymous_id:
@@ -211,6 +217,17 @@ class StreamConsumer:
 
     # --- the group -------------------------------------------------------------------------------------------
 
+    def lock(self) -> None:
+        """Hold `<prefix>:rt:lock`: the users' states, timers and clock are this consumer's alone. The same name
+        takes it over at once (a restart after a kill); another name is refused while it is held."""
+        key = f"{self.keys.prefix}:rt:lock"
+        if not self.client.set(key, self.name, nx=True, ex=LOCK_SECONDS) and self.client.get(key) != self.name:
+            raise RuntimeError(
+                f"another consumer ({self.client.get(key)}) holds {key}: one consumer per key prefix "
+                "(restart it under its own stream.consumer name to take over)"
+            )
+        self.client.set(key, self.name, ex=LOCK_SECONDS)
+
     def ensure_group(self) -> None:
         import redis
 
@@ -234,8 +251,9 @@ class StreamConsumer:
             if entries:
                 self._own_after = entries[-1][0]
             entries = [(i, f) for i, f in entries if i not in self.pending_ids]
-            if entries or not self._reading_own:
+            if entries or self._reading_own:
                 return entries
+            # This consumer's own unacknowledged entries are all read: new ones below.
         got = self.client.xreadgroup(
             self.group, self.name, {self.keys.events: ">"}, count=count, block=block_ms or None
         )
@@ -276,9 +294,10 @@ class StreamConsumer:
         moment = record["event_ts"]
         assert isinstance(moment, datetime)
         ts = engine.to_us(moment)
+        dropped = {**fields, DAY_FIELD: moment.date().isoformat()}  # the UTC date: the batch's file date
         if self.wall and ts > now * 1_000_000 + FUTURE_TOLERANCE_US:
             self._dead(work, entry_id, "event_ts", "event time more than 5 minutes in the future", fields)
-            work.drop.append(fields)
+            work.drop.append(dropped)
             return
         if self.watermark is not None and ts <= self.watermark:
             self.counters.late += 1
@@ -290,22 +309,26 @@ class StreamConsumer:
                 f"(allowed lateness {self.lateness_us / 1e6:g} s): not evaluated for triggers",
                 fields,
             )
-            work.drop.append(fields)
+            work.drop.append(dropped)
             return
         self.max_seen = ts if self.max_seen is None else max(self.max_seen, ts)
         user, stage = resolve(record.get("user_id"), record.get("anonymous_id"))
         if user is None:
             self.counters.unattributed += 1
             work.acks.append(entry_id)
-            work.drop.append(fields)
+            work.drop.append(dropped)
             return
-        event = engine.Event(ts, str(record["event_type"]), record.get("product_category"), str(record["event_id"]))  # type: ignore[arg-type]
+        # Normalised as staging does (base_analytics__events): the rules compare lower-case types and categories.
+        category = record.get("product_category")
+        event = engine.Event(
+            ts, str(record["event_type"]).lower(), str(category).lower() if category else None, str(record["event_id"])
+        )
         held = self.pending[user]
         if any(h.event.event_id == event.event_id for h in held):
             self.counters.duplicates += 1
             work.acks.append(entry_id)
             return
-        held.append(_Held(event, entry_id, fields, stage))
+        held.append(_Held(event, entry_id, dropped, stage))
         self.pending_ids.add(entry_id)
 
     def _dead(self, work: _Round, entry_id: str, column: str, reason: str, fields: dict[str, str]) -> None:
@@ -321,9 +344,15 @@ class StreamConsumer:
         if until is not None:
             candidates.append(until)
         if self.max_seen is not None:
-            candidates.append(self.max_seen - self.lateness_us)
+            # With the wall clock, an event stamped ahead of it (a device's fast clock) moves time no further than now.
+            seen = min(self.max_seen, int(now * 1_000_000)) if self.wall else self.max_seen
+            candidates.append(seen - self.lateness_us)
             if not self.wall and now - self._last_read > self.lateness_us / 1e6 + 0.05:
                 candidates.append(self.max_seen)  # idle for longer than the lateness: what was seen is complete
+        if len(self.pending_ids) >= self.max_pending and self.pending:
+            # Backpressure with a full buffer: the oldest held events are evaluated now, so it drains (an unread
+            # entry older than them is then late - max_pending should hold `rate x allowed lateness` events).
+            candidates.append(min(h.event.ts for held in self.pending.values() for h in held))
         if self.wall and self._caught_up:
             # This machine's clock moves time on only when nothing waits unread: a consumer working through a
             # backlog would otherwise call every waiting event late.
@@ -365,11 +394,11 @@ class StreamConsumer:
                 self.pending_ids.discard(h.entry_id)
                 work.acks.append(h.entry_id)
                 work.drop.append(h.fields)
+                stages[user] = h.stage
                 if state.seen(h.event.event_id) or (state.done_to is not None and h.event.ts <= state.done_to):
                     self.counters.duplicates += 1
                     continue
                 new.append(h.event)
-                stages[user] = h.stage
             self.counters.evaluated += len(new)
             work.transitions.extend(self.evaluator.advance(user, state, new, wm, stages.get(user)))
             work.states[user] = state
@@ -382,6 +411,8 @@ class StreamConsumer:
             due = self.evaluator.next_timer(state)
             if state.events or state.active:
                 pipe.set(self.keys.state(user), state.dumps(), ex=self.state_ttl)
+                if state.active:
+                    pipe.expire(self.keys.active(user), self.state_ttl)
             else:
                 pipe.delete(self.keys.state(user))
             if due is None:
@@ -397,7 +428,7 @@ class StreamConsumer:
             else:
                 pipe.hdel(self.keys.active(t.user_id), t.rule)
         for entry in work.dead:
-            pipe.xadd(self.keys.dead, entry)
+            pipe.xadd(self.keys.dead, entry, maxlen=DEAD_MAXLEN, approximate=True)
         if self.watermark is not None:
             pipe.hset(self.keys.clock, mapping={"watermark": self.watermark, "max_seen": self.max_seen or ""})
         if work.acks:
@@ -431,8 +462,12 @@ class StreamConsumer:
     def run(self, should_stop=lambda: False, report_every: float = 30.0) -> None:
         """Consume until should_stop() is true; logs the counters every `report_every` seconds."""
         self.ensure_group()
-        last = self.clock()
+        last = locked = self.clock()
+        self.lock()
         while not should_stop():
+            if self.clock() - locked > LOCK_SECONDS / 3:
+                locked = self.clock()
+                self.lock()
             self.step(block_ms=100)
             if self.clock() - last >= report_every:
                 last = self.clock()
@@ -466,12 +501,8 @@ class DropWriter:
     def write(self, rows: list[dict[str, str]]) -> None:
         by_day: dict[str, list[str]] = defaultdict(list)
         for row in rows:
-            day = (row.get("event_ts") or "")[:10]
-            try:
-                datetime.strptime(day, "%Y-%m-%d")
-            except ValueError:
-                day = "undated"
-            by_day[day].append(json.dumps(row, ensure_ascii=False))
+            day = row.get(DAY_FIELD, "undated")
+            by_day[day].append(json.dumps({k: v for k, v in row.items() if k != DAY_FIELD}, ensure_ascii=False))
         for day, lines in by_day.items():
             target = self.base / day / self.name
             target.parent.mkdir(parents=True, exist_ok=True)

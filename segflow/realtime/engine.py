@@ -20,6 +20,8 @@ from datetime import UTC, datetime, timedelta
 from segflow.realtime.rules import TriggerRule
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Per user: more events than this inside the rules' windows is a bot or a replay loop, not a person; the oldest go.
+MAX_EVENTS_PER_USER = 500
 
 
 def to_us(moment: datetime) -> int:
@@ -193,8 +195,13 @@ class Evaluator:
         """
         for event in new:
             bisect.insort(state.events, event, key=lambda e: e.key)
-        start = state.done_to if state.done_to is not None else min((e.ts for e in new), default=until) - 1
         out: list[Transition] = []
+        for name in [n for n in state.active if n not in self._reads]:  # a rule disabled or removed since
+            since, _ = state.active.pop(name)
+            out.append(
+                Transition(name, user_id, "exited", until, {"reason": "rule disabled", "entered_at": iso(since)})
+            )
+        start = state.done_to if state.done_to is not None else min((e.ts for e in new), default=until) - 1
         points = sorted(
             {p for rule in self.rules for p in self.change_points(rule, state.events) if start < p <= until}
         )
@@ -218,21 +225,34 @@ class Evaluator:
         reason = f"cancelled by {cancel[0]}" if cancel else "window elapsed"
         return {"reason": reason, "entered_at": iso(since)}
 
+    def _needed(self, rule: TriggerRule, e: Event, until: int, last_cancel: dict[str, int]) -> bool:
+        if rule.kind == "return" or not self._reads_type(rule, e) or e.ts <= until - rule.lookback_us:
+            return False
+        if rule.kind == "absence":
+            # Past cancelling events only rule out the starts before them; those starts can never count again.
+            # The latest cancelling event is kept: a start before it may still be held for another rule.
+            cancelled = last_cancel.get(rule.name)
+            if e.event_type in rule.cancel_event_types and e.ts == cancelled:
+                return True
+            return e.event_type in rule.event_types and (cancelled is None or e.ts >= cancelled)
+        return True
+
     def _prune(self, state: UserState, until: int) -> None:
-        """Drop events no rule reads any more (the latest is kept: `return` rules read the last event)."""
+        """Drop events no rule reads any more (the latest is kept: `return` rules read the last event), then keep
+        at most MAX_EVENTS_PER_USER (the newest): a bot's endless events must not make every round slower."""
         if not state.events:
             return
         latest = state.events[-1]
-        kept = []
-        for e in state.events:
-            needed = e is latest or any(
-                e.ts > until - rule.lookback_us
-                for rule in self.rules
-                if rule.kind != "return" and self._reads_type(rule, e)
-            )
-            if needed:
-                kept.append(e)
-        state.events = kept
+        last_cancel: dict[str, int] = {}
+        for rule in self.rules:
+            if rule.kind == "absence":
+                cancels = [e.ts for e in state.events if e.event_type in rule.cancel_event_types]
+                if cancels:
+                    last_cancel[rule.name] = max(cancels)
+        kept = [
+            e for e in state.events if e is latest or any(self._needed(r, e, until, last_cancel) for r in self.rules)
+        ]
+        state.events = kept[-MAX_EVENTS_PER_USER:]
 
     def next_timer(self, state: UserState) -> int | None:
         """The first change point after done_to (when the user must be evaluated again without a new event)."""

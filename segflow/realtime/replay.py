@@ -23,18 +23,34 @@ from segflow.realtime.contract import parse_timestamp
 PUBLISH_CHUNK = 1_000
 
 
-def day_events(events_dir: Path, day: date) -> list[dict[str, str]]:
-    """The events of `day` (by event time, UTC) in the files of that day's name, ordered by event time.
+def context_start(day: date, rules) -> datetime:
+    """From when events decide the transitions of `day`: twice the rules' longest lookback before it (what the dbt
+    model trigger_transitions reads; a replay from here reproduces a stream that ran across midnight)."""
+    lookback = max((r.window_minutes + (r.active_minutes or 0)) for r in rules)
+    return datetime.combine(day, datetime.min.time(), UTC) - timedelta(minutes=2 * lookback)
+
+
+def day_events(events_dir: Path, day: date, since: datetime | None = None) -> list[dict[str, str]]:
+    """The events of `day` (by event time, UTC) - or from `since` to the end of `day` - in the files of those days'
+    names, ordered by event time.
 
     Args:
         events_dir: the events files source folder (`YYYY-MM-DD.jsonl(.gz)` files).
-        day: the day.
+        day: the (last) day.
+        since: the first event time wanted (default: the start of `day`).
 
     Returns:
         The events as text fields (what a producer would publish), each with an `event_ts`.
     """
+    start = since or datetime.combine(day, datetime.min.time(), UTC)
+    end = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
     rows: list[tuple[datetime, dict[str, str]]] = []
-    for path in sorted(events_dir.glob(f"{day.isoformat()}*.jsonl*")):
+    paths = []
+    current = start.date()
+    while current <= day:
+        paths += sorted(events_dir.glob(f"{current.isoformat()}*.jsonl*"))
+        current += timedelta(days=1)
+    for path in paths:
         opener: Callable = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rt", encoding="utf-8") as handle:
             for line in handle:
@@ -46,7 +62,7 @@ def day_events(events_dir: Path, day: date) -> list[dict[str, str]]:
                     moment = parse_timestamp(fields.get("event_ts", ""))
                 except ValueError:
                     continue
-                if moment.date() == day:
+                if start <= moment < end:
                     rows.append((moment, fields))
     rows.sort(key=lambda r: (r[0], r[1].get("event_id", "")))
     return [fields for _, fields in rows]
@@ -126,12 +142,20 @@ def stream_transitions(client, keys: StreamKeys, day: date) -> set[tuple[str, st
     return out
 
 
-def batch_transitions(settings, day: date) -> set[tuple[str, str, str, str, str | None]]:
-    """The same for the dbt model trigger_transitions, built for `day` (the day's events must be loaded)."""
+def batch_transitions(
+    settings, day: date, profile_as_of: date | None = None
+) -> set[tuple[str, str, str, str, str | None]]:
+    """The same for the dbt model trigger_transitions, built for `day` (the day's events must be loaded);
+    `profile_as_of`: the published profile `return` rules read (default: the last one before the day)."""
     from segflow.core.dbt import dbt_vars, run_dbt
     from segflow.core.engines import connect_engine
 
-    run_dbt(settings, ["run", "--select", "trigger_transitions", "--quiet"], vars=dbt_vars(day.isoformat(), settings))
+    extra = {"trigger_profile_as_of": profile_as_of.isoformat()} if profile_as_of else {}
+    run_dbt(
+        settings,
+        ["run", "--select", "trigger_transitions", "--quiet"],
+        vars=dbt_vars(day.isoformat(), settings, **extra),
+    )
     with connect_engine(settings.warehouse_url) as warehouse:
         frame = warehouse.frame(
             "SELECT trigger_name, user_id, transition, changed_at, product_category FROM triggers.trigger_transitions"
@@ -148,9 +172,9 @@ def batch_transitions(settings, day: date) -> set[tuple[str, str, str, str, str 
     }
 
 
-def reconcile(settings, client, keys: StreamKeys, day: date) -> dict:
+def reconcile(settings, client, keys: StreamKeys, day: date, profile_as_of: date | None = None) -> dict:
     """Batch against stream for `day`: counts and the transitions only one of them has."""
-    batch = batch_transitions(settings, day)
+    batch = batch_transitions(settings, day, profile_as_of)
     stream = stream_transitions(client, keys, day)
     return {
         "day": day.isoformat(),

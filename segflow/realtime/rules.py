@@ -17,6 +17,7 @@ which fixes what its parameters mean; membership is a function of event time (do
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ COLUMNS = (
     "description",
 )
 MICROS_PER_MINUTE = 60_000_000
+EVENT_TYPE = re.compile(r"[a-z0-9_]+")  # as staging lower-cases them
 
 
 class RuleError(ValueError):
@@ -126,7 +128,13 @@ def parse_rules(rows: list[dict[str, str]], origin: str = str(RULES_FILE)) -> li
                 raise fail("threshold", f"expected a number, got {threshold_text[:40]!r}") from None
             if not threshold >= 0 or threshold == float("inf"):
                 raise fail("threshold", f"expected a finite number >= 0, got {threshold_text[:40]!r}")
+            if kind == "repeat_without" and threshold < 1:
+                raise fail("threshold", "a repeat_without rule needs at least 1 event")
         events, cancels = _split(row.get("event_types") or ""), _split(row.get("cancel_event_types") or "")
+        for column, types in (("event_types", events), ("cancel_event_types", cancels)):
+            bad = [t for t in types if not EVENT_TYPE.fullmatch(t)]
+            if bad:
+                raise fail(column, f"event types are lower-case letters, digits and _, got {bad[0][:40]!r}")
         if kind in ("repeat_without", "absence") and not events:
             raise fail("event_types", "required for this kind of rule (event types separated by |)")
         if kind == "absence" and not cancels:

@@ -297,7 +297,15 @@ class TriggerSource:
             return [None] * len(docs)
         out: list[str | None] = []
         for held in results:
-            items = [f'{{"rule":{json.dumps(rule)},{held[rule][1:]}' for rule in sorted(held)]
+            items = []
+            for rule in sorted(held):
+                # Parsed and written again field by field: whatever else the hash holds never reaches the profile.
+                try:
+                    doc = json.loads(held[rule])
+                    item = {"rule": rule, "since": str(doc["since"]), "evidence": dict(doc["evidence"])}
+                except (ValueError, KeyError, TypeError):
+                    continue
+                items.append(json.dumps(item, separators=(",", ":")))
             out.append(f"[{','.join(items)}]" if items else None)
         return out
 

@@ -468,6 +468,12 @@ def _session_times(rng: np.random.Generator, counts: np.ndarray) -> np.ndarray:
     span = np.zeros(len(counts), dtype=np.int64)
     has = counts > 0
     span[has] = offsets[starts[has] + counts[has] - 1]
+    # A visit too long for one day is squeezed into it (its events keep their order).
+    long = span > 86399
+    if long.any():
+        scale = np.repeat(np.where(long, 86399 / np.maximum(span, 1), 1.0), counts)
+        offsets = (offsets * scale).astype(np.int64)
+        span = np.minimum(span, 86399)
     user_start = (rng.random(len(counts)) * np.maximum(86400 - span, 1)).astype(np.int64)
     return np.minimum(np.repeat(user_start, counts) + offsets, 86399)
 

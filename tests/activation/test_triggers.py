@@ -51,17 +51,19 @@ def test_consenting_users_are_delivered_once_and_exits_keep_the_entry(delivery):
         ("U001", "high_intent_now", 1, "2026-10-01T10:00:00Z", None, '{"points":8.0}'),
         ("U002", "cart_abandoned", 1, "2026-10-01T10:00:02Z", None, '{"x":"=HYPERLINK(1)"}'),
     ]
-    text = Path(first["file"]).read_text(encoding="utf-8")
+    text = Path(first["files"][0]).read_text(encoding="utf-8")
     assert "U003" not in text and "cart_abandoned" in text and "high_intent_now" in text
     assert deliver_triggers(settings)["entries"] == 0  # nothing new
     transition(client, keys, "U001", "exited", "2026-10-01T10:30:00Z", '{"reason":"window elapsed"}')
-    assert deliver_triggers(settings)["delivered"] == 1
+    transition(client, keys, "U003", "exited", "2026-10-01T10:30:01Z", '{"reason":"window elapsed"}')
+    assert deliver_triggers(settings)["delivered"] == 2  # exits always: consent or not
     expected = [
         ("U001", "high_intent_now", 0, "2026-10-01T10:00:00Z", "2026-10-01T10:30:00Z", '{"points":8.0}'),
         ("U002", "cart_abandoned", 1, "2026-10-01T10:00:02Z", None, '{"x":"=HYPERLINK(1)"}'),
+        ("U003", "high_intent_now", 0, None, "2026-10-01T10:30:01Z", None),
     ]
     assert crm(settings) == expected
     # A delivery redone from the start (its checkpoint lost with a failed run) changes nothing.
     client.delete(f"{keys.prefix}:activate:delivered")
     again = deliver_triggers(settings)
-    assert again["entries"] == 4 and crm(settings) == expected
+    assert again["entries"] == 5 and crm(settings) == expected

@@ -574,7 +574,9 @@ def test_the_segment_api_serves_what_was_published(pipeline, redis_url):
 def test_replaying_a_day_through_the_stream_gives_the_triggers_dbt_computes(pipeline, redis_url):
     """One truth with batch: the run's last day of events, published out of order (within the allowed lateness)
     to the stream and consumed by `segflow stream`, yields exactly the trigger transitions the dbt model
-    trigger_transitions computes over the same day (`segflow stream reconcile`), for every rule."""
+    trigger_transitions computes over the same day (`segflow stream reconcile`), for every rule. The events of the
+    two days before feed both, as they would a stream running across midnight."""
+    import json
     import random
     import uuid
     from datetime import UTC, datetime, timedelta
@@ -582,7 +584,7 @@ def test_replaying_a_day_through_the_stream_gives_the_triggers_dbt_computes(pipe
     from segflow.core.config import load_settings
     from segflow.realtime.consumer import StreamConsumer, StreamKeys, redis_client
     from segflow.realtime.engine import to_us
-    from segflow.realtime.replay import day_events, reconcile, replay
+    from segflow.realtime.replay import context_start, day_events, reconcile, replay, stream_transitions
     from segflow.realtime.rules import load_rules, parse_rules
 
     prefix = f"segflow-e2e-{uuid.uuid4().hex[:8]}"
@@ -638,7 +640,8 @@ def test_replaying_a_day_through_the_stream_gives_the_triggers_dbt_computes(pipe
                 ],
             )
     try:
-        rows = day_events(pipeline["data"] / "events", AS_OF)
+        # The day and the span before it whose events decide its transitions (what the dbt model reads too).
+        rows = day_events(pipeline["data"] / "events", AS_OF, since=context_start(AS_OF, rules))
         rng = random.Random(5)
         # Arrival order: each event up to 100 s late (within the allowed 120 s).
         shuffled = sorted(
@@ -657,17 +660,25 @@ def test_replaying_a_day_through_the_stream_gives_the_triggers_dbt_computes(pipe
         consumer.step(block_ms=0, until=day_end)
         assert consumer.counters.late == 0 and consumer.counters.duplicates == 1
         # The generator's dirty rows: dead-lettered for the reasons the batch extract quarantined them for.
+        ids = {r["event_id"] for r in rows}
         with _warehouse(pipeline) as con:
             quarantined = con.execute(
-                "SELECT reason FROM raw.quarantine WHERE source = 'events' AND source_file = ? ORDER BY reason",
-                [f"{AS_OF.isoformat()}.jsonl"],
+                "SELECT reason, raw_record FROM raw.quarantine WHERE source = 'events' ORDER BY reason"
             ).fetchall()
-        assert sorted(f["reason"] for _, f in client.xrange(keys.dead)) == [r[0] for r in quarantined]
-        result = reconcile(settings, client, keys, AS_OF)
+        expected = sorted(
+            reason for reason, raw in quarantined if raw.startswith("{") and json.loads(raw).get("event_id") in ids
+        )
+        assert expected and sorted(f["reason"] for _, f in client.xrange(keys.dead)) == expected
+        # `return` rules: the stream read the profile published for AS_OF (the run above), so dbt reads that one.
+        result = reconcile(settings, client, keys, AS_OF, profile_as_of=AS_OF)
         assert result["only_batch"] == [] and result["only_stream"] == [], result
-        fired = {f["rule"] for _, f in client.xrange(keys.output)}
+        # Every kind of rule took part on the day, entering and leaving.
+        kind = {rule.name: rule.kind for rule in rules}
+        on_day = {(kind[rule], change) for rule, _, change, _, _ in stream_transitions(client, keys, AS_OF)}
         assert result["stream"] >= 50, result["stream"]
-        assert fired >= {"cart_abandoned", "high_intent_now", "lapsed_returning", *(r["trigger_name"] for r in extra)}
+        assert on_day == {
+            (k, c) for k in ("points", "repeat_without", "absence", "return") for c in ("entered", "exited")
+        }
     finally:
         with duckdb.connect(str(pipeline["root"] / "warehouse.duckdb")) as con:
             con.execute(

@@ -7,19 +7,34 @@
 
   A rule's membership can only change at its change points: an event's time, an event's time plus the window,
   and for `absence` rules the start plus the window and plus the active period. Membership is evaluated at each;
-  a transition is where it differs from the previous point. Events are attributed with the identity graph as of
-  the day (consented tracking only); `return` rules read the lifecycle stage of the latest published profile.
+  a transition is where it differs from the previous point. Membership at a time depends on the events of the
+  rules' longest lookback before it, and a transition on its previous change point: the events of twice that span
+  before the day are read too, so a stream running across midnight gives the same rows. Events are attributed with
+  the identity graph as of the day (consented tracking only); `return` rules read the lifecycle stage of the
+  profile published before the day - what the live stream read that day - or of var('trigger_profile_as_of').
 -#}
 {% set weights = var('intent_weights') %}
 {% set minute = "interval '1 minute'" %}
+{% set profile_as_of = var('trigger_profile_as_of', none) %}
 with rules as (
     select * from {{ ref('trigger_rules') }}
     where enabled
 ),
 
+context as (
+    select
+        cast({{ as_of_date() }} as timestamp)
+        - 2 * max(window_minutes + coalesce(active_minutes, 0)) * {{ minute }} as since
+    from rules
+),
+
 profile_date as (
     select max(as_of) as as_of from {{ ref('stg_scoring__user_scores') }}
-    where as_of <= {{ as_of_date() }}
+    {% if profile_as_of %}
+        where as_of = cast('{{ profile_as_of }}' as date)
+    {% else %}
+        where as_of < {{ as_of_date() }}
+    {% endif %}
 ),
 
 stages as (
@@ -42,7 +57,7 @@ events as (
             else 0
         end as points
     from {{ ref('int_events_attributed') }}
-    where event_date = {{ as_of_date() }}
+    where event_ts >= (select c.since from context as c)
 ),
 
 -- The events each rule reads, with their role (start / cancel / counted).
@@ -51,16 +66,18 @@ rule_events as (
         r.trigger_name,
         r.kind,
         e.*,
-        '|' || coalesce(r.event_types, '') || '|' like '%|' || e.event_type || '|%' as is_start,
-        '|' || coalesce(r.cancel_event_types, '') || '|' like '%|' || e.event_type || '|%' as is_cancel
+        position('|' || e.event_type || '|' in '|' || coalesce(r.event_types, '') || '|') > 0 as is_start,
+        position('|' || e.event_type || '|' in '|' || coalesce(r.cancel_event_types, '') || '|') > 0 as is_cancel
     from events as e
     inner join rules as r
         on r.kind = 'return'
             or (r.kind = 'points' and e.points <> 0)
             or (
                 r.kind in ('repeat_without', 'absence')
-                and '|' || coalesce(r.event_types, '') || '|' || coalesce(r.cancel_event_types, '') || '|'
-                like '%|' || e.event_type || '|%'
+                and position(
+                    '|' || e.event_type || '|'
+                    in '|' || coalesce(r.event_types, '') || '|' || coalesce(r.cancel_event_types, '') || '|'
+                ) > 0
             )
 ),
 
@@ -232,4 +249,7 @@ select
     case when is_member then points end as points,
     {{ as_of_date() }} as as_of
 from changes
-where coalesce(is_member, false) <> coalesce(was_member, false) and changed_at < {{ as_of_end() }}
+where
+    coalesce(is_member, false) <> coalesce(was_member, false)
+    and changed_at >= cast({{ as_of_date() }} as timestamp)
+    and changed_at < {{ as_of_end() }}
