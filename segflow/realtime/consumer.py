@@ -7,7 +7,7 @@ Redis keys (prefix `stream.key_prefix`, default `segflow`):
 - `<p>:triggers:notify` a pub/sub channel told the number of new entries (Airflow's AssetWatcher listens there);
 - `<p>:rt:active:<user>` the user's active triggers (hash rule -> JSON), which the segment API adds to the profile;
 - `<p>:rt:user:<user>`  the user's state (segflow.realtime.engine.UserState), `<p>:rt:timers` when each is due,
-  `<p>:rt:clock` the watermark.
+  `<p>:rt:clock` the watermark, `<p>:rt:lock` the one consumer that owns them.
 
 Delivery is at-least-once (a consumer group; entries are acknowledged only once their event has been evaluated),
 and each round's effects - states, timers, output and dead-letter entries, active triggers, watermark and the
