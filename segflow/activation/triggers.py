@@ -24,17 +24,12 @@ from typing import Any
 
 import pandas as pd
 
-from segflow.activation.writeback import escape_formulas
+from segflow.activation.writeback import crm_insert, escape_formulas
 from segflow.core.config import Settings
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "activate:delivered"  # under the stream's key prefix: the last output entry delivered
 FILE_COLUMNS = ["entry_id", "user_id", "rule", "change", "at", "evidence"]
-
-
-def _checkpoint_key(prefix: str) -> str:
-    return f"{prefix}:{CHECKPOINT}"
 
 
 def deliver_triggers(settings: Settings, client=None, max_entries: int = 100_000) -> dict:
@@ -61,7 +56,7 @@ def deliver_triggers(settings: Settings, client=None, max_entries: int = 100_000
     result: dict[str, Any] = {"entries": 0, "delivered": 0, "skipped_no_consent": 0, "crm_rows": 0, "files": []}
     store = open_store(settings)
     while True:
-        last = client.get(_checkpoint_key(keys.prefix))
+        last = client.get(keys.delivered)
         entries = client.xrange(keys.output, min=f"({last}" if last else "-", count=max_entries)
         if not entries:
             return result
@@ -98,14 +93,13 @@ def deliver_triggers(settings: Settings, client=None, max_entries: int = 100_000
             result["files"].append(write_trigger_file(frame, settings.raw["writeback"]["export_dir"]))
             result["delivered"] += len(rows)
         result["entries"] += len(entries)
-        client.set(_checkpoint_key(keys.prefix), entries[-1][0])
+        client.set(keys.delivered, entries[-1][0])
         log.info("triggers delivered: %s", result)
 
 
 def upsert_crm_triggers(frame: pd.DataFrame, url: str, table: str = "crm_triggers") -> int:
     """Apply the transitions in order to the CRM table; returns the (user, trigger) rows written."""
     from sqlalchemy import Boolean, Column, DateTime, MetaData, String, Table, Text, create_engine, func
-    from sqlalchemy.dialects import postgresql, sqlite
 
     latest: dict[tuple[str, str], dict] = {}
     for row in frame.itertuples(index=False):
@@ -137,8 +131,7 @@ def upsert_crm_triggers(frame: pd.DataFrame, url: str, table: str = "crm_trigger
     ]
     try:
         meta.create_all(engine)
-        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(tbl)
+        stmt = crm_insert(engine, tbl)
         # An exit whose entry was delivered earlier keeps that entry's time and evidence.
         update = {c: stmt.excluded[c] for c in ("active", "exited_at", "last_entry_id", "synced_at")}
         for column in ("entered_at", "evidence"):

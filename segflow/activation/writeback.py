@@ -85,10 +85,16 @@ def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
     return out.set_index("contact_id")
 
 
+def crm_insert(engine, table):
+    """An INSERT into `table` that supports ON CONFLICT DO UPDATE on the CRM's database (PostgreSQL or SQLite)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return (postgresql if engine.dialect.name == "postgresql" else sqlite).insert(table)
+
+
 def sync_crm(desired: pd.DataFrame, url: str, table: str = "crm_segments") -> tuple[int, int, int, int]:
     """Upsert changed rows and delete contacts no longer scored. Returns (inserted, updated, deleted, unchanged)."""
     from sqlalchemy import Boolean, Column, DateTime, Float, MetaData, String, Table, create_engine, delete, select
-    from sqlalchemy.dialects import postgresql, sqlite
 
     engine = create_engine(url)
     meta = MetaData()
@@ -121,8 +127,7 @@ def sync_crm(desired: pd.DataFrame, url: str, table: str = "crm_segments") -> tu
             now = datetime.now(UTC).replace(tzinfo=None)
             if len(upserts):
                 upserts["synced_at"] = now
-                dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-                stmt = dialect.insert(tbl)
+                stmt = crm_insert(engine, tbl)
                 stmt = stmt.on_conflict_do_update(
                     index_elements=["contact_id"], set_={c: stmt.excluded[c] for c in CRM_COLUMNS[1:] + ["synced_at"]}
                 )

@@ -70,11 +70,15 @@ def serving_run(result: dict[str, Any], name: str) -> dict[str, Any]:
     return (s or {}).get("details", {}).get(name) or {}
 
 
-def stream_run(result: dict[str, Any], name: str) -> dict[str, Any]:
-    """One run of the stream_load stage (latency_run, throughput_run) and its setup figures, or {}."""
-    s = stage(result, "serving", "stream_load")
-    details = (s or {}).get("details", {})
-    return details.get(name) or {} if name else details
+def stream_details(result: dict[str, Any]) -> dict[str, Any]:
+    """The stream_load stage's figures (users, latency_run, throughput_run, ...), or {}."""
+    return (stage(result, "serving", "stream_load") or {}).get("details", {})
+
+
+def largest_measuring(results: list[dict[str, Any]], name: str, fallback: dict[str, Any]) -> dict[str, Any]:
+    """The largest size whose run measured the serving-phase stage `name` (stages added after some results were
+    measured), else `fallback`."""
+    return next((r for r in sorted(results, key=lambda r: -r["users"]) if stage(r, "serving", name)), fallback)
 
 
 def serving_sync_seconds(result: dict[str, Any]) -> float | None:
@@ -140,13 +144,9 @@ def targets(result: dict[str, Any], all_results: list[dict[str, Any]]) -> list[T
         [(r["users"], wall(r, "airflow", "segflow run") or build_seconds(r, "full")) for r in all_results]
     )
     # The segment API's stages came later than some results: its targets use the largest size that measured them.
-    served = next(
-        (r for r in sorted(all_results, key=lambda r: -r["users"]) if stage(r, "serving", "serving_load")), result
-    )
+    served = largest_measuring(all_results, "serving_load", result)
     served_at = "" if served is result else f" — at {served['users']:,} users"
-    streamed = next(
-        (r for r in sorted(all_results, key=lambda r: -r["users"]) if stage(r, "serving", "stream_load")), result
-    )
+    streamed = largest_measuring(all_results, "stream_load", result)
     streamed_at = "" if streamed is result else f" — measured in the {streamed['users']:,}-user bench run"
     rows = [
         check(
@@ -229,17 +229,17 @@ def targets(result: dict[str, Any], all_results: list[dict[str, Any]]) -> list[T
             " s",
         ),
         check(
-            f"real-time triggers, sustained events/s with {_fmt(stream_run(streamed, '').get('users'))} users' state"
+            f"real-time triggers, sustained events/s with {_fmt(stream_details(streamed).get('users'))} users' state"
             f"{streamed_at}",
             "≥ 5,000 /s",
-            stream_run(streamed, "throughput_run").get("events_per_s"),
+            stream_details(streamed).get("throughput_run", {}).get("events_per_s"),
             lambda v: v >= 5000,
             " /s",
         ),
         check(
             f"real-time triggers, event-to-trigger p99 at 5,000 events/s{streamed_at}",
             "≤ 1,000 ms",
-            stream_run(streamed, "latency_run").get("p99_ms"),
+            stream_details(streamed).get("latency_run", {}).get("p99_ms"),
             lambda v: v <= 1000,
             " ms",
         ),
@@ -373,7 +373,7 @@ def render(results: list[dict[str, Any]], notes: str = "") -> str:
                 + f". Sync of {_fmt(synced['rows'])} profiles: snapshot {_fmt(synced['details'].get('snapshot_seconds'))} s, "
                 f"Redis load {_fmt(synced['details'].get('redis_load_seconds'))} s."
             )
-        streamed = stream_run(r, "")
+        streamed = stream_details(r)
         if streamed.get("latency_run"):
             latency, burst = streamed["latency_run"], streamed.get("throughput_run", {})
             lines.append(

@@ -179,10 +179,9 @@ def _bench_redis() -> str | None:
 def _drop_prefix(url: str, prefix: str) -> None:
     import redis
 
-    client = redis.Redis.from_url(url)
-    keys = list(client.scan_iter(f"{prefix}:*", count=10_000))
-    for start in range(0, len(keys), 10_000):
-        client.delete(*keys[start : start + 10_000])
+    from segflow.serving.store import drop_prefix
+
+    drop_prefix(redis.Redis.from_url(url), prefix)
 
 
 def serving_sync(as_of: str, full_refresh: bool) -> dict[str, Any]:

@@ -25,15 +25,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from segflow.bench.serving import _percentile
 from segflow.realtime.consumer import StreamKeys, redis_client
 from segflow.realtime.engine import Event, UserState, to_us
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+from segflow.realtime.replay import group_lag
+from segflow.serving.store import drop_prefix
 
 
 def _snapshot(directory: Path, users: int) -> None:
@@ -80,11 +76,6 @@ def _visit(rng: random.Random, users: int, n: int) -> list[dict[str, str]]:
         }
         for j, kind in enumerate(("add_to_cart", "begin_checkout", "product_view"))
     ]
-
-
-def _drained(client, keys: StreamKeys, group: str) -> bool:
-    info = {g["name"]: g for g in client.xinfo_groups(keys.events)}.get(group)
-    return bool(info) and not info["pending"] and not info["lag"]
 
 
 def run_stream_bench(
@@ -143,7 +134,7 @@ def run_stream_bench(
             time.sleep(0.01)
         published_s = time.perf_counter() - started
         deadline = time.monotonic() + 120
-        while not _drained(client, keys, group) and time.monotonic() < deadline:
+        while group_lag(client, keys, group) > 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(1.0)  # the watermark passes the last events
         latencies = []
@@ -156,8 +147,8 @@ def run_stream_bench(
         out["latency_run"] = {
             "events": sent,
             "published_per_s": round(sent / published_s, 1),
-            "p50_ms": _percentile(latencies, 0.5),
-            "p99_ms": _percentile(latencies, 0.99),
+            "p50_ms": _percentile(latencies, 0.5) if latencies else None,
+            "p99_ms": _percentile(latencies, 0.99) if latencies else None,
             "max_ms": max(latencies, default=None),
             "triggers": counts,
         }
@@ -172,7 +163,7 @@ def run_stream_bench(
                 pipe.execute()
         pipe.execute()
         deadline = time.monotonic() + 600
-        while not _drained(client, keys, group) and time.monotonic() < deadline:
+        while group_lag(client, keys, group) > 0 and time.monotonic() < deadline:
             time.sleep(0.02)
         took = time.perf_counter() - started
         out["throughput_run"] = {"events": (burst // 3) * 3, "events_per_s": round((burst // 3) * 3 / took, 1)}
@@ -185,9 +176,7 @@ def run_stream_bench(
         except subprocess.TimeoutExpired:
             consumer.kill()
         log.close()
-        keys_left = list(client.scan_iter(f"{prefix}:*", count=10_000))
-        for start in range(0, len(keys_left), 10_000):
-            client.delete(*keys_left[start : start + 10_000])
+        drop_prefix(client, prefix)
     out["rows"] = out.get("latency_run", {}).get("events", 0) + out.get("throughput_run", {}).get("events", 0)
     out["consumer_log_tail"] = (work_dir / "stream-consumer.log").read_text()[-400:]
     return json.loads(json.dumps(out))

@@ -25,15 +25,16 @@ features. Events of people not (yet) in the graph are passed to the batch path o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from segflow.realtime import engine
 from segflow.realtime.contract import Rejected, check_event
@@ -60,6 +61,8 @@ class StreamKeys:
         self.notify = f"{prefix}:triggers:notify"
         self.timers = f"{prefix}:rt:timers"
         self.clock = f"{prefix}:rt:clock"
+        self.lock = f"{prefix}:rt:lock"
+        self.delivered = f"{prefix}:activate:delivered"  # segflow_activate's checkpoint: the last entry delivered
 
     def state(self, user: str) -> str:
         return f"{self.prefix}:rt:user:{user}"
@@ -74,61 +77,59 @@ def redis_client(url: str, timeout: float | None = 10.0):
     return redis.Redis.from_url(url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=5)
 
 
-def active_triggers(client, keys: StreamKeys, user_id: str) -> list[dict[str, Any]]:
-    """A user's active triggers as the API shows them: [{rule, since, evidence}] by rule."""
-    held = client.hgetall(keys.active(user_id))
-    return [dict(json.loads(doc), rule=rule) for rule, doc in sorted(held.items())]
-
-
 class Identity:
-    """The published identity graph and profiles (the serving store), cached per serving version."""
+    """The published identity graph and profiles (the serving store), cached per serving version. Used inside
+    `scope()`, which holds one serving version for a round."""
 
     def __init__(self, store) -> None:
         self.store = store
         self._version: str | None = None
+        self._view = None
         self._users: dict[tuple[str | None, str | None], str | None] = {}
         self._stages: dict[str, str | None] = {}
         self._warned = False
 
-    def resolver(self):
-        """A context manager yielding resolve(user_id, anonymous_id) -> (user, lifecycle stage) or (None, None)."""
-        import contextlib
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[Identity]:
+        with self.store.view() as view:
+            if view is None and not self._warned:
+                self._warned = True
+                log.warning(
+                    "no serving version is loaded: events are not attributed to anyone until a scoring run "
+                    "(or segflow serving sync) publishes the identity graph"
+                )
+            if view is None or view.version != self._version:
+                self._users, self._stages = {}, {}
+                self._version = None if view is None else view.version
+            self._view = view
+            try:
+                yield self
+            finally:
+                self._view = None
 
-        @contextlib.contextmanager
-        def scope():
-            with self.store.view() as view:
-                if view is None and not self._warned:
-                    self._warned = True
-                    log.warning(
-                        "no serving version is loaded: events are not attributed to anyone until a scoring run "
-                        "(or segflow serving sync) publishes the identity graph"
-                    )
-                if view is None or view.version != self._version:
-                    self._users, self._stages = {}, {}
-                    self._version = None if view is None else view.version
+    def resolve(self, analytics_user_id: str | None, anonymous_id: str | None) -> tuple[str | None, str | None]:
+        """(user, lifecycle stage) of an event's ids, or (None, None) when the graph does not link them."""
+        view = self._view
+        if view is None:
+            return None, None
+        key = (analytics_user_id, anonymous_id)
+        if len(self._users) > IDENTITY_CACHE:
+            self._users.clear()
+        if key not in self._users:
+            user = view.resolve(f"analytics_user_id:{analytics_user_id}") if analytics_user_id else None
+            if user is None and anonymous_id:
+                user = view.resolve(f"anonymous_id:{anonymous_id}")
+            self._users[key] = user
+        user = self._users[key]
+        return (user, self.stage(user)) if user is not None else (None, None)
 
-                def resolve(analytics_user_id: str | None, anonymous_id: str | None) -> tuple[str | None, str | None]:
-                    if view is None:
-                        return None, None
-                    key = (analytics_user_id, anonymous_id)
-                    if len(self._users) > IDENTITY_CACHE:
-                        self._users.clear()
-                    if key not in self._users:
-                        user = view.resolve(f"analytics_user_id:{analytics_user_id}") if analytics_user_id else None
-                        if user is None and anonymous_id:
-                            user = view.resolve(f"anonymous_id:{anonymous_id}")
-                        self._users[key] = user
-                    user = self._users[key]
-                    if user is None:
-                        return None, None
-                    if user not in self._stages:
-                        profile = view.profile(user) or {}
-                        self._stages[user] = profile.get("lifecycle_stage")
-                    return user, self._stages[user]
-
-                yield resolve
-
-        return scope()
+    def stage(self, user: str) -> str | None:
+        """The lifecycle stage of the user's published profile."""
+        if self._view is None:
+            return None
+        if user not in self._stages:
+            self._stages[user] = (self._view.profile(user) or {}).get("lifecycle_stage")
+        return self._stages[user]
 
 
 @dataclass
@@ -220,7 +221,7 @@ class StreamConsumer:
     def lock(self) -> None:
         """Hold `<prefix>:rt:lock`: the users' states, timers and clock are this consumer's alone. The same name
         takes it over at once (a restart after a kill); another name is refused while it is held."""
-        key = f"{self.keys.prefix}:rt:lock"
+        key = self.keys.lock
         if not self.client.set(key, self.name, nx=True, ex=LOCK_SECONDS) and self.client.get(key) != self.name:
             raise RuntimeError(
                 f"another consumer ({self.client.get(key)}) holds {key}: one consumer per key prefix "
@@ -272,9 +273,9 @@ class StreamConsumer:
         work = _Round()
         if entries:
             self._last_read = now
-            with self.identity.resolver() as resolve:
+            with self.identity.scope() as identity:
                 for entry_id, fields in entries:
-                    self._take(entry_id, fields, resolve, work, now)
+                    self._take(entry_id, fields, identity.resolve, work, now)
         self._advance(now, until)
         self._evaluate(work)
         self._commit(work)
@@ -381,12 +382,9 @@ class StreamConsumer:
             return
         texts = self.client.mget([self.keys.state(u) for u in users])
         stages: dict[str, str | None] = {}
-        missing_stage = [u for u in users if u not in due]
-        if missing_stage:
-            with self.identity.store.view() as view:
-                for u in missing_stage:
-                    profile = view.profile(u) if view is not None else None
-                    stages[u] = (profile or {}).get("lifecycle_stage")
+        if any(u not in due for u in users):
+            with self.identity.scope() as identity:
+                stages = {u: identity.stage(u) for u in users if u not in due}
         for user, text in zip(users, texts, strict=True):
             state = engine.UserState.loads(text)
             new = []

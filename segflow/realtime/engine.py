@@ -126,9 +126,10 @@ class Evaluator:
         reads = self._reads[rule.name]
         return events if reads is None else [e for e in events if e.event_type in reads]
 
-    def change_points(self, rule: TriggerRule, events: list[Event]) -> set[int]:
+    def change_points(self, rule: TriggerRule, relevant: list[Event]) -> set[int]:
+        """Where the rule's membership may change, given the events it reads (`_relevant`)."""
         points: set[int] = set()
-        for e in self._relevant(rule, events):
+        for e in relevant:
             if rule.kind == "absence":
                 if e.event_type in rule.cancel_event_types:
                     points.add(e.ts)
@@ -140,9 +141,9 @@ class Evaluator:
                 points.add(e.ts + rule.window_us)
         return points
 
-    def member(self, rule: TriggerRule, events: list[Event], at: int, stage: str | None) -> dict | None:
-        """The evidence when the user is a member of `rule` at time `at` (events: theirs up to `at`), else None."""
-        relevant = self._relevant(rule, events)
+    def member(self, rule: TriggerRule, relevant: list[Event], at: int, stage: str | None) -> dict | None:
+        """The evidence when the user is a member of `rule` at time `at`, else None (relevant: the events of theirs
+        up to `at` that the rule reads)."""
         if rule.kind == "absence":
             cancelled = max(
                 (e.ts for e in relevant if e.event_type in rule.cancel_event_types and e.ts <= at), default=None
@@ -202,12 +203,15 @@ class Evaluator:
                 Transition(name, user_id, "exited", until, {"reason": "rule disabled", "entered_at": iso(since)})
             )
         start = state.done_to if state.done_to is not None else min((e.ts for e in new), default=until) - 1
+        # Each rule's events, filtered once for every change point (they stay in time order).
+        relevant = {rule.name: self._relevant(rule, state.events) for rule in self.rules}
         points = sorted(
-            {p for rule in self.rules for p in self.change_points(rule, state.events) if start < p <= until}
+            {p for rule in self.rules for p in self.change_points(rule, relevant[rule.name]) if start < p <= until}
         )
         for at in points:
-            upto = state.events[: bisect.bisect_right(state.events, at, key=lambda e: e.ts)]
             for rule in self.rules:
+                events = relevant[rule.name]
+                upto = events[: bisect.bisect_right(events, at, key=lambda e: e.ts)]
                 evidence = self.member(rule, upto, at, stage)
                 was = rule.name in state.active
                 if evidence is not None and not was:
@@ -258,5 +262,10 @@ class Evaluator:
         """The first change point after done_to (when the user must be evaluated again without a new event)."""
         if state.done_to is None:
             return None
-        later = [p for rule in self.rules for p in self.change_points(rule, state.events) if p > state.done_to]
+        later = [
+            p
+            for rule in self.rules
+            for p in self.change_points(rule, self._relevant(rule, state.events))
+            if p > state.done_to
+        ]
         return min(later, default=None)

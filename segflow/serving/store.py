@@ -324,6 +324,14 @@ class RedisStore:
                 self.client.delete(*stale[start : start + 1000])
 
 
+def drop_prefix(client, prefix: str) -> int:
+    """Delete every key under `<prefix>:` (a bench's or a test's keys); returns how many."""
+    keys = list(client.scan_iter(f"{prefix}:*", count=10_000))
+    for start in range(0, len(keys), 10_000):
+        client.delete(*keys[start : start + 10_000])
+    return len(keys)
+
+
 def open_store(settings) -> ServingStore:
     """The store `segflow serve` reads: Redis when `serving.url` is set, else the local snapshot."""
     url = settings.get("serving", "url")

@@ -11,6 +11,7 @@ import pytest
 
 from segflow.activation.triggers import deliver_triggers
 from segflow.realtime.consumer import StreamKeys, redis_client
+from segflow.serving.store import drop_prefix
 from tests.serving.test_api import publish
 
 
@@ -24,8 +25,7 @@ def delivery(make_settings, tmp_path, redis_url):
     publish(tmp_path / "serving")  # U000..U024, every third (U000, U003, ...) without marketing consent
     client = redis_client(redis_url)
     yield settings, client, StreamKeys(prefix)
-    for key in client.scan_iter(f"{prefix}:*", count=1000):
-        client.delete(key)
+    drop_prefix(client, prefix)
 
 
 def transition(client, keys, user, change, at, evidence='{"points":8.0}', rule="high_intent_now"):
@@ -64,6 +64,6 @@ def test_consenting_users_are_delivered_once_and_exits_keep_the_entry(delivery):
     ]
     assert crm(settings) == expected
     # A delivery redone from the start (its checkpoint lost with a failed run) changes nothing.
-    client.delete(f"{keys.prefix}:activate:delivered")
+    client.delete(keys.delivered)
     again = deliver_triggers(settings)
     assert again["entries"] == 5 and crm(settings) == expected

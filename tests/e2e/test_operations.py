@@ -186,10 +186,10 @@ def stack(seed, daily, tmp_path_factory, request, postgres_server, redis_url):
         assert stopped.returncode == 0, stopped.stderr
         assert "airflow-scheduler" in stopped.stdout and "stream-consumer" in stopped.stdout
         from segflow.realtime.consumer import redis_client
+        from segflow.serving.store import drop_prefix
 
         client = redis_client(redis_url)
-        for key in client.scan_iter(f"{env['SEGFLOW__STREAM__KEY_PREFIX']}:*", count=1000):
-            client.delete(key)
+        drop_prefix(client, env["SEGFLOW__STREAM__KEY_PREFIX"])
 
 
 def airflow(env: dict, *args: str) -> str:

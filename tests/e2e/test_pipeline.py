@@ -586,6 +586,7 @@ def test_replaying_a_day_through_the_stream_gives_the_triggers_dbt_computes(pipe
     from segflow.realtime.engine import to_us
     from segflow.realtime.replay import context_start, day_events, reconcile, replay, stream_transitions
     from segflow.realtime.rules import load_rules, parse_rules
+    from segflow.serving.store import drop_prefix
 
     prefix = f"segflow-e2e-{uuid.uuid4().hex[:8]}"
     env = {
@@ -685,8 +686,7 @@ def test_replaying_a_day_through_the_stream_gives_the_triggers_dbt_computes(pipe
                 "DELETE FROM reference.trigger_rules WHERE trigger_name IN (SELECT unnest(?))",
                 [[r["trigger_name"] for r in extra]],
             )
-        for key in client.scan_iter(f"{prefix}:*", count=1000):
-            client.delete(key)
+        drop_prefix(client, prefix)
 
 
 def test_an_erasure_request_forgets_the_person_everywhere(pipeline):

@@ -21,6 +21,7 @@ from segflow.realtime.consumer import StreamConsumer, StreamKeys, redis_client
 from segflow.realtime.engine import Evaluator, Event, iso, to_us
 from segflow.realtime.rules import intent_weights, load_rules
 from segflow.serving import keys, snapshot
+from segflow.serving.store import drop_prefix
 from tests.serving.test_api import profile
 
 USERS = 40
@@ -64,8 +65,7 @@ def stream(make_settings, tmp_path, redis_url):
     publish_profiles(tmp_path / "serving")
     client = redis_client(redis_url)
     yield {"settings": settings, "client": client, "keys": StreamKeys(prefix), "drop": drop, "tmp": tmp_path}
-    for key in client.scan_iter(f"{prefix}:*", count=1000):
-        client.delete(key)
+    drop_prefix(client, prefix)
 
 
 def event(i: int, user: int, event_type: str, ts: datetime, category: str | None = "shoes", **extra) -> dict:
